@@ -1,0 +1,296 @@
+"""Advantage estimators: ``(batch: RolloutBatch, **params) -> Tensor[B, T]``.
+
+Outcome-reward estimators compute one value per sequence and broadcast it over the completion
+tokens (zero on padding). Group statistics use ``batch.group_ids``: sequences with the same id
+were sampled for the same prompt. A group of size 1 has no relative signal: every group-relative
+estimator returns 0 for it (never NaN).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy as sp
+import torch
+from torch import Tensor
+
+from grape_evo.objective.batch import RolloutBatch
+from grape_evo.objective.registry import ADVANTAGES
+from grape_evo.objective.symbolic import Symbols as S
+from grape_evo.objective.symbolic import is_group_max, num, rank, whiten_B
+
+
+def _broadcast(per_sequence: Tensor, mask: Tensor) -> Tensor:
+    """[B] -> [B, T], zero on padding."""
+    return per_sequence.to(mask.dtype).unsqueeze(-1) * mask
+
+
+def group_stats(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sequence group size, group mean and group sum of squared deviations, each [B].
+
+    ``values``: [B]; ``group_ids``: [B] integer ids (any values, need not be contiguous).
+    """
+    unique, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = unique.numel()
+    values = values.to(torch.float32)
+    count = torch.zeros(n_groups, dtype=values.dtype, device=values.device)
+    count.index_add_(0, inverse, torch.ones_like(values))
+    total = torch.zeros_like(count).index_add_(0, inverse, values)
+    mean = total / count
+    sq = torch.zeros_like(count).index_add_(0, inverse, (values - mean[inverse]) ** 2)
+    return count[inverse], mean[inverse], sq[inverse]
+
+
+def group_std(values: Tensor, group_ids: Tensor, unbiased: bool) -> Tensor:
+    """Per-sequence std of its group, [B]; 0 for groups of size 1."""
+    count, _, sq = group_stats(values, group_ids)
+    denom = (count - 1.0) if unbiased else count
+    return torch.where(count > 1, sq / denom.clamp(min=1.0), torch.zeros_like(sq)).sqrt()
+
+
+def _centred(batch: RolloutBatch) -> Tensor:
+    """R_i - mean of R over i's group, [B] (0 for singleton groups)."""
+    _, mean, _ = group_stats(batch.rewards, batch.group_ids)
+    return batch.rewards.to(mean.dtype) - mean
+
+
+@ADVANTAGES.register("none", symbolic=lambda: sp.Integer(1), reference="SFT: A = 1")
+def no_advantage(batch: RolloutBatch) -> Tensor:
+    """A = 1 on every completion token (maximum likelihood / SFT)."""
+    return batch.mask.to(torch.float32).clone()
+
+
+@ADVANTAGES.register("reward", symbolic=lambda: S.R, reference="Williams 1992 (REINFORCE)")
+def reward_advantage(batch: RolloutBatch) -> Tensor:
+    """A = R_i: plain REINFORCE without a baseline."""
+    return _broadcast(batch.rewards, batch.mask)
+
+
+def _update_ema(state: dict[str, Any], metrics: dict[str, Any], decay: float) -> dict[str, Any]:
+    mean = metrics["reward_mean"]
+    old = state["baseline"]
+    return {"baseline": mean if old is None else decay * old + (1.0 - decay) * mean}
+
+
+@ADVANTAGES.register(
+    "ema_baseline",
+    symbolic=lambda decay: S.R - S.b,
+    bounds={"decay": (0.0, 0.9999)},
+    update_state=_update_ema,
+    reference="Williams 1992; Sutton & Barto 13.4 (REINFORCE with baseline)",
+)
+def ema_baseline(batch: RolloutBatch, decay: float = 0.9) -> Tensor:
+    """A = R_i - b, b an exponential moving average of earlier batches' mean reward.
+
+    ``batch.baseline`` (scalar) is b, kept by the built objective and updated after each call as
+    b <- decay * b + (1 - decay) * mean(R). On the first batch (no baseline yet) b is the
+    batch's own mean reward.
+    """
+    rewards = batch.rewards.to(torch.float32)
+    baseline = rewards.mean() if batch.baseline is None else batch.baseline.to(rewards.dtype)
+    return _broadcast(rewards - baseline, batch.mask)
+
+
+@ADVANTAGES.register(
+    "group_mean",
+    tags=("group_relative",),
+    symbolic=lambda: S.R - S.mu_G,
+    reference="Liu et al. 2025 (Dr. GRPO)",
+)
+def group_mean(batch: RolloutBatch) -> Tensor:
+    """A = R_i - mean_G(R): GRPO without the std division (Dr. GRPO)."""
+    return _broadcast(_centred(batch), batch.mask)
+
+
+@ADVANTAGES.register(
+    "group_zscore",
+    tags=("group_relative",),
+    symbolic=lambda eps, unbiased_std: (S.R - S.mu_G) / (S.sigma_G + num(eps)),
+    bounds={"eps": (0.0, 1.0)},
+    log=("eps",),
+    reference="Shao et al. 2024 (DeepSeekMath, GRPO)",
+)
+def group_zscore(batch: RolloutBatch, eps: float = 1e-6, unbiased_std: bool = True) -> Tensor:
+    """A = (R_i - mean_G R) / (std_G R + eps).
+
+    ``unbiased_std`` uses Bessel's correction (torch.std's default, as TRL and verl do); the
+    DeepSeekMath paper does not say which. A group with all rewards equal gets A = 0.
+    """
+    std = group_std(batch.rewards, batch.group_ids, unbiased_std)
+    return _broadcast(_centred(batch) / (std + eps), batch.mask)
+
+
+@ADVANTAGES.register(
+    "batch_zscore",
+    tags=("group_relative",),
+    symbolic=lambda eps: (S.R - S.mu_G) / (S.sigma_B + num(eps)),
+    bounds={"eps": (0.0, 1.0)},
+    log=("eps",),
+    reference="Hu 2025 (REINFORCE++-baseline): group mean, batch std",
+)
+def batch_zscore(batch: RolloutBatch, eps: float = 1e-6) -> Tensor:
+    """A = (R_i - mean_G R) / (std_B R + eps): group baseline, batch-level scale.
+
+    std_B is the (Bessel-corrected) std of the rewards over the whole batch.
+    """
+    rewards = batch.rewards.to(torch.float32)
+    std = rewards.std() if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
+    return _broadcast(_centred(batch) / (std + eps), batch.mask)
+
+
+@ADVANTAGES.register(
+    "rloo",
+    tags=("group_relative",),
+    symbolic=lambda: S.G / (S.G - 1) * (S.R - S.mu_G),
+    reference="Kool et al. 2019; Ahmadian et al. 2024 (RLOO)",
+)
+def rloo(batch: RolloutBatch) -> Tensor:
+    """A = R_i - mean_{j != i} R_j = G / (G - 1) * (R_i - mean_G R) (leave-one-out baseline)."""
+    count, _, _ = group_stats(batch.rewards, batch.group_ids)
+    scale = torch.where(count > 1, count / (count - 1.0).clamp(min=1.0), torch.zeros_like(count))
+    return _broadcast(scale * _centred(batch), batch.mask)
+
+
+def masked_whiten(values: Tensor, mask: Tensor, eps: float, shift_mean: bool = True) -> Tensor:
+    """Standardise ``values`` [B, T] over the tokens where ``mask`` is 1; zero elsewhere.
+
+    Uses the unbiased token variance; a batch with a single valid token is returned centred.
+    """
+    m = mask.to(values.dtype)
+    n = m.sum()
+    mean = (values * m).sum() / n.clamp(min=1.0)
+    var = (((values - mean) ** 2) * m).sum() / (n - 1.0).clamp(min=1.0)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * m
+
+
+def _reverse_cumsum(x: Tensor) -> Tensor:
+    """out[:, t] = sum_{s >= t} x[:, s]."""
+    return torch.flip(torch.cumsum(torch.flip(x, dims=[-1]), dim=-1), dims=[-1])
+
+
+@ADVANTAGES.register(
+    "reinforce_pp",
+    tags=("token_rewards",),
+    symbolic=lambda eps, group_baseline: whiten_B(S.R - S.mu_G if group_baseline else S.R),
+    bounds={"eps": (0.0, 1.0)},
+    log=("eps",),
+    reference="Hu 2025 (REINFORCE++), verl reinforce_plus_plus(_baseline)",
+)
+def reinforce_pp(batch: RolloutBatch, eps: float = 1e-8, group_baseline: bool = True) -> Tensor:
+    """A_t = whiten_B(G_t), G_t = (R_i - [mean_G R]) + sum_{s >= t} token_rewards_s.
+
+    The return-to-go of the outcome reward (minus the group mean when ``group_baseline``) plus
+    any per-token rewards (a KL-in-reward penalty), standardised over every valid token of the
+    batch. ``group_baseline=False`` is REINFORCE++ proper, True is REINFORCE++-baseline.
+    """
+    mask = batch.mask.to(torch.float32)
+    outcome = _centred(batch) if group_baseline else batch.rewards.to(torch.float32)
+    returns = _broadcast(outcome, mask)
+    if batch.token_rewards is not None:
+        returns = returns + _reverse_cumsum(batch.token_rewards.to(torch.float32) * mask) * mask
+    return masked_whiten(returns, mask, eps)
+
+
+@ADVANTAGES.register(
+    "best_of_group",
+    tags=("group_relative",),
+    symbolic=lambda: is_group_max(S.R),
+    reference="Dong et al. 2023 (RAFT); rejection-sampling fine-tuning",
+)
+def best_of_group(batch: RolloutBatch) -> Tensor:
+    """A = 1 / n_max for each sequence whose reward is its group's maximum, else 0.
+
+    n_max is the number of tied maxima, so each group contributes a total weight of 1 and the
+    estimator is permutation-equivariant.
+    """
+    rewards = batch.rewards.to(torch.float32)
+    unique, inverse = torch.unique(batch.group_ids, return_inverse=True)
+    n_groups = unique.numel()
+    group_max = torch.full((n_groups,), -torch.inf, device=rewards.device)
+    group_max = group_max.scatter_reduce(0, inverse, rewards, reduce="amax")
+    is_max = (rewards == group_max[inverse]).to(rewards.dtype)
+    n_max = torch.zeros(n_groups, device=rewards.device).index_add_(0, inverse, is_max)
+    return _broadcast(is_max / n_max[inverse], batch.mask)
+
+
+@ADVANTAGES.register(
+    "rank",
+    tags=("group_relative",),
+    symbolic=lambda: (rank(S.R) - (S.G - 1) / 2) / (S.G - 1),
+    reference="centred rank (fitness shaping, Wierstra et al. 2014 NES)",
+)
+def rank_advantage(batch: RolloutBatch) -> Tensor:
+    """A = (rank_G(R_i) - (G - 1) / 2) / (G - 1), in [-1/2, 1/2].
+
+    rank_G is the 0-based rank within the group, ties sharing their average rank; the scale
+    1 / (G - 1) makes the range independent of the group size. Singleton groups get 0.
+    """
+    rewards = batch.rewards.to(torch.float32)
+    same_group = batch.group_ids.unsqueeze(0) == batch.group_ids.unsqueeze(1)
+    less = ((rewards.unsqueeze(0) < rewards.unsqueeze(1)) & same_group).sum(1).to(rewards.dtype)
+    equal = ((rewards.unsqueeze(0) == rewards.unsqueeze(1)) & same_group).sum(1).to(rewards.dtype)
+    avg_rank = less + (equal - 1.0) / 2.0
+    count = same_group.sum(1).to(rewards.dtype)
+    centred = avg_rank - (count - 1.0) / 2.0
+    adv = torch.where(count > 1, centred / (count - 1.0).clamp(min=1.0), torch.zeros_like(centred))
+    return _broadcast(adv, batch.mask)
+
+
+def _gae_symbolic(gamma: float, lam: float, whiten: bool) -> sp.Expr:
+    k = sp.Symbol("l", integer=True, nonnegative=True)
+    delta = sp.Function(r"\delta")
+    expr = sp.Sum((num(gamma) * num(lam)) ** k * delta(S.t + k), (k, 0, sp.oo))
+    return whiten_B(expr) if whiten else expr
+
+
+@ADVANTAGES.register(
+    "gae",
+    tags=("token_rewards", "critic"),
+    symbolic=_gae_symbolic,
+    bounds={"gamma": (0.0, 1.0), "lam": (0.0, 1.0)},
+    reference="Schulman et al. 2016 (GAE); Ouyang et al. 2022 (PPO for LMs)",
+)
+def gae(batch: RolloutBatch, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True) -> Tensor:
+    """Generalised advantage estimation with the critic ``batch.values`` [B, T].
+
+    Token rewards r_t = token_rewards_t, plus R_i on the last completion token;
+    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 after the last token);
+    A_t = sum_l (gamma * lam)^l delta_{t+l}. ``whiten`` standardises A over the batch's valid
+    tokens, as TRL's PPO trainer does. Returns for the value loss are A (before whitening) + V;
+    see :func:`gae_advantages_and_returns`.
+    """
+    adv, _ = gae_advantages_and_returns(batch, gamma, lam)
+    return masked_whiten(adv, batch.mask.to(adv.dtype), 1e-8) if whiten else adv
+
+
+def gae_advantages_and_returns(
+    batch: RolloutBatch, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Raw GAE advantages and value targets (A + V), both [B, T], zero on padding."""
+    if batch.values is None:
+        raise ValueError("advantage 'gae' needs critic values in the batch (a value head)")
+    mask = batch.mask.to(torch.float32)
+    values = batch.values.detach().to(torch.float32) * mask
+    lengths = mask.sum(-1).long()
+    last = (lengths - 1).clamp(min=0)
+    rewards = torch.zeros_like(mask)
+    if batch.token_rewards is not None:
+        rewards = batch.token_rewards.to(torch.float32) * mask
+    has_tokens = (lengths > 0).to(mask.dtype)
+    rewards = rewards.scatter_add(
+        1, last.unsqueeze(-1), (batch.rewards.to(torch.float32) * has_tokens).unsqueeze(-1)
+    )
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=-1) * torch.cat(
+        [mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=-1
+    )
+    deltas = (rewards + gamma * next_values - values) * mask
+    adv = torch.zeros_like(deltas)
+    running = torch.zeros_like(deltas[:, 0])
+    for t in range(deltas.shape[-1] - 1, -1, -1):
+        running = deltas[:, t] + gamma * lam * running * mask[:, t]
+        adv[:, t] = running
+    adv = adv * mask
+    return adv, (adv + values) * mask
