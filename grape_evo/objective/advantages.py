@@ -48,10 +48,34 @@ def group_std(values: Tensor, group_ids: Tensor, unbiased: bool) -> Tensor:
     return torch.where(count > 1, sq / denom.clamp(min=1.0), torch.zeros_like(sq)).sqrt()
 
 
+def _group_constant(values: Tensor, group_ids: Tensor) -> Tensor:
+    """[B] bool: every member of the sequence's group has the same value."""
+    unique, inverse = torch.unique(group_ids, return_inverse=True)
+    values = values.to(torch.float32)
+    low = torch.full((unique.numel(),), torch.inf, device=values.device)
+    high = torch.full((unique.numel(),), -torch.inf, device=values.device)
+    low = low.scatter_reduce(0, inverse, values, reduce="amin")
+    high = high.scatter_reduce(0, inverse, values, reduce="amax")
+    return (low == high)[inverse]
+
+
 def _centred(batch: RolloutBatch) -> Tensor:
-    """R_i - mean of R over i's group, [B] (0 for singleton groups)."""
+    """R_i - mean of R over i's group, [B]; exactly 0 for constant (and singleton) groups.
+
+    The float mean of equal values can be off by one ulp; a later division by a tiny std would
+    blow that residue up, so constant groups are zeroed explicitly.
+    """
     _, mean, _ = group_stats(batch.rewards, batch.group_ids)
-    return batch.rewards.to(mean.dtype) - mean
+    centred = batch.rewards.to(mean.dtype) - mean
+    return torch.where(
+        _group_constant(batch.rewards, batch.group_ids), torch.zeros_like(centred), centred
+    )
+
+
+def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, 0 where the denominator is 0 (a 0/0 from eps = 0)."""
+    ok = denominator > 0
+    return torch.where(ok, numerator / torch.where(ok, denominator, 1.0), 0.0)
 
 
 @ADVANTAGES.register("none", symbolic=lambda: sp.Integer(1), reference="SFT: A = 1")
@@ -68,7 +92,7 @@ def reward_advantage(batch: RolloutBatch) -> Tensor:
 
 def _update_ema(state: dict[str, Any], metrics: dict[str, Any], decay: float) -> dict[str, Any]:
     mean = metrics["reward_mean"]
-    old = state["baseline"]
+    old = state.get("baseline")
     return {"baseline": mean if old is None else decay * old + (1.0 - decay) * mean}
 
 
@@ -117,7 +141,7 @@ def group_zscore(batch: RolloutBatch, eps: float = 1e-6, unbiased_std: bool = Tr
     DeepSeekMath paper does not say which. A group with all rewards equal gets A = 0.
     """
     std = group_std(batch.rewards, batch.group_ids, unbiased_std)
-    return _broadcast(_centred(batch) / (std + eps), batch.mask)
+    return _broadcast(_safe_divide(_centred(batch), std + eps), batch.mask)
 
 
 @ADVANTAGES.register(
@@ -135,7 +159,7 @@ def batch_zscore(batch: RolloutBatch, eps: float = 1e-6) -> Tensor:
     """
     rewards = batch.rewards.to(torch.float32)
     std = rewards.std() if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
-    return _broadcast(_centred(batch) / (std + eps), batch.mask)
+    return _broadcast(_safe_divide(_centred(batch), std + eps), batch.mask)
 
 
 @ADVANTAGES.register(
@@ -154,13 +178,16 @@ def rloo(batch: RolloutBatch) -> Tensor:
 def masked_whiten(values: Tensor, mask: Tensor, eps: float, shift_mean: bool = True) -> Tensor:
     """Standardise ``values`` [B, T] over the tokens where ``mask`` is 1; zero elsewhere.
 
-    Uses the unbiased token variance; a batch with a single valid token is returned centred.
+    Uses the unbiased token variance; constant values (one valid token included) give 0.
     """
     m = mask.to(values.dtype)
     n = m.sum()
+    valid = m > 0
+    constant = values[valid].amax() == values[valid].amin() if bool(valid.any()) else True
     mean = (values * m).sum() / n.clamp(min=1.0)
-    var = (((values - mean) ** 2) * m).sum() / (n - 1.0).clamp(min=1.0)
-    out = (values - mean) * torch.rsqrt(var + eps)
+    centred = torch.zeros_like(values) if constant else values - mean
+    var = ((centred**2) * m).sum() / (n - 1.0).clamp(min=1.0)
+    out = _safe_divide(centred, torch.sqrt(var + eps).expand_as(centred))
     if not shift_mean:
         out = out + mean
     return out * m
@@ -204,7 +231,7 @@ def best_of_group(batch: RolloutBatch) -> Tensor:
     """A = 1 / n_max for each sequence whose reward is its group's maximum, else 0.
 
     n_max is the number of tied maxima, so each group contributes a total weight of 1 and the
-    estimator is permutation-equivariant.
+    estimator is permutation-equivariant. A singleton group has nothing to select from: 0.
     """
     rewards = batch.rewards.to(torch.float32)
     unique, inverse = torch.unique(batch.group_ids, return_inverse=True)
@@ -213,7 +240,11 @@ def best_of_group(batch: RolloutBatch) -> Tensor:
     group_max = group_max.scatter_reduce(0, inverse, rewards, reduce="amax")
     is_max = (rewards == group_max[inverse]).to(rewards.dtype)
     n_max = torch.zeros(n_groups, device=rewards.device).index_add_(0, inverse, is_max)
-    return _broadcast(is_max / n_max[inverse], batch.mask)
+    count = torch.zeros(n_groups, device=rewards.device).index_add_(
+        0, inverse, torch.ones_like(rewards)
+    )
+    weight = torch.where(count[inverse] > 1, is_max / n_max[inverse], torch.zeros_like(is_max))
+    return _broadcast(weight, batch.mask)
 
 
 @ADVANTAGES.register(

@@ -17,7 +17,9 @@ class RolloutBatch:
     estimates; ``token_rewards``: [B, T] per-token rewards added to the outcome reward (e.g. a
     KL-in-reward penalty); ``entropy``: [B, T] per-token policy entropy (needed only when the
     entropy bonus is on); ``baseline``: scalar reward baseline carried between batches (set by
-    the built objective for ``ema_baseline``).
+    the built objective for ``ema_baseline``); ``advantages``: [B, T] precomputed advantages (a
+    trainer that splits a batch into minibatches computes them once on the whole batch, since
+    group and batch statistics must not change with the split).
     ``logp`` carries gradients; the others are treated as constants.
     """
 
@@ -31,6 +33,7 @@ class RolloutBatch:
     token_rewards: Tensor | None = None
     entropy: Tensor | None = None
     baseline: Tensor | None = None
+    advantages: Tensor | None = None
 
     def with_(self, **changes: object) -> RolloutBatch:
         """A copy with some fields replaced."""

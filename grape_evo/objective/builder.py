@@ -102,7 +102,7 @@ class Objective:
 
     def _rollout_loss(self, batch: RolloutBatch) -> tuple[Tensor, Metrics]:
         shaped = self.shape_rewards(batch)
-        adv = self.advantage(shaped).detach()
+        adv = (self.advantage(shaped) if batch.advantages is None else batch.advantages).detach()
         loss_mat, metrics = self.surrogate(batch.logp, batch.old_logp, adv, batch.mask)
         mask = batch.mask.to(loss_mat.dtype)
         kl = self.spec.kl

@@ -278,5 +278,5 @@ def kl_penalty(
     ratio = _ratio(logp, old_logp)
     penalty = (ratio - 1.0) - torch.log(ratio)
     metrics = _ratio_metrics(ratio, mask)
-    metrics["kl_beta"] = torch.tensor(coef)
+    metrics["kl_beta"] = torch.tensor(coef, device=logp.device)
     return (-ratio * adv + coef * penalty) * mask.to(logp.dtype), metrics

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,6 +85,15 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache of a model output: field ``cache`` (transformers >= 5.2x) or the older
+    ``past_key_values``."""
+    try:
+        return out["cache"]
+    except KeyError:
+        return out.past_key_values
 
 
 def _forward_params(model: nn.Module) -> set[str]:
@@ -185,7 +195,7 @@ class Policy(nn.Module):
                 total += p.numel()
         return total
 
-    def _apply(self, fn: Any, recurse: bool = True) -> Policy:  # noqa: FBT001, FBT002
+    def _apply(self, fn: Any, recurse: bool = True) -> Policy:
         super()._apply(fn, recurse)
         if self._reference_lm is not None:
             self._reference_lm._apply(fn, recurse)
@@ -290,9 +300,7 @@ class Policy(nn.Module):
         logits = out.logits
         if logits_to_keep > 0 and logits.shape[1] > logits_to_keep:
             logits = logits[:, -logits_to_keep:]
-        new_cache = None
-        if use_cache:
-            new_cache = out["cache"] if "cache" in out else out.past_key_values
+        new_cache = _cache_of(out) if use_cache else None
         hidden = out.hidden_states[-1] if output_hidden else None
         return logits, new_cache, hidden
 
@@ -417,7 +425,10 @@ def _attach_lora(lm: nn.Module, config: PolicyConfig) -> nn.Module:
         fan_in_fan_out=is_gpt2,  # GPT-2 uses Conv1D layers (weight stored transposed)
         bias="none",
     )
-    return get_peft_model(lm, lora)
+    with warnings.catch_warnings():
+        # peft 0.21 calls a transformers 5 API that transformers deprecates; not our concern.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return get_peft_model(lm, lora)
 
 
 def _build_gpt2(preset: str, tokenizer: TextTokenizer) -> nn.Module:

@@ -234,9 +234,7 @@ def completion_logprobs(policy: Policy, rollout: Rollout, reference: bool = Fals
     n_completion = int(rollout.completion_ids.shape[1])
     if reference:
         with policy.reference():
-            return policy.forward_logprobs(
-                rollout.input_ids, rollout.attention_mask, n_completion
-            )
+            return policy.forward_logprobs(rollout.input_ids, rollout.attention_mask, n_completion)
     return policy.forward_logprobs(rollout.input_ids, rollout.attention_mask, n_completion)
 
 

@@ -101,7 +101,9 @@ class Rubric:
         total = sum(c.weight * clip01(c.score(prompt, completion)) for c in self.criteria)
         return clip01(total / self.total_weight)
 
-    def breakdown(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, list[float]]:
+    def breakdown(
+        self, prompts: Sequence[str], completions: Sequence[str]
+    ) -> dict[str, list[float]]:
         """Per-criterion (clamped) scores: ``{name: [score for each pair]}``."""
         _check_lengths(prompts, completions)
         return {
@@ -221,7 +223,9 @@ class Task(abc.ABC):
             for p, c in zip(prompts, completions, strict=True)
         ]
 
-    def breakdown(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, list[float]]:
+    def breakdown(
+        self, prompts: Sequence[str], completions: Sequence[str]
+    ) -> dict[str, list[float]]:
         """Per-criterion scores on normalised completions (see :meth:`Rubric.breakdown`)."""
         return self.rubric.breakdown(prompts, [self.normalize(c) for c in completions])
 

@@ -1,0 +1,18 @@
+"""Training: the SFT warm start (cached reference), the trainer loop and run outputs."""
+
+from grape_evo.training.config import TrainConfig
+from grape_evo.training.run import train
+from grape_evo.training.run_log import read_metrics
+from grape_evo.training.trainer import Diverged, EvalReport, Trainer
+from grape_evo.training.warm_start import cache_root, warm_start_policy
+
+__all__ = [
+    "Diverged",
+    "EvalReport",
+    "TrainConfig",
+    "Trainer",
+    "cache_root",
+    "read_metrics",
+    "train",
+    "warm_start_policy",
+]

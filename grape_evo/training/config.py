@@ -1,0 +1,66 @@
+"""TrainConfig: everything about a training run that is not the objective."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Budget and optimisation settings of one run (the objective is a separate spec).
+
+    ``batch_size`` counts sampled completions per step (prompts = batch_size // group_size), so
+    objectives with different group sizes see the same number of samples; preference objectives
+    use batch_size // 2 pairs and SFT batch_size demonstrations. ``warm_start_steps`` of SFT
+    build the reference policy (cached on disk). A run is declared diverged when its loss is not
+    finite or its mean per-sequence KL to the reference exceeds ``max_kl_to_ref`` nats.
+    """
+
+    steps: int = 200
+    seed: int = 0
+    lr: float = 1e-4
+    batch_size: int = 64
+    minibatches: int = 1
+    temperature: float = 1.0
+    max_grad_norm: float = 1.0
+    value_coef: float = 0.5
+    eval_every: int = 25
+    eval_prompts: int = 128
+    warm_start_steps: int = 400
+    warm_start_lr: float = 3e-3
+    offline_pairs: int = 1024
+    max_kl_to_ref: float = 50.0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive_ints = ("steps", "batch_size", "minibatches", "eval_every", "eval_prompts")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train.{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.warm_start_steps, int) or self.warm_start_steps < 0:
+            raise ValueError(f"train.warm_start_steps must be >= 0, got {self.warm_start_steps!r}")
+        for name in ("lr", "warm_start_lr", "temperature", "max_grad_norm", "max_kl_to_ref"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"train.{name} must be a finite number >= 0, got {value!r}")
+        if self.temperature == 0:
+            raise ValueError("train.temperature must be > 0 (evaluation is greedy already)")
+        if self.batch_size % self.minibatches:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be divisible by train.minibatches "
+                f"({self.minibatches})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"train: unknown keys {unknown}; valid keys: {sorted(valid)}")
+        return cls(**data)

@@ -1,0 +1,99 @@
+"""The reference policy: an SFT warm start on the task's demonstrations, cached on disk.
+
+The cache key hashes (task config, policy config, warm-start budget, seed), so every candidate
+of a campaign starts from the same place and only the first run pays for it. Writes go to a
+temporary folder renamed into place, so concurrent workers never read a half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from grape_evo.objective import presets
+from grape_evo.policy import Policy, PolicyConfig, build_policy
+from grape_evo.tasks import Task
+from grape_evo.training.config import TrainConfig
+
+_DONE = "warm_start.json"
+
+
+def cache_root() -> Path:
+    """``$GRAPE_CACHE`` or ``~/.cache/grape-evo``."""
+    return Path(os.environ.get("GRAPE_CACHE", Path.home() / ".cache" / "grape-evo"))
+
+
+def warm_start_key(task: Task, policy_config: PolicyConfig, config: TrainConfig) -> str:
+    """Hash of everything that decides the warm-start weights."""
+    blob = {
+        "task": task.config(),
+        "policy": replace(policy_config, value_head=False).to_dict(),
+        "steps": config.warm_start_steps,
+        "lr": config.warm_start_lr,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "format": 1,
+    }
+    text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _train_sft(policy: Policy, task: Task, config: TrainConfig) -> None:
+    from grape_evo.training.trainer import Trainer
+
+    sft = TrainConfig(
+        steps=max(1, config.warm_start_steps),
+        seed=config.seed,
+        lr=config.warm_start_lr,
+        batch_size=config.batch_size,
+        device=config.device,
+    )
+    trainer = Trainer(presets.get("sft"), task, sft, policy)
+    for step in range(config.warm_start_steps):
+        trainer.step(step)
+
+
+def warm_start_policy(
+    task: Task,
+    policy_config: PolicyConfig,
+    config: TrainConfig,
+    device: torch.device,
+    cache_dir: Path | None = None,
+) -> tuple[Policy, Path]:
+    """A policy whose weights and frozen reference are the cached SFT warm start.
+
+    Built (and cached) on first use; the value head, when the config asks for one, starts
+    fresh from the seed. Returns the policy and its cache folder.
+    """
+    root = cache_root() if cache_dir is None else cache_dir
+    folder = root / "warm_start" / warm_start_key(task, policy_config, config)
+    base_config = replace(policy_config, value_head=False)
+    if not (folder / _DONE).is_file():
+        policy = build_policy(base_config, None, seed=config.seed, device=device)
+        _train_sft(policy, task, config)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".warm-", dir=root))
+        policy.save(tmp)
+        (tmp / _DONE).write_text(
+            json.dumps({"task": task.config(), "steps": config.warm_start_steps}, indent=2)
+        )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another worker finished first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    policy = build_policy(policy_config, None, seed=config.seed, device="cpu")
+    state = torch.load(folder / "policy.pt", map_location="cpu", weights_only=True)
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("value_head") for k in missing):
+        raise RuntimeError(f"warm-start cache {folder} does not match the policy config")
+    policy = policy.to(device)
+    policy.freeze_reference()
+    return policy, folder
