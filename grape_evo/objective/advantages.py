@@ -103,16 +103,18 @@ def _update_ema(state: dict[str, Any], metrics: dict[str, Any], decay: float) ->
     update_state=_update_ema,
     reference="Williams 1992; Sutton & Barto 13.4 (REINFORCE with baseline)",
 )
-def ema_baseline(batch: RolloutBatch, decay: float = 0.9) -> Tensor:
+def ema_baseline(
+    batch: RolloutBatch, decay: float = 0.9, *, baseline: float | None = None
+) -> Tensor:
     """A = R_i - b, b an exponential moving average of earlier batches' mean reward.
 
-    ``batch.baseline`` (scalar) is b, kept by the built objective and updated after each call as
+    ``baseline`` is state carried by the built objective, updated once per rollout batch as
     b <- decay * b + (1 - decay) * mean(R). On the first batch (no baseline yet) b is the
     batch's own mean reward.
     """
     rewards = batch.rewards.to(torch.float32)
-    baseline = rewards.mean() if batch.baseline is None else batch.baseline.to(rewards.dtype)
-    return _broadcast(rewards - baseline, batch.mask)
+    b = rewards.mean() if baseline is None else torch.tensor(baseline, device=rewards.device)
+    return _broadcast(rewards - b, batch.mask)
 
 
 @ADVANTAGES.register(

@@ -16,8 +16,7 @@ class RolloutBatch:
     (sequences sampled for the same prompt share an id). Optional: ``values``: [B, T] critic
     estimates; ``token_rewards``: [B, T] per-token rewards added to the outcome reward (e.g. a
     KL-in-reward penalty); ``entropy``: [B, T] per-token policy entropy (needed only when the
-    entropy bonus is on); ``baseline``: scalar reward baseline carried between batches (set by
-    the built objective for ``ema_baseline``); ``advantages``: [B, T] precomputed advantages (a
+    entropy bonus is on); ``advantages``: [B, T] precomputed advantages (a
     trainer that splits a batch into minibatches computes them once on the whole batch, since
     group and batch statistics must not change with the split).
     ``logp`` carries gradients; the others are treated as constants.
@@ -32,7 +31,6 @@ class RolloutBatch:
     values: Tensor | None = None
     token_rewards: Tensor | None = None
     entropy: Tensor | None = None
-    baseline: Tensor | None = None
     advantages: Tensor | None = None
 
     def with_(self, **changes: object) -> RolloutBatch:

@@ -79,7 +79,7 @@ class Objective:
 
     # ---- rollout objectives -------------------------------------------------------------
     def shape_rewards(self, batch: RolloutBatch) -> RolloutBatch:
-        """Apply KL-in-reward placement and the carried baseline; idempotent per batch."""
+        """Apply the KL-in-reward placement (penalties from the sampling policy's log-probs)."""
         kl = self.spec.kl
         changes: dict[str, Any] = {}
         if kl.active and kl.placement == "reward":
@@ -90,10 +90,6 @@ class Objective:
                 changes["token_rewards"] = base + penalty
             else:
                 changes["rewards"] = batch.rewards.to(penalty.dtype) + penalty.sum(-1)
-        if "baseline" in self.advantage.state and self.advantage.state["baseline"] is not None:
-            changes["baseline"] = torch.as_tensor(
-                self.advantage.state["baseline"], device=batch.rewards.device
-            )
         return batch.with_(**changes) if changes else batch
 
     def advantages(self, batch: RolloutBatch) -> Tensor:

@@ -414,9 +414,8 @@ class ObjectiveSpec:
             **spec.advantage.as_kwargs(ADVANTAGES)
         )
         if spec.kl.active and spec.kl.placement == "reward":
-            shaped = S.R - num(spec.kl.coef) * sp.Sum(
-                KL_ESTIMATORS.get(spec.kl.estimator).symbolic(), (S.t, 1, S.len_i)
-            )
+            per_token = KL_ESTIMATORS.get(spec.kl.estimator).symbolic()
+            shaped = S.R - num(spec.kl.coef) * sp.Sum(per_token.subs(S.d, S.d_s), (S.s, 1, S.len_i))
             advantage = advantage.subs(S.R, shaped)
             kl_term = sp.Integer(0)
         token_loss = SURROGATES.get(spec.surrogate.name).symbolic(

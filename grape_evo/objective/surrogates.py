@@ -17,7 +17,7 @@ from torch import Tensor
 from grape_evo.objective.aggregation import masked_mean
 from grape_evo.objective.registry import SURROGATES
 from grape_evo.objective.symbolic import Symbols as S
-from grape_evo.objective.symbolic import clip, num, sg, sigmoid
+from grape_evo.objective.symbolic import clip, num, sg, sigmoid, where
 
 Metrics = dict[str, Tensor]
 
@@ -49,7 +49,7 @@ def _clipped_objective(
 def _ppo_symbolic(A: sp.Expr, clip_low: float, clip_high: float, dual_clip: float) -> sp.Expr:
     obj = sp.Min(S.ratio * A, clip(S.ratio, 1 - num(clip_low), 1 + num(clip_high)) * A)
     if dual_clip > 0:
-        obj = sp.Piecewise((sp.Max(obj, num(dual_clip) * A), A < 0), (obj, True))
+        obj = where(A < 0, sp.Max(obj, num(dual_clip) * A), obj)
     return -obj
 
 
@@ -177,7 +177,7 @@ def _sapo_symbolic(A: sp.Expr, tau_pos: float, tau_neg: float) -> sp.Expr:
     def gate(tau: float) -> sp.Expr:
         return 4 / num(tau) * sigmoid(num(tau) * (S.ratio - 1))
 
-    return -sp.Piecewise((gate(tau_pos) * A, A > 0), (gate(tau_neg) * A, True))
+    return -where(A > 0, gate(tau_pos) * A, gate(tau_neg) * A)
 
 
 @SURROGATES.register(

@@ -25,6 +25,12 @@ class clip(sp.Function):
 
     nargs = 3
 
+    @classmethod
+    def eval(cls, x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr | None:
+        if all(a.is_number for a in (x, lo, hi)):
+            return sp.Min(sp.Max(x, lo), hi)
+        return None
+
     def _latex(self, printer: LatexPrinter) -> str:
         x, lo, hi = (printer._print(a) for a in self.args)
         return rf"\operatorname{{clip}}\left({x},\,{lo},\,{hi}\right)"
@@ -35,6 +41,10 @@ class sg(sp.Function):
 
     nargs = 1
 
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        return x if x.is_number else None
+
     def _latex(self, printer: LatexPrinter) -> str:
         return rf"\operatorname{{sg}}\left[{printer._print(self.args[0])}\right]"
 
@@ -43,6 +53,10 @@ class sigmoid(sp.Function):
     """The logistic function 1 / (1 + exp(-x))."""
 
     nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        return 1 / (1 + sp.exp(-x)) if x.is_number else None
 
     def _latex(self, printer: LatexPrinter) -> str:
         return rf"\sigma\left({printer._print(self.args[0])}\right)"
@@ -53,6 +67,28 @@ class relu(sp.Function):
 
     def _latex(self, printer: LatexPrinter) -> str:
         return rf"\left[{printer._print(self.args[0])}\right]_+"
+
+
+class where(sp.Function):
+    """where(condition, a, b): a when the condition holds, else b.
+
+    Used instead of sympy's Piecewise, whose LaTeX (a cases environment) matplotlib's
+    mathtext cannot render.
+    """
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, condition: sp.Basic, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
+        if condition is sp.true:
+            return a
+        if condition is sp.false:
+            return b
+        return None
+
+    def _latex(self, printer: LatexPrinter) -> str:
+        c, a, b = (printer._print(x) for x in self.args)
+        return rf"\left\{{{a}\ \mathrm{{if}}\ {c};\ {b}\ \mathrm{{else}}\right."
 
 
 class rank(sp.Function):
@@ -107,6 +143,7 @@ class Symbols:
     logp_old = _sym("logp_old", r"\log\pi_{\mathrm{old}}", real=True)
     logp_ref = _sym("logp_ref", r"\log\pi_{\mathrm{ref}}", real=True)
     d = _sym("d", "d_{i,t}", real=True)
+    d_s = _sym("d_s", "d_{i,s}", real=True)
     ratio = _sym("r", "r_{i,t}", positive=True)
     seq_ratio = _sym("s", "s_i", positive=True)
     H = _sym("H", r"\mathcal{H}_t", nonnegative=True)
@@ -120,6 +157,7 @@ class Symbols:
     # indices and sizes for aggregation sums
     i = _sym("i", "i", integer=True, positive=True)
     t = _sym("t", "t", integer=True, positive=True)
+    s = _sym("s", "s", integer=True, positive=True)
     B = _sym("B", "B", positive=True, integer=True)
     len_i = _sym("len_i", "|o_i|", positive=True, integer=True)
     N = _sym("N", r"N_{\mathrm{tok}}", positive=True, integer=True)
@@ -131,7 +169,7 @@ def num(x: float | int) -> sp.Expr:
         return sp.Integer(int(x))
     if isinstance(x, int) or float(x).is_integer():
         return sp.Integer(int(x))
-    return sp.Float(x, 4)
+    return sp.Float(x)
 
 
 def to_latex(expr: sp.Expr) -> str:

@@ -65,7 +65,6 @@ def make_batch(
     group_ids=None,
     values=None,
     token_rewards=None,
-    baseline=None,
     logp=None,
     old_logp=None,
     ref_logp=None,
@@ -93,12 +92,18 @@ def make_batch(
         if token_rewards is None
         else torch.tensor(token_rewards, dtype=torch.float32),
         entropy=None if entropy is None else torch.tensor(entropy, dtype=torch.float32),
-        baseline=None if baseline is None else torch.tensor(baseline, dtype=torch.float32),
     )
 
 
 def adv(name: str, batch: RolloutBatch, **params) -> torch.Tensor:
     return ADVANTAGES.get(name).fn(batch, **params)
+
+
+def batch_and_state(name: str, data: dict) -> tuple[RolloutBatch, dict]:
+    """A batch from generated data, and the carried state the component takes as keywords."""
+    fields = {k: v for k, v in data.items() if k != "baseline"}
+    state = {"baseline": data["baseline"]} if name == "ema_baseline" else {}
+    return make_batch(**fields), state
 
 
 def broadcast(per_seq, mask):
@@ -286,9 +291,9 @@ def test_ema_baseline_without_baseline_uses_batch_mean():
 def test_ema_baseline_with_carried_baseline():
     # b = 0.2 -> A = R - 0.2 = [0.8, -0.2]; the decay does not enter the advantage itself
     for decay in (0.0, 0.9):
-        out = adv("ema_baseline", make_batch(R2, MASK2, baseline=0.2), decay=decay)
+        out = adv("ema_baseline", make_batch(R2, MASK2), decay=decay, baseline=0.2)
         assert_matrix(out, [[0.8, 0.8, 0], [-0.2, -0.2, -0.2]])
-    out = adv("ema_baseline", make_batch(R4, MASK4, G4, baseline=1.5))
+    out = adv("ema_baseline", make_batch(R4, MASK4, G4), baseline=1.5)
     assert_matrix(out, broadcast([-0.5, -1.5, -1.0, 0.5], MASK4))
 
 
@@ -703,7 +708,8 @@ variant_st = st.sampled_from(VARIANTS)
 @given(data=batches(), variant=variant_st)
 def test_finite_and_zero_on_padding(data, variant):
     name, params = variant
-    out = adv(name, make_batch(**data), **params)
+    batch, state = batch_and_state(name, data)
+    out = adv(name, batch, **params, **state)
     b, t = len(data["mask"]), len(data["mask"][0])
     assert out.shape == (b, t)
     assert torch.isfinite(out).all()
@@ -714,9 +720,10 @@ def test_finite_and_zero_on_padding(data, variant):
 @given(data=batches(), variant=variant_st, junk=st.floats(-100, 100))
 def test_masked_tokens_have_no_effect(data, variant, junk):
     name, params = variant
-    base = make_batch(**data)
+    base, state = batch_and_state(name, data)
+    params = {**params, **state}
     pad = base.mask == 0
-    changed = make_batch(**data)
+    changed = base
     changed = changed.with_(
         logp=torch.where(pad, torch.full_like(base.logp, junk), base.logp),
         old_logp=torch.where(pad, torch.full_like(base.logp, -junk), base.old_logp),
@@ -744,8 +751,10 @@ def test_permutation_within_groups_is_equivariant(data, variant, rnd):
             perm[dst] = src
     permuted = {k: ([v[i] for i in perm] if isinstance(v, list) else v) for k, v in data.items()}
     assert permuted["group_ids"] == gids  # the permutation stays inside each group
-    out = adv(name, make_batch(**data), **params)
-    out_p = adv(name, make_batch(**permuted), **params)
+    batch, state = batch_and_state(name, data)
+    batch_p, _ = batch_and_state(name, permuted)
+    out = adv(name, batch, **params, **state)
+    out_p = adv(name, batch_p, **params, **state)
     torch.testing.assert_close(out_p, out[perm], atol=1e-4, rtol=1e-4)
 
 
@@ -753,8 +762,8 @@ def test_permutation_within_groups_is_equivariant(data, variant, rnd):
 @given(data=batches(), variant=variant_st)
 def test_matches_plain_python_reference(data, variant):
     name, params = variant
-    batch = make_batch(**data)
-    out = adv(name, batch, **params)
+    batch, state = batch_and_state(name, data)
+    out = adv(name, batch, **params, **state)
     mask, rewards, gids = data["mask"], data["rewards"], data["group_ids"]
     if name == "gae":
         gamma, lam = params.get("gamma", 1.0), params.get("lam", 0.95)
@@ -788,7 +797,7 @@ def test_matches_plain_python_reference(data, variant):
 @settings(max_examples=40, deadline=None)
 @given(data=batches(), eps=st.sampled_from([1e-6, 0.1]), unbiased=st.booleans())
 def test_identities_on_random_batches(data, eps, unbiased):
-    batch = make_batch(**data)
+    batch, _ = batch_and_state("group_mean", data)
     gids, rewards = data["group_ids"], data["rewards"]
     grp = groups_of(gids)
     scale = [std([rewards[j] for j in grp[g]], unbiased) + eps for g in gids]

@@ -1,0 +1,45 @@
+"""Shared fixtures for training tests: a session warm-start cache and tiny budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grape_evo.training import TrainConfig
+
+
+def tiny_config(**changes: Any) -> TrainConfig:
+    """A budget small enough for a whole run to take well under a second on CPU."""
+    base: dict[str, Any] = {
+        "steps": 2,
+        "warm_start_steps": 5,
+        "batch_size": 8,
+        "eval_prompts": 8,
+        "eval_every": 1,
+        "offline_pairs": 16,
+        "device": "cpu",
+    }
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def read_jsonl_strict(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON-lines file, failing the test on any line that does not parse."""
+    text = path.read_text()
+    assert text == "" or text.endswith("\n"), "metrics.jsonl ends with a torn line"
+    records = []
+    for i, line in enumerate(text.splitlines()):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:  # pragma: no cover - the failure message
+            raise AssertionError(f"metrics.jsonl line {i + 1} is not JSON: {line!r}") from err
+    return records
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One warm-start cache for the whole session (warm starts are shared between tests)."""
+    return tmp_path_factory.mktemp("grape-cache")
