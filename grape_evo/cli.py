@@ -1,17 +1,28 @@
-"""The ``grape`` command line: presets, show, train."""
+"""The ``grape`` command line: presets, show, train, evolve, worker."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
 from rich.table import Table
 
 from grape_evo.objective import ObjectiveError, ObjectiveSpec, presets
 from grape_evo.policy import PolicyConfig, resolve_device
+from grape_evo.search.campaign import (
+    Campaign,
+    CampaignError,
+    budget_used,
+    load_campaign_from_storage,
+    summarize,
+)
+from grape_evo.search.space import SpaceError, load_space
 from grape_evo.tasks import get_task
 from grape_evo.training import TrainConfig, train
 
@@ -147,6 +158,119 @@ def train_command(
     console.print(f"outputs: {out / 'metrics.jsonl'}, {out / 'summary.json'}")
     if summary["status"] != "ok":
         raise typer.Exit(1)
+
+
+def _campaign_progress(study: Any, budget: int) -> tuple[Progress, Callable[..., None]]:
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+    )
+    job = bar.add_task(f"campaign {study.study_name}", total=budget, status="")
+
+    def update(study: Any, _trial: Any = None) -> None:
+        info = summarize(study)
+        best = info["best_reward"]
+        best_text = "-" if best is None else f"{best:.3f} ({info['best_label']})"
+        bar.update(
+            job,
+            completed=budget_used(study),
+            status=f"best {best_text}  pruned {info['pruned']}  failed {info['failed']}",
+        )
+
+    update(study)
+    return bar, update
+
+
+def _print_discoveries(rows: list[dict[str, Any]], out: Path) -> None:
+    table = Table(title="fresh-seed re-evaluation (held-out reward, mean and bootstrap 95% CI)")
+    for column in ("rank", "objective", "reward", "95% CI", "accuracy", "KL to ref", "status"):
+        table.add_column(column)
+    for rank, row in enumerate(rows, 1):
+        low, high = row["reward_ci95"]
+        label = row["label"] + (" (baseline)" if row["baseline"] else "")
+        table.add_row(
+            str(rank),
+            label,
+            _fmt(row["reward"]),
+            f"[{_fmt(low)}, {_fmt(high)}]",
+            _fmt(row["accuracy"]),
+            _fmt(row["kl_to_ref"]),
+            row["status"],
+        )
+    console.print(table)
+    console.print(f"discoveries: {out / 'discoveries.json'}; study: {out}")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+@app.command("evolve")
+def evolve_command(
+    space_file: Path = typer.Argument(..., help="Search-space YAML (see search_spaces/)."),
+    out: Path = typer.Option(..., help="Campaign folder: study, trial runs, discoveries."),
+    trials: int | None = typer.Option(
+        None, min=1, help="Candidates to try, baselines not counted (default: the YAML's)."
+    ),
+    storage: str | None = typer.Option(
+        None, help="Optuna storage URL (default sqlite in OUT; postgresql://... or journal:PATH)."
+    ),
+    resume: bool = typer.Option(False, help="Continue the study in OUT (or start one)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Run an evolution campaign over a search space, then re-evaluate the best on fresh seeds."""
+    try:
+        space = load_space(space_file)
+        resolve_device(device)
+        prepare_out_dir(out)
+        campaign = Campaign(space, out, storage_url=storage, device=device)
+        if campaign.exists() and not resume:
+            fail(
+                f"{out} already holds the study '{space.name}': pass --resume to continue it, "
+                "or choose another --out"
+            )
+        study = campaign.open(create=True)
+    except (SpaceError, CampaignError, ValueError, OSError) as err:
+        fail(str(err))
+    # The budget counts candidates; the baselines run on top of it.
+    candidates = trials or int(study.user_attrs.get("candidates", space.search.trials))
+    budget = candidates + len(space.baselines)
+    study.set_user_attr("candidates", candidates)
+    study.set_user_attr("budget", budget)
+    bar, update = _campaign_progress(study, budget)
+    with bar:
+        campaign.optimize(study, budget, on_trial=update)
+        update(study)
+    console.print("re-evaluating the top candidates and the baselines on fresh seeds ...")
+    rows = campaign.reevaluate(study)
+    _print_discoveries(rows, out)
+
+
+@app.command("worker")
+def worker_command(
+    storage: str = typer.Option(..., help="The campaign's Optuna storage URL."),
+    study: str = typer.Option(..., help="The study (search space) name."),
+    out: Path | None = typer.Option(None, help="Where this worker writes trial runs."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Join a running campaign from another process or host and run trials until its budget."""
+    try:
+        resolve_device(device)
+        campaign = load_campaign_from_storage(storage, study, out, device=device)
+        prepare_out_dir(campaign.out_dir)
+        opened = campaign.open(create=False)
+    except (SpaceError, CampaignError, ValueError, OSError) as err:
+        fail(str(err))
+    budget = int(opened.user_attrs.get("budget", campaign.space.search.trials))
+    bar, update = _campaign_progress(opened, budget)
+    with bar:
+        campaign.optimize(opened, budget, on_trial=update)
+        update(opened)
+    console.print(f"worker done: study '{study}' has {budget_used(opened)}/{budget} trials")
 
 
 def prepare_out_dir(out: Path) -> None:

@@ -65,21 +65,15 @@ def task_rewards(task: Task, rollout: Rollout) -> Tensor:
 
 
 @torch.no_grad()
-def score_rollout(
-    policy: Policy, task: Task, rollout: Rollout, need_old: bool, need_reference: bool
-) -> ScoredRollout:
-    """Rewards, and under no_grad the old (if ``need_old``; else the sampling log-probs),
-    reference (if ``need_reference``; else zeros) log-probs and critic values."""
+def score_rollout(policy: Policy, task: Task, rollout: Rollout, need_old: bool) -> ScoredRollout:
+    """Rewards, and under no_grad the old (if ``need_old``; else the sampling log-probs) and
+    reference log-probs and the critic values."""
     old_logp, old_values = rollout.sample_logp, None
     if need_old or policy.has_value_head:
         out = completion_logprobs(policy, rollout)
         old_logp = out.logp if need_old else old_logp
         old_values = out.values
-    ref_logp = (
-        completion_logprobs(policy, rollout, reference=True).logp
-        if need_reference
-        else torch.zeros_like(old_logp)
-    )
+    ref_logp = completion_logprobs(policy, rollout, reference=True).logp
     return ScoredRollout(rollout, task_rewards(task, rollout), old_logp, ref_logp, old_values)
 
 

@@ -156,9 +156,10 @@ class Trainer:
         # One forward for old and new log-probs when a single update uses the batch.
         single_update = spec.epochs == 1 and cfg.minibatches == 1 and not self.is_trpo
         need_old = not single_update or cfg.temperature != 1.0
-        need_ref = spec.kl.active or spec.preference is not None
-        scored = score_rollout(self.policy, self.task, rollout, need_old, need_ref)
-        kl_to_ref = sequence_kl_to_ref(self.policy, rollout, scored.old_logp).mean()
+        # Reference log-probs are always needed: the KL-to-reference metric guards divergence.
+        scored = score_rollout(self.policy, self.task, rollout, need_old)
+        d = scored.old_logp - scored.ref_logp
+        kl_to_ref = ((torch.expm1(-d) + d) * rollout.completion_mask).sum(-1).mean()
         if spec.preference is not None:
             metrics = self._online_preference_update(scored)
         else:

@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from grape_evo.training import TrainConfig
+
+# Tiny models: one intra-op thread is fastest, and with two threads per process a loaded
+# machine (or pytest -n 2) slows these tests down by an order of magnitude.
+torch.set_num_threads(1)
 
 
 def tiny_config(**changes: Any) -> TrainConfig:
@@ -37,6 +42,37 @@ def read_jsonl_strict(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as err:  # pragma: no cover - the failure message
             raise AssertionError(f"metrics.jsonl line {i + 1} is not JSON: {line!r}") from err
     return records
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Any:
+    """``tiny(**changes)``: a tiny TrainConfig (see :func:`tiny_config`)."""
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def read_jsonl() -> Any:
+    """``read_jsonl(path)``: strict JSON-lines reader (see :func:`read_jsonl_strict`)."""
+    return read_jsonl_strict
+
+
+@pytest.fixture(scope="session")
+def warm_policy(cache_dir: Path) -> Any:
+    """``warm_policy(task, value_head=False, **config)``: a policy from the cached warm start."""
+    from grape_evo.policy import PolicyConfig
+    from grape_evo.training import warm_start_policy
+
+    def make(task: Any, value_head: bool = False, **changes: Any) -> Any:
+        policy, _ = warm_start_policy(
+            task,
+            PolicyConfig(value_head=value_head),
+            tiny_config(**changes),
+            torch.device("cpu"),
+            cache_dir,
+        )
+        return policy
+
+    return make
 
 
 @pytest.fixture(scope="session")

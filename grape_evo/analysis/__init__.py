@@ -1,0 +1,1 @@
+"""Analysis: backend-free statistics and tables over runs and studies."""

@@ -1,0 +1,412 @@
+"""An evolution campaign: one Optuna study per search space, resumable and shareable.
+
+* Storage: ``sqlite:///RUN/study.db`` by default (SQLite with a 60 s busy timeout, so several
+  local workers can share it), any SQLAlchemy URL (PostgreSQL for many hosts), or a journal
+  file (``journal:PATH``). Workers send heartbeats; a trial whose worker died is failed after
+  the grace period and retried by the next worker that starts a trial.
+* Baselines (presets) are enqueued first, with the same budget and seeds; where a baseline is a
+  point of the genome its genes are set, so the evolution sampler can breed from it.
+* A candidate whose key (canonical spec + training overrides) was already evaluated reuses that
+  result instead of training again.
+* After the budget, the top-k candidates and the baselines are re-run on fresh seeds; only those
+  numbers are reported as discoveries (mean and bootstrap 95% CI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.objective import ObjectiveSpec, presets
+from grape_evo.search.evaluator import CandidateResult, run_candidate
+from grape_evo.search.sampler import EvolutionSampler, Gene
+from grape_evo.search.space import SearchSpace, parse_space
+
+STUDY_FILE = "study.db"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+REEVAL_SEED_OFFSET = 1000
+
+
+class CampaignError(ValueError):
+    """A user-facing problem with a campaign's folder, storage or study."""
+
+
+class CandidateFailed(RuntimeError):
+    """A candidate diverged or failed; the trial is recorded as FAIL with this reason."""
+
+
+def default_storage_url(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / STUDY_FILE).resolve()}"
+
+
+def make_storage(
+    url: str, heartbeat_interval: int = 30, grace_period: int | None = None
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (SQLAlchemy URL or ``journal:PATH``)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    heartbeat: dict[str, Any] = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period or 4 * heartbeat_interval,
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                heartbeat["heartbeat_stale_trial_callback"] = retry
+            else:
+                retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+                heartbeat["failed_trial_callback"] = retry
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    except Exception as err:  # SQLAlchemy raises many types for a bad URL
+        raise CampaignError(f"cannot open storage '{url}': {err}") from None
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    settings = space.search
+    seed = settings.seed
+    name = settings.sampler
+    if name == "evolution":
+        genes = [Gene(a.path, a.distribution(), a.when) for a in space.axes]
+        return EvolutionSampler(genes, population_size=settings.population_size, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=settings.population_size, seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    raise CampaignError(f"unknown sampler '{name}'")
+
+
+def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    name = space.search.pruner
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.budget.steps)
+    if name == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+    return optuna.pruners.NopPruner()
+
+
+def candidate_key(spec: ObjectiveSpec, overrides: dict[str, Any]) -> str:
+    """Canonical spec key plus the training overrides (e.g. a learning-rate gene)."""
+    if not overrides:
+        return spec.key()
+    text = json.dumps({"spec": spec.key(), **overrides}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def project_onto_axes(space: SearchSpace, spec: ObjectiveSpec) -> dict[str, Any]:
+    """Genes of ``spec`` that lie in the space (used to seed the genome with baselines)."""
+    flat = _flatten(spec.to_dict())
+    params: dict[str, Any] = {}
+    for axis in space.axes:
+        if axis.path not in flat or not axis.is_active(params):
+            continue
+        value = flat[axis.path]
+        if (axis.kind == "categorical" and value in (axis.choices or ())) or (
+            axis.kind != "categorical"
+            and isinstance(value, int | float)
+            and axis.low <= value <= axis.high
+        ):
+            params[axis.path] = value
+    return params
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Finished trials, not counting a failed trial that was retried (its retry counts)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried |= {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(1 for t in trials if t.state in finished and t.number not in retried)
+
+
+@dataclass
+class Campaign:
+    """A search space bound to a run folder and a storage."""
+
+    space: SearchSpace
+    out_dir: Path
+    storage_url: str | None = None
+    device: str = "cpu"
+    heartbeat_interval: int = 30
+    grace_period: int | None = None
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.url = self.storage_url or default_storage_url(self.out_dir)
+
+    # ---- study ------------------------------------------------------------------------
+    @property
+    def directions(self) -> list[str]:
+        return [
+            "minimize" if o == "kl_to_ref" else "maximize" for o in self.space.search.objectives
+        ]
+
+    def storage(self) -> optuna.storages.BaseStorage:
+        return make_storage(self.url, self.heartbeat_interval, self.grace_period)
+
+    def exists(self) -> bool:
+        """Whether the storage already holds this campaign's study."""
+        if self.url.startswith("sqlite:///") and not Path(self.url[10:]).exists():
+            return False
+        names = {s.study_name for s in optuna.get_all_study_summaries(self.storage())}
+        return self.space.name in names
+
+    def open(self, create: bool) -> optuna.Study:
+        """Load the study (``create``: or create it, store the space, enqueue baselines)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        storage = self.storage()
+        study = optuna.create_study(
+            study_name=self.space.name,
+            storage=storage,
+            directions=self.directions,
+            sampler=make_sampler(self.space),
+            pruner=make_pruner(self.space),
+            load_if_exists=True,
+        )
+        if create and not study.user_attrs.get("baselines_enqueued"):
+            study.set_user_attr("space", json.dumps(self.space.to_dict()))
+            study.set_user_attr("out_dir", str(self.out_dir.resolve()))
+            for name in self.space.baselines:
+                params = project_onto_axes(self.space, presets.get(name))
+                study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+            study.set_user_attr("baselines_enqueued", True)
+        return study
+
+    # ---- one trial --------------------------------------------------------------------
+    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        baseline = trial.user_attrs.get("baseline")
+        params = self.space.suggest(trial)
+        if baseline:
+            spec, overrides = presets.get(baseline), {}
+        else:
+            spec, overrides = self.space.to_spec(params)
+            spec = spec.with_name(f"candidate-{trial.number}")
+        key = candidate_key(spec, overrides)
+        trial.set_user_attr("objective", spec.to_dict())
+        trial.set_user_attr("key", key)
+        trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("formula", spec.latex())
+        previous = self._find_completed(trial, key)
+        if previous is not None:
+            trial.set_user_attr("reused_from", previous.number)
+            for name in ("runs", "reward", "accuracy", "kl_to_ref"):
+                trial.set_user_attr(name, previous.user_attrs.get(name))
+            return self._values(previous.user_attrs["reward"], previous.user_attrs["kl_to_ref"])
+        configs = [
+            self.space.budget.train_config(seed, lr=overrides.get("lr"), device=self.device)
+            for seed in range(self.space.budget.seeds)
+        ]
+        prune = len(self.directions) == 1
+
+        def report(step: int, value: float) -> None:
+            if prune:
+                trial.report(value, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at global step {step}: reward {value:.3f}")
+
+        result = run_candidate(
+            spec,
+            self.space.tasks,
+            configs,
+            self.space.policy,
+            self.out_dir / "trials" / f"{trial.number:05d}",
+            report=report,
+        )
+        self._store(trial, result)
+        if not result.ok:
+            trial.set_user_attr("failure", result.failure)
+            raise CandidateFailed(result.failure)
+        return self._values(result.reward, result.kl_to_ref)
+
+    def _values(self, reward: float, kl: float) -> float | tuple[float, float]:
+        if len(self.directions) == 1:
+            return reward
+        return reward, kl
+
+    @staticmethod
+    def _store(trial: optuna.Trial, result: CandidateResult) -> None:
+        trial.set_user_attr("runs", result.attrs()["runs"])
+        trial.set_user_attr("reward", _finite_or_none(result.reward))
+        trial.set_user_attr("accuracy", _finite_or_none(result.accuracy))
+        trial.set_user_attr("kl_to_ref", _finite_or_none(result.kl_to_ref))
+
+    @staticmethod
+    def _find_completed(trial: optuna.Trial, key: str) -> FrozenTrial | None:
+        study = trial.study
+        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.user_attrs.get("key") == key and other.user_attrs.get("reward") is not None:
+                return other
+        return None
+
+    # ---- the campaign loop ------------------------------------------------------------
+    def optimize(
+        self,
+        study: optuna.Study,
+        budget: int,
+        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        """Run trials in this process until the study has ``budget`` finished trials."""
+        if budget_used(study) >= budget:
+            return
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        def stop_at_budget(study: optuna.Study, trial: FrozenTrial) -> None:
+            if on_trial is not None:
+                on_trial(study, trial)
+            if budget_used(study) >= budget:
+                study.stop()
+
+        study.optimize(
+            self.objective,
+            n_trials=None,
+            catch=(CandidateFailed,),
+            callbacks=[stop_at_budget],
+            gc_after_trial=True,
+        )
+
+    # ---- fresh-seed re-evaluation -----------------------------------------------------
+    def reevaluate(self, study: optuna.Study) -> list[dict[str, Any]]:
+        """Re-run the top-k candidates and every baseline on fresh seeds; rank them.
+
+        Results are written to ``RUN/discoveries.json``; runs already done (same objective key,
+        status ok) are read back, so an interrupted re-evaluation resumes.
+        """
+        budget = self.space.budget
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ranked = sorted(complete, key=lambda t: t.user_attrs.get("reward") or -math.inf)[::-1]
+        chosen: list[FrozenTrial] = []
+        seen: set[str] = set()
+        for t in ranked:
+            key = t.user_attrs.get("key")
+            if key in seen or t.user_attrs.get("baseline"):
+                continue
+            seen.add(key)
+            chosen.append(t)
+            if len(chosen) == budget.top_k:
+                break
+        for name in self.space.baselines:
+            match = [t for t in complete if t.user_attrs.get("baseline") == name]
+            if match:
+                chosen.append(match[0])
+        seeds = range(REEVAL_SEED_OFFSET, REEVAL_SEED_OFFSET + budget.reeval_seeds)
+        rows = []
+        for t in chosen:
+            spec = ObjectiveSpec.from_dict(t.user_attrs["objective"])
+            overrides = t.user_attrs.get("overrides") or {}
+            configs = [
+                budget.train_config(seed, lr=overrides.get("lr"), device=self.device)
+                for seed in seeds
+            ]
+            label = t.user_attrs.get("baseline") or f"trial-{t.number}"
+            result = run_candidate(
+                spec,
+                self.space.tasks,
+                configs,
+                self.space.policy,
+                self.out_dir / "reeval" / label,
+                reuse_existing=True,
+            )
+            rewards = result.finals("reward")
+            low, high = bootstrap_ci(rewards)
+            rows.append(
+                {
+                    "label": label,
+                    "trial": t.number,
+                    "baseline": bool(t.user_attrs.get("baseline")),
+                    "key": t.user_attrs.get("key"),
+                    "objective": t.user_attrs["objective"],
+                    "search_reward": t.user_attrs.get("reward"),
+                    "reward": _finite_or_none(result.reward),
+                    "reward_ci95": [_finite_or_none(low), _finite_or_none(high)],
+                    "accuracy": _finite_or_none(result.accuracy),
+                    "kl_to_ref": _finite_or_none(result.kl_to_ref),
+                    "rewards": rewards,
+                    "status": "ok" if result.ok else result.failure,
+                }
+            )
+        rows.sort(key=lambda r: r["reward"] if r["reward"] is not None else -math.inf, reverse=True)
+        path = self.out_dir / "discoveries.json"
+        path.write_text(json.dumps({"seeds": list(seeds), "candidates": rows}, indent=2) + "\n")
+        return rows
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def load_campaign_from_storage(
+    url: str, study_name: str, out_dir: Path | None, **kw: Any
+) -> Campaign:
+    """The campaign of an existing study (for ``grape worker``): its space is stored with it."""
+    storage = make_storage(url, kw.get("heartbeat_interval", 30), kw.get("grace_period"))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise CampaignError(f"no study '{study_name}' in {url}; studies there: {names}") from None
+    text = study.user_attrs.get("space")
+    if text is None:
+        raise CampaignError(f"study '{study_name}' was not created by `grape evolve`")
+    space = parse_space(json.loads(text), source=f"study '{study_name}'")
+    folder = out_dir or Path(study.user_attrs.get("out_dir", "."))
+    return Campaign(space, folder, storage_url=url, **kw)
+
+
+def summarize(study: optuna.Study) -> dict[str, Any]:
+    """Counts and the best trial, for progress displays."""
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.user_attrs.get("reward") or -math.inf, default=None)
+    return {
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED),
+        "failed": states.count(TrialState.FAIL),
+        "running": states.count(TrialState.RUNNING),
+        "best_reward": None if best is None else best.user_attrs.get("reward"),
+        "best_label": None
+        if best is None
+        else best.user_attrs.get("baseline") or f"trial-{best.number}",
+        "mean_reward": statistics.fmean(
+            [t.user_attrs["reward"] for t in complete if t.user_attrs.get("reward") is not None]
+        )
+        if complete
+        else None,
+    }

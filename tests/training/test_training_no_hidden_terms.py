@@ -1,0 +1,191 @@
+"""The trainer adds nothing to the objective's loss but the critic's value loss.
+
+Each test captures the rollout the trainer samples and the batch/loss it hands to the
+optimizer, then recomputes both from scratch with a copy of the policy taken before the step.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+import grape_evo.training.trainer as trainer_module
+from grape_evo.objective import ObjectiveSpec, RolloutBatch, build_objective, presets
+from grape_evo.policy import Policy, Rollout, completion_logprobs
+from grape_evo.tasks import get_task
+from grape_evo.training import Trainer
+
+KL_COEF = presets.describe("grpo").spec["kl"]["coef"]  # k3 in the loss
+EPS = presets.describe("grpo").spec["advantage"]["eps"]
+
+
+def _spy(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Record the sampled rollout, (batch, loss) from loss_hook, and what the optimizer saw."""
+    seen: dict[str, Any] = {"rollouts": [], "hooks": [], "totals": [], "grads": []}
+    real_sample = trainer_module.sample
+
+    def sample(*args: Any, **kwargs: Any) -> Rollout:
+        rollout = real_sample(*args, **kwargs)
+        seen["rollouts"].append(rollout)
+        return rollout
+
+    monkeypatch.setattr(trainer_module, "sample", sample)
+    trainer.loss_hook = lambda batch, loss: seen["hooks"].append((batch, loss.detach().clone()))
+    real_apply = trainer._apply
+
+    def apply(total: torch.Tensor) -> torch.Tensor:
+        seen["totals"].append(float(total))
+        out = real_apply(total)  # zero_grad, backward, clip (disabled here), step
+        seen["grads"].append(
+            {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
+        )
+        return out
+
+    monkeypatch.setattr(trainer, "_apply", apply)
+    return seen
+
+
+def _grads(policy: Policy, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    return {n: g for (n, _), g in zip(named, grads, strict=True) if g is not None}
+
+
+def _assert_same_grads(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    scale = max(float(g.abs().max()) for g in want.values())
+    assert scale > 0, "the expected gradient is zero: the check would be vacuous"
+    for name, g in want.items():
+        actual = got.get(name, torch.zeros_like(g))
+        torch.testing.assert_close(actual, g, rtol=1e-3, atol=1e-4 * scale, msg=name)
+
+
+def _group_zscore(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(R - mean_G R) / (std_G R (unbiased) + eps), per sequence."""
+    out = torch.zeros_like(rewards)
+    for g in groups.unique():
+        idx = groups == g
+        r = rewards[idx]
+        std = r.std(unbiased=True) if r.numel() > 1 else torch.tensor(0.0)
+        out[idx] = 0.0 if std == 0 else (r - r.mean()) / (std + EPS)
+    return out
+
+
+def test_grpo_batch_and_loss_are_the_objectives(warm_policy, tiny, monkeypatch) -> None:
+    task = get_task("preference")  # continuous rewards: non-trivial group z-scores
+    cfg = tiny(batch_size=16, max_grad_norm=0.0)  # 2 prompts x 8; no gradient clipping
+    policy = warm_policy(task, batch_size=16)
+    trainer = Trainer(presets.get("grpo"), task, cfg, policy)
+    trainer.step(0)  # move away from the reference so the KL term is non-zero
+    seen = _spy(trainer, monkeypatch)
+    before = copy.deepcopy(policy)
+    trainer.step(1)
+
+    (rollout,) = seen["rollouts"]
+    ((batch, loss),) = seen["hooks"]
+    rewards = torch.tensor(task.reward(rollout.prompts, rollout.texts), dtype=torch.float32)
+    torch.testing.assert_close(batch.rewards.float(), rewards)
+    assert rewards.unique().numel() > 2
+
+    out = completion_logprobs(before, rollout)
+    with torch.no_grad():
+        ref = completion_logprobs(before, rollout, reference=True).logp
+    mask = rollout.completion_mask.float()
+    torch.testing.assert_close(batch.ref_logp, ref)
+    torch.testing.assert_close(batch.logp.detach(), out.logp.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch.old_logp, out.logp.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch.mask.float(), mask)
+    assert batch.group_ids.tolist() == rollout.group_ids.tolist()
+    assert float(((out.logp - ref).abs() * mask).max()) > 1e-4, "KL term would be vacuous"
+
+    # The loss worked out by hand (DeepSeekMath GRPO): ratio = 1 on the first update, so
+    # per token L = -A_i + coef * k3 with k3 = exp(ref - logp) - (ref - logp) - 1, averaged
+    # over each sequence's tokens, then over sequences.
+    adv = _group_zscore(rewards, rollout.group_ids)
+    assert float(adv.abs().max()) > 0.5
+    ratio = torch.exp(out.logp - out.logp.detach())
+    d = ref - out.logp
+    per_token = -adv[:, None] * ratio + KL_COEF * (torch.exp(d) - d - 1)
+    expected = (((per_token * mask).sum(-1)) / mask.sum(-1)).mean()
+    # The same through the objective API, on a batch rebuilt from the pieces.
+    rebuilt = RolloutBatch(
+        logp=out.logp,
+        old_logp=out.logp.detach(),
+        ref_logp=ref,
+        mask=mask,
+        rewards=rewards,
+        group_ids=rollout.group_ids,
+        entropy=out.entropy,
+    )
+    via_objective = build_objective(presets.get("grpo"))(rebuilt)[0]
+    torch.testing.assert_close(via_objective, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-6)
+    # What the optimizer stepped on is exactly that loss.
+    assert seen["totals"] == [pytest.approx(float(expected), rel=1e-4, abs=1e-6)]
+    _assert_same_grads(seen["grads"][0], _grads(before, expected))
+
+
+def _gae_returns(
+    rewards: torch.Tensor, token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+    gamma: float, lam: float,
+) -> torch.Tensor:
+    """Value targets A + V of GAE, written out with Python loops per sequence."""
+    out = torch.zeros_like(values)
+    for i in range(values.shape[0]):
+        n = int(mask[i].sum())
+        r = [float(token_rewards[i, t]) for t in range(n)]
+        if n:
+            r[-1] += float(rewards[i])
+        v = [float(values[i, t]) for t in range(n)] + [0.0]
+        running = 0.0
+        for t in reversed(range(n)):
+            running = r[t] + gamma * v[t + 1] - v[t] + gamma * lam * running
+            out[i, t] = running + v[t]
+    return out
+
+
+def test_ppo_adds_only_the_value_loss(warm_policy, tiny, monkeypatch) -> None:
+    task = get_task("preference")
+    raw = dict(presets.describe("ppo").spec)
+    spec = ObjectiveSpec.from_dict({**raw, "name": "ppo_one_epoch", "epochs": 1})
+    gamma, lam = raw["advantage"]["gamma"], raw["advantage"]["lam"]
+    kl_coef = raw["kl"]["coef"]  # k1 in the reward
+    cfg = tiny(batch_size=16, max_grad_norm=0.0, value_coef=0.5)
+    policy = warm_policy(task, value_head=True, batch_size=16)
+    trainer = Trainer(spec, task, cfg, policy)
+    trainer.step(0)
+    seen = _spy(trainer, monkeypatch)
+    before = copy.deepcopy(policy)
+    trainer.step(1)
+
+    (rollout,) = seen["rollouts"]
+    ((batch, loss),) = seen["hooks"]
+    rewards = torch.tensor(task.reward(rollout.prompts, rollout.texts), dtype=torch.float32)
+    out = completion_logprobs(before, rollout)
+    with torch.no_grad():
+        ref = completion_logprobs(before, rollout, reference=True).logp
+    mask = rollout.completion_mask.float()
+    assert out.values is not None
+    old_values = out.values.detach()
+    torch.testing.assert_close(batch.values, old_values, rtol=1e-4, atol=1e-5)
+    rebuilt = RolloutBatch(
+        logp=out.logp,
+        old_logp=out.logp.detach(),
+        ref_logp=ref,
+        mask=mask,
+        rewards=rewards,
+        group_ids=rollout.group_ids,
+        values=old_values,
+        entropy=out.entropy,
+    )
+    policy_loss = build_objective(spec)(rebuilt)[0]
+    torch.testing.assert_close(loss, policy_loss.detach(), rtol=1e-4, atol=1e-5)
+
+    token_rewards = -kl_coef * (out.logp.detach() - ref) * mask
+    returns = _gae_returns(rewards, token_rewards, old_values, mask, gamma, lam)
+    value_loss = 0.5 * (((out.values - returns) ** 2) * mask).sum() / mask.sum()
+    total = policy_loss + cfg.value_coef * value_loss
+    assert seen["totals"] == [pytest.approx(float(total), rel=1e-4, abs=1e-5)]
+    _assert_same_grads(seen["grads"][0], _grads(before, total))

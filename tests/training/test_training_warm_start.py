@@ -1,0 +1,76 @@
+"""The SFT warm start is cached by (task, policy config, budget, seed)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import grape_evo.training.warm_start as warm_start
+from grape_evo.policy import PolicyConfig
+from grape_evo.tasks import get_task
+from grape_evo.training import cache_root, warm_start_policy
+
+CPU = torch.device("cpu")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_second_call_loads_the_cache(tmp_path: Path, tiny: Any, monkeypatch) -> None:
+    task, cfg = get_task("sort"), tiny(warm_start_steps=20)
+    t0 = time.perf_counter()
+    first, folder = warm_start_policy(task, PolicyConfig(), cfg, CPU, tmp_path)
+    build_seconds = time.perf_counter() - t0
+    assert folder.is_dir() and folder.parent.parent == tmp_path
+    fresh = warm_start.build_policy(PolicyConfig(), None, seed=cfg.seed)
+    assert not _same_weights(first, fresh), "20 SFT steps did not change the weights"
+
+    def no_sft(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("SFT ran again although the warm start is cached")
+
+    monkeypatch.setattr(warm_start, "_train_sft", no_sft)
+    t0 = time.perf_counter()
+    second, folder2 = warm_start_policy(task, PolicyConfig(), cfg, CPU, tmp_path)
+    load_seconds = time.perf_counter() - t0
+    assert folder2 == folder
+    assert _same_weights(first, second)
+    assert load_seconds < build_seconds
+    # The reference of a loaded policy is the warm start itself.
+    with second.reference():
+        assert _same_weights(second.lm, second._reference_lm)
+    # A critic's value head does not change the warm start (it starts fresh from the seed).
+    critic, folder3 = warm_start_policy(task, PolicyConfig(value_head=True), cfg, CPU, tmp_path)
+    assert folder3 == folder and critic.has_value_head
+    assert all(torch.equal(critic.state_dict()[k], v) for k, v in first.state_dict().items())
+
+
+@pytest.mark.parametrize("change", ["seed", "task", "budget"])
+def test_different_key_different_folder(change: str, tmp_path: Path, tiny: Any) -> None:
+    task, cfg = get_task("reverse"), tiny()
+    _, folder = warm_start_policy(task, PolicyConfig(), cfg, CPU, tmp_path)
+    other_task, other_cfg = task, cfg
+    if change == "seed":
+        other_cfg = tiny(seed=1)
+    elif change == "task":
+        other_task = get_task("sort")
+    else:
+        other_cfg = tiny(warm_start_steps=6)
+    other, other_folder = warm_start_policy(other_task, PolicyConfig(), other_cfg, CPU, tmp_path)
+    assert other_folder != folder
+    assert len(list((tmp_path / "warm_start").iterdir())) == 2
+    if change == "seed":
+        first, _ = warm_start_policy(task, PolicyConfig(), cfg, CPU, tmp_path)
+        assert not _same_weights(first, other)
+
+
+def test_cache_root_follows_env(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GRAPE_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv("GRAPE_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "grape-evo"
