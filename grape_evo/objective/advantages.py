@@ -21,8 +21,8 @@ from grape_evo.objective.symbolic import is_group_max, num, rank, whiten_B
 
 
 def _broadcast(per_sequence: Tensor, mask: Tensor) -> Tensor:
-    """[B] -> [B, T], zero on padding."""
-    return per_sequence.to(mask.dtype).unsqueeze(-1) * mask
+    """[B] -> [B, T] float32, zero on padding (``mask`` may be bool, int or float)."""
+    return per_sequence.to(torch.float32).unsqueeze(-1) * mask.to(torch.float32)
 
 
 def group_stats(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from grape_evo.objective import (
     SURROGATES,
@@ -124,12 +125,12 @@ class Trainer:
             metrics = self._on_policy_step(step)
         out = {k: float(v) for k, v in metrics.items()}
         if not math.isfinite(out.get("loss", 0.0)):
-            raise Diverged(f"non-finite loss at step {step}")
+            raise Diverged(f"non-finite loss at step {step + 1}")
         kl = out.get("kl_to_ref")
         if kl is not None and kl > self.config.max_kl_to_ref:
             raise Diverged(
                 f"KL to the reference {kl:.1f} nats exceeded max_kl_to_ref "
-                f"{self.config.max_kl_to_ref:g} at step {step}"
+                f"{self.config.max_kl_to_ref:g} at step {step + 1}"
             )
         self.objective.end_step(out)
         return out
@@ -170,7 +171,7 @@ class Trainer:
         return metrics
 
     def _rollout_batch(
-        self, scored: ScoredRollout, logp: Tensor, entropy: Tensor, old_is_new: bool
+        self, scored: ScoredRollout, logp: Tensor, entropy: Tensor | None, old_is_new: bool
     ) -> RolloutBatch:
         rollout = scored.rollout
         return RolloutBatch(
@@ -186,31 +187,26 @@ class Trainer:
 
     def _rollout_updates(self, scored: ScoredRollout, old_is_new: bool) -> dict[str, Tensor]:
         spec, cfg = self.spec, self.config
+        full = self._rollout_batch(scored, scored.old_logp, None, False)
         returns = None
         if self.uses_critic:
-            full = self._rollout_batch(scored, scored.old_logp, scored.old_logp, False)
-            shaped = self.objective.shape_rewards(full)
+            gae_params = self.objective.advantage.params
             _, returns = gae_advantages_and_returns(
-                shaped,
-                **{
-                    k: v
-                    for k, v in self.objective.advantage.params.items()
-                    if k in ("gamma", "lam")
-                },
+                self.objective.shape_rewards(full), gae_params["gamma"], gae_params["lam"]
             )
-        advantages = None
-        if cfg.minibatches > 1:
-            full = self._rollout_batch(scored, scored.old_logp, scored.old_logp, False)
-            advantages = self.objective.advantages(full)
         if self.is_trpo:
             return self._trpo_update(scored, returns)
+        # Group and batch statistics must not depend on how the batch is split.
+        advantages = self.objective.advantages(full) if cfg.minibatches > 1 else None
         metrics: dict[str, Tensor] = {}
         size = scored.rewards.shape[0]
         for _ in range(spec.epochs):
-            order = torch.randperm(size, generator=self.generator, device=self.device)
             if cfg.minibatches == 1:
-                order = torch.arange(size, device=self.device)
-            for chunk in order.chunk(cfg.minibatches):
+                chunks = [torch.arange(size, device=self.device)]
+            else:
+                order = torch.randperm(size, generator=self.generator, device=self.device)
+                chunks = list(order.chunk(cfg.minibatches))
+            for chunk in chunks:
                 part = scored if cfg.minibatches == 1 else scored.select(chunk)
                 out = completion_logprobs(self.policy, part.rollout)
                 batch = self._rollout_batch(part, out.logp, out.entropy, old_is_new)
@@ -221,23 +217,17 @@ class Trainer:
                     self.loss_hook(batch, loss)
                 total = loss
                 if returns is not None:
-                    value_loss = self._value_loss(out.values, returns, part, chunk, cfg)
+                    value_loss = self._value_loss(out.values, returns[chunk], part)
                     total = loss + cfg.value_coef * value_loss
                     metrics["value_loss"] = value_loss.detach()
                 metrics["grad_norm"] = self._apply(total)
         return metrics
 
-    def _value_loss(
-        self,
-        values: Tensor | None,
-        returns: Tensor,
-        part: ScoredRollout,
-        chunk: Tensor,
-        cfg: TrainConfig,
-    ) -> Tensor:
+    @staticmethod
+    def _value_loss(values: Tensor | None, returns: Tensor, part: ScoredRollout) -> Tensor:
+        """0.5 * token mean of (V - (A + V_old))^2, the PPO critic loss (unclipped)."""
         assert values is not None
-        target = returns if cfg.minibatches == 1 else returns[chunk]
-        return 0.5 * masked_mean((values - target) ** 2, part.rollout.completion_mask)
+        return 0.5 * masked_mean((values - returns) ** 2, part.rollout.completion_mask)
 
     def _apply(self, loss: Tensor) -> Tensor:
         assert self.optimizer is not None
@@ -269,13 +259,17 @@ class Trainer:
             kl = (old_dist.exp() * (old_dist - new)).sum(-1)
             return masked_mean(kl, rollout.completion_mask)
 
-        result = trpo_step(self.policy_params, loss_fn, kl_fn, params["max_kl"], params["damping"])
+        # Fisher-vector products differentiate twice; only the math attention kernel can.
+        with sdpa_kernel(SDPBackend.MATH):
+            result = trpo_step(
+                self.policy_params, loss_fn, kl_fn, params["max_kl"], params["damping"]
+            )
         metrics = dict(state["metrics"])
         metrics.update({k: torch.tensor(v) for k, v in result.items()})
         metrics["loss"] = torch.tensor(result["loss_before"])
         if returns is not None and self.optimizer is not None:
             out = completion_logprobs(self.policy, rollout)
-            value_loss = self._value_loss(out.values, returns, scored, torch.empty(0), self.config)
+            value_loss = self._value_loss(out.values, returns, scored)
             self.optimizer.zero_grad(set_to_none=True)
             value_loss.backward()
             self.optimizer.step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,10 +30,8 @@ def runner(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 def _output(result: Any) -> str:
     text = result.output
-    try:
+    with contextlib.suppress(ValueError, AttributeError):
         text += result.stderr
-    except (ValueError, AttributeError):
-        pass
     return text
 
 

@@ -128,8 +128,12 @@ def test_grpo_batch_and_loss_are_the_objectives(warm_policy, tiny, monkeypatch) 
 
 
 def _gae_returns(
-    rewards: torch.Tensor, token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-    gamma: float, lam: float,
+    rewards: torch.Tensor,
+    token_rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
 ) -> torch.Tensor:
     """Value targets A + V of GAE, written out with Python loops per sequence."""
     out = torch.zeros_like(values)

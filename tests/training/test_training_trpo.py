@@ -47,7 +47,9 @@ def _flat(policy: Policy) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("attention", ["default", "math_sdpa"])
-def test_trpo_step_respects_max_kl(attention: str, warm_policy: Any, tiny: Any, monkeypatch) -> None:
+def test_trpo_step_respects_max_kl(
+    attention: str, warm_policy: Any, tiny: Any, monkeypatch
+) -> None:
     """``default``: the policy as training builds it. ``math_sdpa``: the same with the math
     attention kernel, which supports the double backward of Fisher-vector products."""
     task = get_task("addition")
