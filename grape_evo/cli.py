@@ -273,6 +273,23 @@ def worker_command(
     console.print(f"worker done: study '{study}' has {budget_used(opened)}/{budget} trials")
 
 
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A campaign folder written by `grape evolve`."),
+    out: Path | None = typer.Option(None, help="Report folder (default RUN_DIR/report)."),
+) -> None:
+    """Write report.md, figures and trials.csv for a campaign."""
+    from grape_evo.analysis import write_report
+
+    if not (run_dir / "study.db").is_file():
+        fail(f"{run_dir} holds no campaign (no study.db); run `grape evolve ... --out {run_dir}`")
+    try:
+        path = write_report(run_dir, out)
+    except (ValueError, OSError, KeyError) as err:
+        fail(f"cannot write the report for {run_dir}: {err}")
+    console.print(f"report: {path}")
+
+
 def prepare_out_dir(out: Path) -> None:
     """Create the run folder and check it is writable now, not after an hour of training."""
     out.mkdir(parents=True, exist_ok=True)

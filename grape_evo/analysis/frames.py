@@ -81,8 +81,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for a (reward, KL) study), ``reward``, ``accuracy``, ``kl_to_ref`` (means over runs),
     ``params.<axis>`` for every axis (NaN where inactive), ``reward.<task>.seed<k>`` and
     ``kl_to_ref.<task>.seed<k>`` per run, ``n_runs``, ``last_step`` (last reported
-    intermediate step), ``objective_name``, ``overrides`` (JSON), ``formula``,
-    ``duration_s``.
+    intermediate step), ``last_value`` (its value), ``objective_name``, ``overrides``
+    (JSON), ``formula``, ``duration_s``.
     """
     axes = study_axes(study)
     n_values = len(study.directions)
@@ -113,6 +113,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row[f"kl_to_ref.{tag}"] = _num(final.get("kl_to_ref"))
         row["n_runs"] = len(runs)
         row["last_step"] = max(t.intermediate_values, default=math.nan)
+        last = t.intermediate_values.get(row["last_step"]) if t.intermediate_values else None
+        row["last_value"] = _num(last)
         row["objective_name"] = (ua.get("objective") or {}).get("name")
         row["overrides"] = json.dumps(ua.get("overrides") or {}, sort_keys=True)
         row["formula"] = ua.get("formula")
@@ -453,4 +455,76 @@ def best_so_far(trials: pd.DataFrame, column: str = "reward") -> pd.Series:
     indexed by trial number."""
     ordered = trials.sort_values("number")
     values = ordered[column].where(ordered["state"] == TrialState.COMPLETE.name)
-    return pd.Series(values.astype(float).cummax().ffill().to_numpy(), index=ordered["number"].to_numpy(), name="best")
+    return pd.Series(
+        values.astype(float).cummax().ffill().to_numpy(),
+        index=ordered["number"].to_numpy(),
+        name="best",
+    )
+
+
+# ---- axis importance ----------------------------------------------------------------------
+MIN_IMPORTANCE_TRIALS = 4
+
+
+def param_importances(
+    study: optuna.Study, min_trials: int = MIN_IMPORTANCE_TRIALS
+) -> tuple[dict[str, float] | None, str]:
+    """(importances, note): Optuna's PED-ANOVA importance of each axis for the reward.
+
+    Computed over COMPLETE candidate trials (baselines are left out: a baseline is trained as
+    its preset, so its sampled axis values do not describe it). Conditional axes are scored
+    over the trials where they are active (PED-ANOVA handles them). fANOVA is the fallback
+    (it needs scikit-learn). Returns None and the reason when there are too few trials, no
+    axis varies, or the evaluators fail.
+    """
+    import warnings
+
+    from optuna.importance import (
+        FanovaImportanceEvaluator,
+        PedAnovaImportanceEvaluator,
+        get_param_importances,
+    )
+
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get("baseline") and t.params and t.values
+    ]
+    if len(trials) < min_trials:
+        return None, (
+            f"too few completed candidate trials for importances ({len(trials)} < {min_trials})"
+        )
+    varying = [
+        p
+        for p in dict.fromkeys(p for t in trials for p in t.params)
+        if len({json.dumps(t.params.get(p), default=str) for t in trials}) > 1
+    ]
+    if not varying:
+        return None, "no axis takes more than one value among the completed candidate trials"
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        copy = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials(trials)
+    notes = []
+    for name, make in (
+        ("PED-ANOVA", lambda: PedAnovaImportanceEvaluator()),
+        ("fANOVA", lambda: FanovaImportanceEvaluator(seed=0)),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = get_param_importances(
+                    copy, evaluator=make(), target=lambda t: t.values[0], normalize=True
+                )
+        except Exception as err:  # optuna raises several types on degenerate studies
+            notes.append(f"{name} failed ({type(err).__name__}: {err})")
+            continue
+        result = {k: float(v) for k, v in result.items()}
+        if result and all(math.isfinite(v) for v in result.values()):
+            note = f"{name} over {len(trials)} completed candidate trials (baselines left out)"
+            return result, "; ".join([*notes, note])
+        notes.append(f"{name} gave no finite importances")
+    return None, "; ".join(notes)

@@ -52,7 +52,7 @@ def default_storage_url(out_dir: Path) -> str:
 
 
 def make_storage(
-    url: str, heartbeat_interval: int = 30, grace_period: int | None = None
+    url: str, heartbeat_interval: int = 10, grace_period: int | None = None
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url`` (SQLAlchemy URL or ``journal:PATH``)."""
     if url.startswith("journal:"):
@@ -164,7 +164,7 @@ class Campaign:
     out_dir: Path
     storage_url: str | None = None
     device: str = "cpu"
-    heartbeat_interval: int = 30
+    heartbeat_interval: int = 10
     grace_period: int | None = None
 
     def __post_init__(self) -> None:
@@ -375,7 +375,7 @@ def load_campaign_from_storage(
     url: str, study_name: str, out_dir: Path | None, **kw: Any
 ) -> Campaign:
     """The campaign of an existing study (for ``grape worker``): its space is stored with it."""
-    storage = make_storage(url, kw.get("heartbeat_interval", 30), kw.get("grace_period"))
+    storage = make_storage(url, kw.get("heartbeat_interval", 10), kw.get("grace_period"))
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

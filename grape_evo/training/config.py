@@ -28,7 +28,7 @@ class TrainConfig:
     value_coef: float = 0.5
     eval_every: int = 25
     eval_prompts: int = 128
-    warm_start_steps: int = 400
+    warm_start_steps: int = 600
     warm_start_lr: float = 3e-3
     offline_pairs: int = 1024
     max_kl_to_ref: float = 50.0

@@ -1,0 +1,433 @@
+"""Matplotlib figures drawn only from the frames of :mod:`grape_evo.analysis.frames`.
+
+Every function returns a :class:`matplotlib.figure.Figure` on an Agg canvas (no pyplot, no
+global figure state), sized for reading at 100% zoom: (7, 4.5) inches at 120 dpi, fonts of at
+least 10 pt, a title, labelled axes with units and a legend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from grape_evo.analysis.pareto import pareto_mask
+
+FIGSIZE = (7.0, 4.5)
+DPI = 120
+REWARD_LABEL = "held-out reward (rubric score, 0-1)"
+KL_LABEL = "KL to reference (nats / sequence)"
+STEP_LABEL = "training step"
+TRIAL_LABEL = "trial number"
+_STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+_CANDIDATE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_BASELINE_COLORS = ("#444444", "#d62728", "#7f7f7f", "#bcbd22", "#000000")
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with matplotlib.rc_context(_STYLE):
+        yield
+
+
+def new_figure(figsize: tuple[float, float] = FIGSIZE, dpi: int = DPI) -> Figure:
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, path) -> None:
+    fig.savefig(path, dpi=fig.dpi)
+
+
+def colors_for(labels: Sequence[str], baselines: Sequence[str]) -> dict[str, str]:
+    """A stable colour per label: candidates from one palette, baselines from another."""
+    out, c, b = {}, 0, 0
+    for label in labels:
+        if label in baselines:
+            out[label] = _BASELINE_COLORS[b % len(_BASELINE_COLORS)]
+            b += 1
+        else:
+            out[label] = _CANDIDATE_COLORS[c % len(_CANDIDATE_COLORS)]
+            c += 1
+    return out
+
+
+# ---- learning curves ----------------------------------------------------------------------
+def learning_curves_figure(
+    curves: pd.DataFrame,
+    labels: Sequence[str] | None = None,
+    baselines: Sequence[str] = (),
+    title: str = "Learning curves",
+    ylabel: str = REWARD_LABEL,
+) -> Figure:
+    """One line (mean over seeds) and one shaded 95% CI band per label.
+
+    ``curves`` is a :func:`~grape_evo.analysis.frames.curve_summary` frame (columns ``label``,
+    ``step``, ``n``, ``mean``, ``ci_low``, ``ci_high``) for one task. Baselines are dashed.
+    """
+    with _style():
+        fig = new_figure()
+        ax = fig.add_subplot()
+        present = list(dict.fromkeys(curves["label"])) if not curves.empty else []
+        order = [lab for lab in (labels or present) if lab in present]
+        colors = colors_for(order, baselines)
+        drawn: dict[tuple, str] = {}  # identical curves hide each other: say so in the legend
+        for label in order:
+            part = curves[curves["label"] == label].sort_values("step")
+            n = int(part["n"].max())
+            kind = "baseline" if label in baselines else "discovered"
+            signature = tuple(np.round(part[["step", "mean"]].to_numpy(float), 9).ravel())
+            if signature in drawn:
+                kind += f", same curve as {drawn[signature]}"
+            else:
+                drawn[signature] = label
+            ax.plot(
+                part["step"],
+                part["mean"],
+                color=colors[label],
+                linestyle="--" if label in baselines else "-",
+                marker="o",
+                markersize=4,
+                linewidth=1.8,
+                label=f"{label} ({kind}, n={n})",
+            )
+            ax.fill_between(
+                part["step"].to_numpy(dtype=float),
+                part["ci_low"].to_numpy(dtype=float),
+                part["ci_high"].to_numpy(dtype=float),
+                color=colors[label],
+                alpha=0.12,
+                linewidth=0,
+            )
+        ax.set_title(f"{title}\nmean over seeds, shaded: 95% CI (t-based)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel(STEP_LABEL)
+        ax.set_ylabel(ylabel)
+        if order:
+            ax.legend(loc="best", frameon=False)
+        else:
+            _empty_note(ax, "no learning-curve data")
+    return fig
+
+
+# ---- final scores -------------------------------------------------------------------------
+def final_scores_figure(
+    discoveries: pd.DataFrame, title: str = "Final held-out reward on fresh seeds"
+) -> Figure:
+    """Mean final reward per objective (dots), bootstrap 95% CI (whiskers), per-seed finals.
+
+    ``discoveries`` is a :func:`~grape_evo.analysis.frames.discoveries_frame`; the best is at
+    the top. Artists: ``collections[0]`` the CI segments, ``[1]`` the means, ``[2]`` the
+    per-(task, seed) finals; a dashed vertical line marks the best baseline's mean.
+    """
+    with _style():
+        data = discoveries.reset_index(drop=True)
+        height = max(FIGSIZE[1], 1.2 + 0.45 * len(data))
+        fig = new_figure((FIGSIZE[0], height))
+        ax = fig.add_subplot()
+        y = np.arange(len(data))[::-1].astype(float)
+        colors = ["#444444" if b else "#1f77b4" for b in data.get("baseline", [])]
+        ax.hlines(y, data["ci_low"], data["ci_high"], colors=colors, linewidth=2.5, alpha=0.8)
+        ax.scatter(data["reward"], y, c=colors, s=50, zorder=3)
+        seed_x = [v for rewards in data["rewards"] for v in rewards]
+        seed_y = [yy for yy, rewards in zip(y, data["rewards"], strict=True) for _ in rewards]
+        ax.scatter(seed_x, seed_y, facecolors="none", edgecolors="#888888", s=18, zorder=2)
+        base = data[data["baseline"]] if "baseline" in data else data.iloc[0:0]
+        if not base.empty and base["reward"].notna().any():
+            best = base.loc[base["reward"].idxmax()]
+            ax.axvline(best["reward"], color="#444444", linestyle=":", linewidth=1.2)
+        ax.set_yticks(
+            y, [f"{lab} (n={n})" for lab, n in zip(data["label"], data["n"], strict=True)]
+        )
+        ax.set_xlabel(REWARD_LABEL)
+        ax.set_ylabel("objective")
+        ax.set_title(f"{title}\nmean, bootstrap 95% CI of the mean, per-seed finals")
+        from matplotlib.lines import Line2D
+
+        handles = [
+            Line2D([], [], color="#1f77b4", marker="o", linewidth=2.5, label="discovered"),
+            Line2D([], [], color="#444444", marker="o", linewidth=2.5, label="baseline"),
+            Line2D(
+                [],
+                [],
+                color="#888888",
+                marker="o",
+                markerfacecolor="none",
+                linestyle="",
+                label="one (task, seed)",
+            ),
+        ]
+        if not base.empty:
+            handles.append(
+                Line2D([], [], color="#444444", linestyle=":", label="best baseline mean")
+            )
+        ax.legend(handles=handles, loc="best", frameon=False)
+        _pad_x(ax, [*data["ci_low"], *data["ci_high"], *seed_x])
+        if data.empty:
+            _empty_note(ax, "no re-evaluated candidates")
+    return fig
+
+
+# ---- reward vs KL -------------------------------------------------------------------------
+def pareto_figure(
+    points: pd.DataFrame,
+    title: str = "Reward vs KL to reference",
+    annotate: int = 3,
+) -> Figure:
+    """Each objective as a point (``kl_to_ref``, ``reward``); the Pareto front (maximise
+    reward, minimise KL) highlighted and joined by a step line.
+
+    ``points`` needs ``label``, ``reward``, ``kl_to_ref`` and optionally ``baseline`` (str or
+    bool). Artists: ``collections[0]`` dominated points, ``[1]`` front points, ``[2]``
+    baselines (ringed, only when there are any); ``lines[0]`` the front. Baselines and the
+    ``annotate`` best front points are labelled.
+    """
+    with _style():
+        fig = new_figure()
+        ax = fig.add_subplot()
+        data = points[points["reward"].notna() & points["kl_to_ref"].notna()]
+        data = data.reset_index(drop=True)
+        on_front = pareto_mask(data["reward"], data["kl_to_ref"])
+        is_base = _baseline_flags(data)
+        dom, front = data[~on_front], data[on_front]
+        ax.scatter(
+            dom["kl_to_ref"],
+            dom["reward"],
+            color="#9e9e9e",
+            s=30,
+            alpha=0.8,
+            label=f"dominated ({len(dom)})" if len(dom) else "_dominated",
+        )
+        ax.scatter(
+            front["kl_to_ref"],
+            front["reward"],
+            color="#d62728",
+            s=45,
+            zorder=3,
+            label=f"Pareto front ({len(front)})",
+        )
+        if is_base.any():
+            base = data[is_base]
+            ax.scatter(
+                base["kl_to_ref"],
+                base["reward"],
+                facecolors="none",
+                edgecolors="black",
+                s=140,
+                linewidths=1.5,
+                zorder=4,
+                label="baseline",
+            )
+        ordered = front.sort_values("kl_to_ref")
+        ax.plot(
+            ordered["kl_to_ref"],
+            ordered["reward"],
+            color="#d62728",
+            drawstyle="steps-post",
+            linewidth=1.2,
+            alpha=0.8,
+        )
+        named = list(data[is_base].index) + [
+            i for i in front.sort_values("reward", ascending=False).index[:annotate]
+        ]
+        groups: list[tuple[tuple[float, float], list[str]]] = []  # coincident points share one
+        for i in dict.fromkeys(named):
+            row = data.loc[i]
+            xy = (float(row["kl_to_ref"]), float(row["reward"]))
+            for gxy, names in groups:
+                if _close(gxy, xy, ax):
+                    names.append(str(row["label"]))
+                    break
+            else:
+                groups.append((xy, [str(row["label"])]))
+        for xy, names in groups:
+            ax.annotate(
+                ", ".join(names), xy, xytext=(7, -12), textcoords="offset points", fontsize=10
+            )
+        ax.set_xlabel(KL_LABEL)
+        ax.set_ylabel(REWARD_LABEL)
+        ax.set_title(f"{title}\nfront: maximise reward, minimise KL")
+        if data.empty:
+            _empty_note(ax, "no completed trials with reward and KL")
+        else:
+            ax.legend(loc="best", frameon=False)
+            _pad_x(ax, data["kl_to_ref"].tolist(), right=0.25)
+            _pad_y(ax, data["reward"].tolist(), top=0.15)
+    return fig
+
+
+def _baseline_flags(data: pd.DataFrame) -> np.ndarray:
+    if "baseline" not in data:
+        return np.zeros(len(data), dtype=bool)
+    return np.array([bool(b) and b == b for b in data["baseline"]], dtype=bool)
+
+
+def _close(a: tuple[float, float], b: tuple[float, float], ax) -> bool:
+    x0, x1 = ax.dataLim.intervalx
+    y0, y1 = ax.dataLim.intervaly
+    dx = (x1 - x0) or 1.0
+    dy = (y1 - y0) or 1.0
+    return abs(a[0] - b[0]) / dx < 0.05 and abs(a[1] - b[1]) / dy < 0.05
+
+
+# ---- optimisation history -----------------------------------------------------------------
+def history_figure(
+    trials: pd.DataFrame,
+    best: pd.Series,
+    column: str = "reward",
+    title: str = "Optimisation history",
+) -> Figure:
+    """Every trial's value against its number, the best so far, pruned and failed trials.
+
+    ``trials`` is a trials frame, ``best`` :func:`~grape_evo.analysis.frames.best_so_far`.
+    Artists: ``lines[0]`` best so far; collections, each only when non-empty: complete
+    candidates, complete baselines, pruned (at their last reported value; ``last_value``
+    column if present), failed (on the bottom edge).
+    """
+    with _style():
+        fig = new_figure()
+        ax = fig.add_subplot()
+        state = trials["state"]
+        is_base = trials["baseline"].fillna("").astype(str) != ""
+        done = trials[(state == "COMPLETE") & ~is_base]
+        base = trials[(state == "COMPLETE") & is_base]
+        pruned = trials[state == "PRUNED"]
+        failed = trials[state == "FAIL"]
+        ax.plot(
+            best.index,
+            best.to_numpy(),
+            drawstyle="steps-post",
+            color="#d62728",
+            linewidth=2,
+            label="best so far",
+        )
+        if not done.empty:
+            ax.scatter(
+                done["number"], done[column], color="#1f77b4", s=30, label=f"complete ({len(done)})"
+            )
+        if not base.empty:
+            ax.scatter(
+                base["number"],
+                base[column],
+                color="#444444",
+                marker="s",
+                s=40,
+                label=f"baseline ({len(base)})",
+            )
+        values = [*done[column], *base[column]]
+        if not pruned.empty:
+            y = pruned["last_value"] if "last_value" in pruned else pruned[column]
+            ax.scatter(
+                pruned["number"],
+                y,
+                color="#ff7f0e",
+                marker="x",
+                s=40,
+                label=f"pruned ({len(pruned)}, last reported value)",
+            )
+            values.extend(y)
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if not failed.empty:
+            bottom = min(finite) if finite else 0.0
+            ax.scatter(
+                failed["number"],
+                [bottom] * len(failed),
+                color="black",
+                marker="v",
+                s=40,
+                clip_on=False,
+                label=f"failed ({len(failed)})",
+            )
+        counts = f"{len(done) + len(base)} complete, {len(pruned)} pruned, {len(failed)} failed"
+        ax.set_title(f"{title}\n{counts}")
+        ax.set_xlabel(TRIAL_LABEL)
+        ax.set_ylabel(f"mean final {REWARD_LABEL}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(loc="best", frameon=False)
+        _pad_y(ax, finite, top=0.1)
+    return fig
+
+
+# ---- importances --------------------------------------------------------------------------
+def importance_figure(
+    importances: Mapping[str, float], title: str = "Axis importance", method: str = "PED-ANOVA"
+) -> Figure:
+    """A horizontal bar per axis (largest at the top); ``patches`` has one bar per axis."""
+    with _style():
+        items = sorted(importances.items(), key=lambda kv: kv[1])
+        height = max(FIGSIZE[1], 1.5 + 0.4 * len(items))
+        fig = new_figure((FIGSIZE[0], height))
+        ax = fig.add_subplot()
+        names = [k for k, _ in items]
+        values = [v for _, v in items]
+        bars = ax.barh(names, values, color="#1f77b4", label=f"{method} importance")
+        ax.bar_label(bars, fmt="%.2f", padding=3, fontsize=10)
+        ax.set_xlabel("importance for the final reward (fraction of total, 0-1)")
+        ax.set_ylabel("axis")
+        ax.set_title(f"{title} ({method})")
+        ax.set_xlim(0, max([*values, 0.0]) * 1.15 or 1.0)
+        ax.legend(loc="lower right", frameon=False)
+    return fig
+
+
+# ---- formulas -----------------------------------------------------------------------------
+def formula_figure(latex: str, fontsize: int = 20, max_width: float = 30.0) -> Figure:
+    """The loss rendered with matplotlib mathtext, the figure sized to the formula.
+
+    Raises ValueError when mathtext cannot parse ``latex``.
+    """
+    with _style():
+        fig = new_figure((max_width, 1.0))
+        fig.set_layout_engine("none")
+        text = fig.text(0.01, 0.5, f"${latex}$", fontsize=fontsize, va="center", ha="left")
+        try:
+            renderer = fig.canvas.get_renderer()
+            box = text.get_window_extent(renderer=renderer)
+        except Exception as err:  # mathtext raises ValueError (ParseFatalException inside)
+            raise ValueError(f"mathtext cannot render the formula: {err}") from None
+        width = box.width / fig.dpi + 0.3
+        height = box.height / fig.dpi + 0.3
+        fig.set_size_inches(max(width, 2.0), max(height, 0.6))
+        text.set_position((0.15 / fig.get_figwidth(), 0.5))
+    return fig
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _empty_note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11)
+
+
+def _pad_x(ax, values: Sequence[float], right: float = 0.08) -> None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or max(abs(hi), 1e-3) * 0.2
+    ax.set_xlim(lo - 0.08 * span, hi + right * span)
+
+
+def _pad_y(ax, values: Sequence[float], top: float = 0.08) -> None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or max(abs(hi), 1e-3) * 0.2
+    ax.set_ylim(lo - 0.08 * span, hi + top * span)

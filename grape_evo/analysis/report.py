@@ -1,0 +1,456 @@
+"""``grape report RUN_DIR``: a campaign folder -> ``RUN_DIR/report/report.md`` with figures.
+
+Sections: learning curves of the top discovered objectives against the PPO / GRPO / DPO
+baselines; final held-out reward on fresh seeds with bootstrap 95% CIs; reward vs KL with the
+Pareto front; optimisation history; axis importances; each top objective's formula, YAML and
+difference from the nearest baseline; data problems (run folders whose ``summary.json`` is
+missing or corrupt). ``trials.csv`` holds one row per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from grape_evo.analysis import figures as F
+from grape_evo.analysis.diff import fmt_value, nearest_baseline_diff
+from grape_evo.analysis.frames import (
+    RunRef,
+    best_so_far,
+    curve_summary,
+    curves_from_trials,
+    discoveries_frame,
+    find_run_folders,
+    load_study,
+    param_importances,
+    runs_frame,
+    steps_frame,
+    trials_frame,
+)
+from grape_evo.analysis.pareto import pareto_mask
+from grape_evo.objective import ObjectiveSpec, presets
+
+CURVE_BASELINES = ("ppo", "grpo", "dpo")
+TOP_N = 3
+SECTIONS = (
+    "Learning curves",
+    "Final held-out scores",
+    "Reward vs KL to reference",
+    "Optimisation history",
+    "Axis importance",
+    "Top objectives",
+    "Data problems",
+)
+
+
+@dataclass
+class Candidate:
+    """A top discovered objective (or a baseline) as the report shows it."""
+
+    label: str
+    trial: int | None
+    spec: ObjectiveSpec | None
+    reward: float
+    ci: tuple[float, float] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    formula: str | None = None
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the campaign report of ``run_dir`` into ``out`` (default ``RUN_DIR/report``).
+
+    Returns the path of ``report.md``. Missing or corrupt run outputs are listed under "Data
+    problems"; a figure that cannot be drawn is replaced by a note.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    study = load_study(run_dir)
+    trials = trials_frame(study)
+    trials.to_csv(out / "trials.csv", index=False)
+    runs = runs_frame(run_dir, study)
+    problems = [
+        f"`{_rel(Path(p), run_dir)}`: {why}"
+        for p, why in zip(runs["path"], runs["problem"], strict=True)
+        if why
+    ]
+    try:
+        disc = discoveries_frame(run_dir)
+    except ValueError as err:
+        problems.append(str(err))
+        disc = None
+    baselines = _baseline_specs(study)
+    top = _top_candidates(study, trials, disc)
+
+    lines: list[str] = [f"# Campaign report: {study.study_name}", ""]
+    lines += _overview(study, trials, runs, disc, run_dir)
+    lines += _section_curves(out, run_dir, study, top, baselines, disc)
+    lines += _section_final(out, disc)
+    lines += _section_pareto(out, trials)
+    lines += _section_history(out, trials)
+    lines += _section_importance(out, study)
+    lines += _section_top(out, top, baselines)
+    lines += ["## Data problems", ""]
+    if problems:
+        lines += [f"- {p}" for p in problems]
+    else:
+        lines.append(
+            f"None: all {len(runs)} run folders read have a summary.json that parses "
+            "and a readable metrics.jsonl."
+        )
+    lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ---- gathering ----------------------------------------------------------------------------
+def _baseline_specs(study) -> dict[str, ObjectiveSpec]:
+    """The campaign's baselines (as trained), then PPO / GRPO / DPO presets if missing."""
+    specs: dict[str, ObjectiveSpec] = {}
+    for t in study.get_trials(deepcopy=False):
+        name = t.user_attrs.get("baseline")
+        if not name or name in specs:
+            continue
+        try:
+            specs[name] = ObjectiveSpec.from_dict(t.user_attrs["objective"])
+        except Exception:
+            try:
+                specs[name] = presets.get(name)
+            except Exception:
+                continue
+    for name in CURVE_BASELINES:
+        if name not in specs:
+            specs[name] = presets.get(name)
+    return specs
+
+
+def _spec_of(attrs: dict[str, Any] | None) -> ObjectiveSpec | None:
+    try:
+        return ObjectiveSpec.from_dict(attrs) if attrs else None
+    except Exception:
+        return None
+
+
+def _top_candidates(study, trials: pd.DataFrame, disc: pd.DataFrame | None) -> list[Candidate]:
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    out: list[Candidate] = []
+    if disc is not None and not disc.empty:
+        for _, row in disc[~disc["baseline"]].head(TOP_N).iterrows():
+            t = by_number.get(row["trial"])
+            ua = t.user_attrs if t is not None else {}
+            out.append(
+                Candidate(
+                    str(row["label"]),
+                    None if t is None else t.number,
+                    _spec_of(row["objective"] or ua.get("objective")),
+                    float(row["reward"]),
+                    (float(row["ci_low"]), float(row["ci_high"])),
+                    ua.get("overrides") or {},
+                    ua.get("formula"),
+                )
+            )
+        return out
+    done = trials[(trials["state"] == "COMPLETE") & (trials["baseline"] == "")]
+    done = done.sort_values(["reward", "number"], ascending=[False, True])
+    for _, row in done.drop_duplicates("key").head(TOP_N).iterrows():
+        ua = by_number[int(row["number"])].user_attrs
+        out.append(
+            Candidate(
+                str(row["label"]),
+                int(row["number"]),
+                _spec_of(ua.get("objective")),
+                float(row["reward"]),
+                None,
+                ua.get("overrides") or {},
+                ua.get("formula"),
+            )
+        )
+    return out
+
+
+def _curve_baselines(study) -> list[tuple[str, int]]:
+    """(label, trial) of the PPO / GRPO / DPO baselines the campaign has (else its first 3)."""
+    found: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        name = t.user_attrs.get("baseline")
+        if name and name not in found and t.state.name == "COMPLETE":
+            found[name] = t.number
+    chosen = [n for n in CURVE_BASELINES if n in found] or list(found)[:3]
+    return [(n, found[n]) for n in chosen]
+
+
+def _source_trial(study, number: int) -> int:
+    """The trial whose run folders hold ``number``'s runs (a reused result points elsewhere)."""
+    trial = study.trials[number] if number < len(study.trials) else None
+    if trial is None:
+        return number
+    reused = trial.user_attrs.get("reused_from")
+    return int(reused) if reused is not None else number
+
+
+# ---- sections -----------------------------------------------------------------------------
+def _overview(study, trials, runs, disc, run_dir: Path) -> list[str]:
+    states = trials["state"].value_counts().to_dict() if not trials.empty else {}
+    directions = ", ".join(d.name.lower() for d in study.directions)
+    budget = study.user_attrs.get("budget")
+    lines = [
+        f"Campaign folder: `{run_dir}`. Study `{study.study_name}`, directions: {directions} "
+        f"({'reward' if len(study.directions) == 1 else 'reward, KL to reference'}).",
+        "",
+        f"Trials: {len(trials)} ("
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        + f"); run folders read: {len(runs)}"
+        + (f"; fresh-seed re-evaluation of {len(disc)} objectives." if disc is not None else ".")
+        + " One row per trial in [trials.csv](trials.csv).",
+        "",
+    ]
+    if budget:
+        text = budget if isinstance(budget, str) else json.dumps(budget)
+        lines += [f"Trial budget: {text}.", ""]
+    return lines
+
+
+def _section_curves(out, run_dir, study, top, baselines, disc) -> list[str]:
+    lines = ["## Learning curves", ""]
+    base = _curve_baselines(study)
+    base_labels = [b for b, _ in base]
+    labels = [c.label for c in top] + base_labels
+    refs = find_run_folders(run_dir, study)
+    reeval = [r for r in refs if r.source == "reeval" and r.label in labels]
+    source = "fresh-seed re-evaluation runs (`reeval/`)"
+    steps = steps_frame(reeval) if reeval else pd.DataFrame()
+    if steps.empty or "eval_reward" not in steps:
+        numbers = {c.trial: c.label for c in top if c.trial is not None}
+        numbers.update({n: label for label, n in base})
+        wanted: list[RunRef] = []
+        for number, label in numbers.items():
+            src = _source_trial(study, number)
+            wanted += [
+                RunRef(r.source, label, number, r.task, r.seed, r.path)
+                for r in refs
+                if r.source == "trial" and r.trial == src
+            ]
+        steps = steps_frame(wanted)
+        source = "search runs (`trials/`)"
+        if steps.empty or "eval_reward" not in steps:
+            steps = curves_from_trials(study, list(numbers))
+            steps["label"] = [
+                numbers.get(n, lab) for n, lab in zip(steps["trial"], steps["label"], strict=True)
+            ]
+            source = "curves stored with the trials"
+    curves = curve_summary(steps) if not steps.empty else curve_summary(pd.DataFrame())
+    if curves.empty:
+        return [*lines, "No held-out reward curves were found for these objectives.", ""]
+    lines += [
+        f"Held-out reward against training step for the top {len(top)} discovered objectives "
+        f"and the baselines {', '.join(base_labels) or '(none)'}; from the {source}. Lines: "
+        "mean over seeds; bands: 95% CI of the mean, mean ± t(0.975, n-1)·s/√n (zero width "
+        "with one seed). Step 0 is the warm-start policy before training.",
+        "",
+    ]
+    for task in sorted(curves["task"].dropna().unique()):
+        part = curves[curves["task"] == task]
+        name = f"curves_{_slug(str(task))}.png"
+        lines += _figure(
+            out,
+            name,
+            lambda p=part, t=task: F.learning_curves_figure(
+                p, labels, base_labels, title=f"Learning curves: {t}"
+            ),
+            f"learning curves on {task}",
+        )
+    return lines
+
+
+def _section_final(out, disc) -> list[str]:
+    lines = ["## Final held-out scores", ""]
+    if disc is None or disc.empty:
+        return [*lines, "No `discoveries.json` (the fresh-seed re-evaluation has not run).", ""]
+    lines += [
+        "Fresh-seed re-evaluation (`discoveries.json`): mean final held-out reward over "
+        "(task, seed) and its percentile-bootstrap 95% CI of the mean.",
+        "",
+    ]
+    lines += _figure(out, "final_scores.png", lambda: F.final_scores_figure(disc), "final scores")
+    lines += [
+        "| objective | kind | reward | 95% CI | n | search reward | KL to ref | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in disc.iterrows():
+        kind = "baseline" if r["baseline"] else "discovered"
+        lines.append(
+            f"| {r['label']} | {kind} | {_f(r['reward'])} | [{_f(r['ci_low'])}, "
+            f"{_f(r['ci_high'])}] | {r['n']} | {_f(r['search_reward'])} | "
+            f"{_f(r['kl_to_ref'])} | {r['status']} |"
+        )
+    return [*lines, ""]
+
+
+def _pareto_points(trials: pd.DataFrame) -> pd.DataFrame:
+    done = trials[trials["state"] == "COMPLETE"].sort_values("number")
+    done = done[done["reward"].notna() & done["kl_to_ref"].notna()]
+    return done.drop_duplicates("key")[
+        ["label", "number", "key", "reward", "kl_to_ref", "baseline"]
+    ].reset_index(drop=True)
+
+
+def _section_pareto(out, trials) -> list[str]:
+    lines = ["## Reward vs KL to reference", ""]
+    points = _pareto_points(trials)
+    if points.empty:
+        return [*lines, "No completed trials with both a reward and a KL.", ""]
+    lines += [
+        "Search results of the completed trials (one point per distinct objective key; "
+        "mean final held-out reward and KL over the search seeds). The Pareto front "
+        "maximises reward and minimises KL.",
+        "",
+    ]
+    lines += _figure(out, "pareto.png", lambda: F.pareto_figure(points), "reward vs KL")
+    front = points[pareto_mask(points["reward"], points["kl_to_ref"])]
+    front = front.sort_values("kl_to_ref")
+    lines.append(
+        "On the front: "
+        + ", ".join(
+            f"{r['label']} (reward {_f(r['reward'])}, KL {_f(r['kl_to_ref'])})"
+            for _, r in front.iterrows()
+        )
+        + "."
+    )
+    return [*lines, ""]
+
+
+def _section_history(out, trials) -> list[str]:
+    lines = ["## Optimisation history", ""]
+    if trials.empty:
+        return [*lines, "The study has no trials.", ""]
+    counts = trials["state"].value_counts()
+    lines += [
+        f"Complete: {int(counts.get('COMPLETE', 0))}, pruned: {int(counts.get('PRUNED', 0))}, "
+        f"failed: {int(counts.get('FAIL', 0))}"
+        + "".join(
+            f", {s.lower()}: {int(n)}"
+            for s, n in counts.items()
+            if s not in ("COMPLETE", "PRUNED", "FAIL")
+        )
+        + ". Reused results (same objective key): "
+        + str(int(trials["reused_from"].notna().sum()))
+        + ".",
+        "",
+    ]
+    best = best_so_far(trials)
+    lines += _figure(
+        out, "history.png", lambda: F.history_figure(trials, best), "optimisation history"
+    )
+    failed = trials[trials["state"] == "FAIL"]
+    if not failed.empty:
+        lines += ["Failures:", ""]
+        lines += [
+            f"- trial {int(r['number'])}: {r['failure'] or '(no reason recorded)'}"
+            for _, r in failed.head(20).iterrows()
+        ]
+        if len(failed) > 20:
+            lines.append(f"- ... and {len(failed) - 20} more (see trials.csv)")
+        lines.append("")
+    return lines
+
+
+def _section_importance(out, study) -> list[str]:
+    lines = ["## Axis importance", ""]
+    importances, note = param_importances(study)
+    if importances is None:
+        return [*lines, f"Skipped: {note}.", ""]
+    method = note.split(" ", 1)[0]
+    lines += [f"{note[0].upper()}{note[1:]}.", ""]
+    lines += _figure(
+        out,
+        "importance.png",
+        lambda: F.importance_figure(importances, method=method),
+        "axis importance",
+    )
+    lines += ["| axis | importance |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.3f} |" for k, v in importances.items()]
+    return [*lines, ""]
+
+
+def _section_top(out, top: list[Candidate], baselines) -> list[str]:
+    lines = ["## Top objectives", ""]
+    if not top:
+        return [*lines, "No completed candidate trials.", ""]
+    for rank, c in enumerate(top, 1):
+        ci = f", 95% CI [{_f(c.ci[0])}, {_f(c.ci[1])}]" if c.ci else ""
+        lines += [f"### {rank}. {c.label}: reward {_f(c.reward)}{ci}", ""]
+        if c.spec is None:
+            lines += ["(the trial stores no valid objective spec)", ""]
+            continue
+        name, text = nearest_baseline_diff(c.spec, baselines)
+        extra = "".join(f" + {k} {fmt_value(v)}" for k, v in sorted(c.overrides.items()))
+        lines += [f"Nearest baseline: **{name}**: `{text}{extra}`", ""]
+        try:
+            latex = c.spec.latex()
+        except Exception as err:
+            latex = c.formula
+            lines += [f"(formula from the trial record; sympy failed: {err})", ""]
+        if latex:
+            slug = _slug(c.label)
+            shown = round_latex_numbers(latex)
+            drawn = _figure(
+                out,
+                f"formula_{slug}.png",
+                lambda tex=shown: F.formula_figure(tex),
+                f"formula of {c.label}",
+                note_failure=False,
+            )
+            if drawn:
+                lines += drawn
+                if shown != latex:
+                    lines += ["(numbers rounded to 4 significant digits in the image)", ""]
+            else:
+                lines += ["mathtext could not render the formula; LaTeX source:", ""]
+                lines += ["```latex", latex, "```", ""]
+        lines += ["```yaml", c.spec.to_yaml().rstrip(), "```", ""]
+    return lines
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _figure(out: Path, name: str, make, alt: str, note_failure: bool = True) -> list[str]:
+    """Draw and save a figure; markdown lines for it, or a note (``[]`` if not noted)."""
+    try:
+        fig = make()
+        F.save(fig, out / name)
+    except Exception as err:
+        (out / name).unlink(missing_ok=True)
+        if not note_failure:
+            return []
+        return [f"(figure `{name}` could not be drawn: {type(err).__name__}: {err})", ""]
+    return [f"![{alt}]({name})", ""]
+
+
+def round_latex_numbers(latex: str, digits: int = 4) -> str:
+    """Long decimals (6+ digits after the point) rounded to ``digits`` significant digits."""
+    return re.sub(r"\d+\.\d{6,}", lambda m: f"{float(m.group()):.{digits}g}", latex)
+
+
+def _f(x: Any) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
