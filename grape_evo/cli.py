@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
 from rich.table import Table
@@ -37,7 +38,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error (no traceback) and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -155,7 +156,7 @@ def train_command(
             f"KL to reference {final['kl_to_ref']:.3f} nats/sequence, "
             f"{summary['wall_seconds']:.0f} s"
         )
-    console.print(f"outputs: {out / 'metrics.jsonl'}, {out / 'summary.json'}")
+    console.print(f"outputs: {out / 'metrics.jsonl'}, {out / 'summary.json'}", markup=False)
     if summary["status"] != "ok":
         raise typer.Exit(1)
 
@@ -202,7 +203,7 @@ def _print_discoveries(rows: list[dict[str, Any]], out: Path) -> None:
             row["status"],
         )
     console.print(table)
-    console.print(f"discoveries: {out / 'discoveries.json'}; study: {out}")
+    console.print(f"discoveries: {out / 'discoveries.json'}; study: {out}", markup=False)
 
 
 def _fmt(x: float | None) -> str:
@@ -243,7 +244,7 @@ def evolve_command(
     study.set_user_attr("budget", budget)
     bar, update = _campaign_progress(study, budget)
     with bar:
-        campaign.optimize(study, budget, on_trial=update)
+        campaign.optimize(study, budget, on_trial=update, wait_for_running=True)
         update(study)
     console.print("re-evaluating the top candidates and the baselines on fresh seeds ...")
     rows = campaign.reevaluate(study)
@@ -265,7 +266,8 @@ def worker_command(
         opened = campaign.open(create=False)
     except (SpaceError, CampaignError, ValueError, OSError) as err:
         fail(str(err))
-    budget = int(opened.user_attrs.get("budget", campaign.space.search.trials))
+    space = campaign.space
+    budget = int(opened.user_attrs.get("budget", space.search.trials + len(space.baselines)))
     bar, update = _campaign_progress(opened, budget)
     with bar:
         campaign.optimize(opened, budget, on_trial=update)
@@ -287,7 +289,7 @@ def report_command(
         path = write_report(run_dir, out)
     except (ValueError, OSError, KeyError) as err:
         fail(f"cannot write the report for {run_dir}: {err}")
-    console.print(f"report: {path}")
+    console.print(f"report: {path}", markup=False)
 
 
 def prepare_out_dir(out: Path) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +66,7 @@ def make_storage(
         engine_kwargs["connect_args"] = {"timeout": 60}
     heartbeat: dict[str, Any] = {
         "heartbeat_interval": heartbeat_interval,
-        "grace_period": grace_period or 4 * heartbeat_interval,
+        "grace_period": grace_period or 2 * heartbeat_interval,
     }
     try:
         with warnings.catch_warnings():
@@ -80,10 +82,13 @@ def make_storage(
         raise CampaignError(f"cannot open storage '{url}': {err}") from None
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The space's sampler; a space without axes is a single point (nothing to sample)."""
     settings = space.search
-    seed = settings.seed
+    seed = settings.seed if seed is None else seed
     name = settings.sampler
+    if not space.axes:
+        return optuna.samplers.RandomSampler(seed=seed)
     if name == "evolution":
         genes = [Gene(a.path, a.distribution(), a.when) for a in space.axes]
         return EvolutionSampler(genes, population_size=settings.population_size, seed=seed)
@@ -101,13 +106,18 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    """The space's pruner. Reports are indexed by a global step over (task, seed, step), so a
+    candidate always completes its first run (one task, one seed) before it can be pruned."""
     name = space.search.pruner
+    run_steps = space.budget.steps
+    total_steps = run_steps * space.budget.seeds * len(space.tasks)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=run_steps)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.budget.steps)
+        return optuna.pruners.HyperbandPruner(min_resource=run_steps, max_resource=total_steps)
     if name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+        evals_per_run = max(1, run_steps // space.budget.eval_every)
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=evals_per_run)
     return optuna.pruners.NopPruner()
 
 
@@ -147,13 +157,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def budget_used(study: optuna.Study) -> int:
-    """Finished trials, not counting a failed trial that was retried (its retry counts)."""
+def budget_used(study: optuna.Study, count_running: bool = False) -> int:
+    """Finished trials, not counting a failed trial that was retried (its retry counts);
+    with ``count_running``, trials running now (in any worker) count too."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in trials if t.state in finished and t.number not in retried)
+    counted = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    if count_running:
+        counted.append(TrialState.RUNNING)
+    return sum(1 for t in trials if t.state in counted and t.number not in retried)
+
+
+def budget_claimed(study: optuna.Study) -> int:
+    """Trials finished or running: a worker starts a new trial only below the budget."""
+    return budget_used(study, count_running=True)
 
 
 @dataclass
@@ -200,19 +218,35 @@ class Campaign:
             pruner=make_pruner(self.space),
             load_if_exists=True,
         )
+        # A process that joins or resumes must not replay the random genomes of the first
+        # process: its sampler's seed moves on with the study (and with the process id).
+        existing = len(study.get_trials(deepcopy=False))
+        if existing:
+            seed = self.space.search.seed + 7919 * existing + (0 if create else os.getpid())
+            study.sampler = make_sampler(self.space, seed % (2**31 - 1))
         if create and not study.user_attrs.get("baselines_enqueued"):
             study.set_user_attr("space", json.dumps(self.space.to_dict()))
             study.set_user_attr("out_dir", str(self.out_dir.resolve()))
             for name in self.space.baselines:
                 params = project_onto_axes(self.space, presets.get(name))
-                study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+                complete = set(params) == {a.path for a in self.space.active_axes(params)}
+                study.enqueue_trial(
+                    params if complete else {},
+                    user_attrs={"baseline": name, "genome_complete": complete},
+                    skip_if_exists=False,
+                )
             study.set_user_attr("baselines_enqueued", True)
         return study
 
     # ---- one trial --------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         baseline = trial.user_attrs.get("baseline")
-        params = self.space.suggest(trial)
+        # A baseline outside the genome (e.g. DPO in a GRPO space) gets no genes: sampled
+        # genes would credit its score to a genome it does not have.
+        if baseline and not trial.user_attrs.get("genome_complete"):
+            params: dict[str, Any] = {}
+        else:
+            params = self.space.suggest(trial)
         if baseline:
             spec, overrides = presets.get(baseline), {}
         else:
@@ -281,25 +315,42 @@ class Campaign:
         study: optuna.Study,
         budget: int,
         on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+        wait_for_running: bool = False,
     ) -> None:
-        """Run trials in this process until the study has ``budget`` finished trials."""
-        if budget_used(study) >= budget:
-            return
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        """Run trials in this process until the study has ``budget`` finished trials.
+
+        Trials left RUNNING by a dead worker are failed once their heartbeat is stale and
+        retried (a retry is a new trial; the failed one no longer counts toward the budget).
+        With ``wait_for_running`` this returns only when no trial is RUNNING any more, so a
+        campaign re-evaluates only after every trial, retries included, has finished.
+        """
+
+        def waiting() -> bool:
+            return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
         def stop_at_budget(study: optuna.Study, trial: FrozenTrial) -> None:
             if on_trial is not None:
                 on_trial(study, trial)
-            if budget_used(study) >= budget:
+            if budget_claimed(study) >= budget and not waiting():
                 study.stop()
 
-        study.optimize(
-            self.objective,
-            n_trials=None,
-            catch=(CandidateFailed,),
-            callbacks=[stop_at_budget],
-            gc_after_trial=True,
-        )
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            if waiting() or budget_claimed(study) < budget:
+                study.optimize(
+                    self.objective,
+                    n_trials=None,
+                    catch=(CandidateFailed,),
+                    callbacks=[stop_at_budget],
+                    gc_after_trial=True,
+                )
+                continue
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running or not wait_for_running:
+                return
+            time.sleep(self.heartbeat_interval)
 
     # ---- fresh-seed re-evaluation -----------------------------------------------------
     def reevaluate(self, study: optuna.Study) -> list[dict[str, Any]]:
@@ -310,7 +361,7 @@ class Campaign:
         """
         budget = self.space.budget
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        ranked = sorted(complete, key=lambda t: t.user_attrs.get("reward") or -math.inf)[::-1]
+        ranked = sorted(complete, key=_reward_or_minus_inf, reverse=True)
         chosen: list[FrozenTrial] = []
         seen: set[str] = set()
         for t in ranked:
@@ -367,6 +418,11 @@ class Campaign:
         return rows
 
 
+def _reward_or_minus_inf(trial: FrozenTrial) -> float:
+    reward = trial.user_attrs.get("reward")
+    return -math.inf if reward is None else reward
+
+
 def _finite_or_none(x: float) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
@@ -394,7 +450,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.user_attrs.get("reward") or -math.inf, default=None)
+    best = max(complete, key=_reward_or_minus_inf, default=None)
     return {
         "complete": states.count(TrialState.COMPLETE),
         "pruned": states.count(TrialState.PRUNED),
