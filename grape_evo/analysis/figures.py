@@ -77,11 +77,14 @@ def learning_curves_figure(
     baselines: Sequence[str] = (),
     title: str = "Learning curves",
     ylabel: str = REWARD_LABEL,
+    value_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> Figure:
     """One line (mean over seeds) and one shaded 95% CI band per label.
 
     ``curves`` is a :func:`~grape_evo.analysis.frames.curve_summary` frame (columns ``label``,
     ``step``, ``n``, ``mean``, ``ci_low``, ``ci_high``) for one task. Baselines are dashed.
+    Bands are cut to ``value_range`` (rewards are rubric scores in [0, 1]; a t interval over
+    few seeds can reach past them).
     """
     with _style():
         fig = new_figure()
@@ -109,12 +112,16 @@ def learning_curves_figure(
                 linewidth=1.8,
                 label=f"{label} ({kind}, n={n})",
             )
+            low = part["ci_low"].to_numpy(dtype=float)
+            high = part["ci_high"].to_numpy(dtype=float)
+            if value_range is not None:
+                low, high = np.clip(low, *value_range), np.clip(high, *value_range)
             ax.fill_between(
                 part["step"].to_numpy(dtype=float),
-                part["ci_low"].to_numpy(dtype=float),
-                part["ci_high"].to_numpy(dtype=float),
+                low,
+                high,
                 color=colors[label],
-                alpha=0.12,
+                alpha=0.08,
                 linewidth=0,
             )
         ax.set_title(f"{title}\nmean over seeds, shaded: 95% CI (t-based)")
@@ -299,8 +306,8 @@ def history_figure(
 
     ``trials`` is a trials frame, ``best`` :func:`~grape_evo.analysis.frames.best_so_far`.
     Artists: ``lines[0]`` best so far; collections, each only when non-empty: complete
-    candidates, complete baselines, pruned (at their last reported value; ``last_value``
-    column if present), failed (on the bottom edge).
+    candidates, complete baselines, pruned and failed (both on the bottom edge: neither has a
+    final value).
     """
     with _style():
         fig = new_figure()
@@ -333,20 +340,21 @@ def history_figure(
                 label=f"baseline ({len(base)})",
             )
         values = [*done[column], *base[column]]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        bottom = min(finite) if finite else 0.0
         if not pruned.empty:
-            y = pruned["last_value"] if "last_value" in pruned else pruned[column]
+            # A pruned trial has no final value (its reports are single-run values at some
+            # step, not comparable to a mean over runs): mark it on the floor of the plot.
             ax.scatter(
                 pruned["number"],
-                y,
+                [bottom] * len(pruned),
                 color="#ff7f0e",
                 marker="x",
                 s=40,
-                label=f"pruned ({len(pruned)}, last reported value)",
+                clip_on=False,
+                label=f"pruned ({len(pruned)}, stopped early: no final value)",
             )
-            values.extend(y)
-        finite = [v for v in values if v is not None and math.isfinite(v)]
         if not failed.empty:
-            bottom = min(finite) if finite else 0.0
             ax.scatter(
                 failed["number"],
                 [bottom] * len(failed),
