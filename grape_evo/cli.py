@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console() if sys.stdout.isatty() else Console(width=160)
+MIN_FREE_MB = 100  # a campaign folder needs at least this much free space (GRAPE_MIN_FREE_MB)
+HEARTBEAT_HELP = "Seconds between a worker's heartbeats; a trial silent for 2x this is retried."
 err_console = Console(stderr=True)
 
 
@@ -222,13 +226,16 @@ def evolve_command(
     ),
     resume: bool = typer.Option(False, help="Continue the study in OUT (or start one)."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
 ) -> None:
     """Run an evolution campaign over a search space, then re-evaluate the best on fresh seeds."""
     try:
         space = load_space(space_file)
         resolve_device(device)
         prepare_out_dir(out)
-        campaign = Campaign(space, out, storage_url=storage, device=device)
+        campaign = Campaign(
+            space, out, storage_url=storage, device=device, heartbeat_interval=heartbeat
+        )
         if campaign.exists() and not resume:
             fail(
                 f"{out} already holds the study '{space.name}': pass --resume to continue it, "
@@ -257,11 +264,14 @@ def worker_command(
     study: str = typer.Option(..., help="The study (search space) name."),
     out: Path | None = typer.Option(None, help="Where this worker writes trial runs."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
 ) -> None:
     """Join a running campaign from another process or host and run trials until its budget."""
     try:
         resolve_device(device)
-        campaign = load_campaign_from_storage(storage, study, out, device=device)
+        campaign = load_campaign_from_storage(
+            storage, study, out, device=device, heartbeat_interval=heartbeat
+        )
         prepare_out_dir(campaign.out_dir)
         opened = campaign.open(create=False)
     except (SpaceError, CampaignError, ValueError, OSError) as err:
@@ -270,7 +280,8 @@ def worker_command(
     budget = int(opened.user_attrs.get("budget", space.search.trials + len(space.baselines)))
     bar, update = _campaign_progress(opened, budget)
     with bar:
-        campaign.optimize(opened, budget, on_trial=update)
+        # Waits for trials running elsewhere: if their worker dies, this one retries them.
+        campaign.optimize(opened, budget, on_trial=update, wait_for_running=True)
         update(opened)
     console.print(f"worker done: study '{study}' has {budget_used(opened)}/{budget} trials")
 
@@ -292,12 +303,24 @@ def report_command(
     console.print(f"report: {path}", markup=False)
 
 
-def prepare_out_dir(out: Path) -> None:
-    """Create the run folder and check it is writable now, not after an hour of training."""
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
-    probe.write_text("ok")
-    probe.unlink()
+def prepare_out_dir(out: Path, min_free_mb: float | None = None) -> None:
+    """Create the run folder and check, now rather than after an hour of training, that it is
+    writable and has ``min_free_mb`` free (default ``GRAPE_MIN_FREE_MB`` or 100 MB)."""
+    if min_free_mb is None:
+        min_free_mb = float(os.environ.get("GRAPE_MIN_FREE_MB", MIN_FREE_MB))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"the output folder {out} is not writable: {err.strerror or err}") from None
+    free_mb = shutil.disk_usage(out).free / 2**20
+    if free_mb < min_free_mb:
+        raise OSError(
+            f"the output folder {out} has {free_mb:.0f} MB free, less than the {min_free_mb:.0f} "
+            "MB a run needs (free some space, or set GRAPE_MIN_FREE_MB)"
+        )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 * :func:`trials_frame` - one row per trial: axes, values, per-(task, seed) finals, state, key.
 * :func:`runs_frame` - one row per run folder (trial and re-evaluation runs) with the state
   of its ``summary.json`` / ``metrics.jsonl`` (the "Data problems" of a report).
+* :func:`artifact_problems` - run files whose sha256 differs from the one stored with the trial.
 * :func:`steps_frame` - one row per step per run (the ``metrics.jsonl`` records, plus a step-0
   row from ``initial_eval``).
 * :func:`discoveries_frame` - the fresh-seed re-evaluation (``discoveries.json``).
@@ -25,6 +26,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.search.evaluator import verify_artifacts
 
 STUDY_FILE = "study.db"
 DISCOVERIES_FILE = "discoveries.json"
@@ -281,6 +283,22 @@ def runs_frame(run_dir: Path, study: optuna.Study | None = None) -> pd.DataFrame
         )
     columns = ["source", "label", "trial", "task", "seed", "path", "status"]
     return pd.DataFrame(rows, columns=[*columns, "final_reward", "kl_to_ref", "problem"])
+
+
+def artifact_problems(run_dir: Path, study: optuna.Study) -> list[str]:
+    """One line per problem with a trial's checksummed files (``artifacts`` of the trial vs
+    the files in ``RUN/trials/NNNNN`` and its ``artifacts.json``); empty when all match."""
+    problems = []
+    for t in study.get_trials(deepcopy=False):
+        sums = t.user_attrs.get("artifacts")
+        if not isinstance(sums, dict) or t.user_attrs.get("reused_from") is not None:
+            continue  # older trials have no checksums; a reused result is the other trial's
+        folder = Path(run_dir) / "trials" / f"{t.number:05d}"
+        problems += [
+            f"trial {t.number} (`trials/{t.number:05d}`): {p}"
+            for p in verify_artifacts(folder, sums)
+        ]
+    return problems
 
 
 def steps_frame(refs: Iterable[RunRef]) -> pd.DataFrame:

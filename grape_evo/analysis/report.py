@@ -4,7 +4,8 @@ Sections: learning curves of the top discovered objectives against the PPO / GRP
 baselines; final held-out reward on fresh seeds with bootstrap 95% CIs; reward vs KL with the
 Pareto front; optimisation history; axis importances; each top objective's formula, YAML and
 difference from the nearest baseline; data problems (run folders whose ``summary.json`` is
-missing or corrupt). ``trials.csv`` holds one row per trial.
+missing or corrupt, run files whose sha256 differs from the checksum stored with their trial).
+``trials.csv`` holds one row per trial.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from grape_evo.analysis import figures as F
 from grape_evo.analysis.diff import fmt_value, nearest_baseline_diff
 from grape_evo.analysis.frames import (
     RunRef,
+    artifact_problems,
     best_so_far,
     curve_summary,
     curves_from_trials,
@@ -80,6 +82,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         for p, why in zip(runs["path"], runs["problem"], strict=True)
         if why
     ]
+    checksums = artifact_problems(run_dir, study)
+    problems += checksums
+    checked = sum(isinstance(t.user_attrs.get("artifacts"), dict) for t in study.trials)
     try:
         disc = discoveries_frame(run_dir)
     except ValueError as err:
@@ -102,7 +107,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     else:
         lines.append(
             f"None: all {len(runs)} run folders read have a summary.json that parses "
-            "and a readable metrics.jsonl."
+            f"and a readable metrics.jsonl; the checksums of {checked} trials' run files match."
         )
     lines.append("")
     path = out / "report.md"

@@ -3,7 +3,11 @@
 * Storage: ``sqlite:///RUN/study.db`` by default (SQLite with a 60 s busy timeout, so several
   local workers can share it), any SQLAlchemy URL (PostgreSQL for many hosts), or a journal
   file (``journal:PATH``). Workers send heartbeats; a trial whose worker died is failed after
-  the grace period and retried by the next worker that starts a trial.
+  the grace period and retried by the next worker that starts a trial. See docs/reliability.md.
+* Workers race for the last slot of the budget: a sampled trial that finds the budget already
+  claimed by earlier trials is failed at once as ``surplus`` (never trained) and not counted.
+* Each trial folder holds ``artifacts.json``: a sha256 of every run's ``summary.json`` and
+  ``metrics.jsonl``; the trial stores the same checksums (``artifacts``) for ``grape report``.
 * Baselines (presets) are enqueued first, with the same budget and seeds; where a baseline is a
   point of the genome its genes are set, so the evolution sampler can breed from it.
 * A candidate whose key (canonical spec + training overrides) was already evaluated reuses that
@@ -18,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import statistics
 import time
 import warnings
@@ -32,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.analysis.stats import bootstrap_ci
 from grape_evo.objective import ObjectiveSpec, presets
-from grape_evo.search.evaluator import CandidateResult, run_candidate
+from grape_evo.search.evaluator import CandidateResult, run_candidate, write_artifacts
 from grape_evo.search.sampler import EvolutionSampler, Gene
 from grape_evo.search.space import SearchSpace, parse_space
 
@@ -158,15 +163,22 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def budget_used(study: optuna.Study, count_running: bool = False) -> int:
-    """Finished trials, not counting a failed trial that was retried (its retry counts);
-    with ``count_running``, trials running now (in any worker) count too."""
-    trials = study.get_trials(deepcopy=False)
+    """Finished trials, not counting a failed trial that was retried (its retry counts) or a
+    surplus one; with ``count_running``, trials running now (in any worker) count too."""
+    return _count_budget(study.get_trials(deepcopy=False), count_running)
+
+
+def _count_budget(trials: list[FrozenTrial], count_running: bool) -> int:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.system_attrs.get("failed_trial") for t in trials} - {None}
     counted = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     if count_running:
         counted.append(TrialState.RUNNING)
-    return sum(1 for t in trials if t.state in counted and t.number not in retried)
+    return sum(
+        1
+        for t in trials
+        if t.state in counted and t.number not in retried and not t.user_attrs.get("surplus")
+    )
 
 
 def budget_claimed(study: optuna.Study) -> int:
@@ -188,6 +200,7 @@ class Campaign:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.url = self.storage_url or default_storage_url(self.out_dir)
+        self.budget: int | None = None  # set by optimize()
 
     # ---- study ------------------------------------------------------------------------
     @property
@@ -227,7 +240,11 @@ class Campaign:
         if create and not study.user_attrs.get("baselines_enqueued"):
             study.set_user_attr("space", json.dumps(self.space.to_dict()))
             study.set_user_attr("out_dir", str(self.out_dir.resolve()))
+            # A process killed while enqueueing left some baselines: enqueue only the others.
+            have = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
             for name in self.space.baselines:
+                if name in have:
+                    continue
                 params = project_onto_axes(self.space, presets.get(name))
                 complete = set(params) == {a.path for a in self.space.active_axes(params)}
                 study.enqueue_trial(
@@ -240,6 +257,13 @@ class Campaign:
 
     # ---- one trial --------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if self._is_surplus(trial):
+            trial.set_user_attr("surplus", True)
+            raise CandidateFailed(
+                f"surplus: the budget of {self.budget} trials was claimed by other workers "
+                "before this one started (not trained, not counted)"
+            )
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         baseline = trial.user_attrs.get("baseline")
         # A baseline outside the genome (e.g. DPO in a GRPO space) gets no genes: sampled
         # genes would credit its score to a genome it does not have.
@@ -260,7 +284,7 @@ class Campaign:
         previous = self._find_completed(trial, key)
         if previous is not None:
             trial.set_user_attr("reused_from", previous.number)
-            for name in ("runs", "reward", "accuracy", "kl_to_ref"):
+            for name in ("runs", "reward", "accuracy", "kl_to_ref", "artifacts"):
                 trial.set_user_attr(name, previous.user_attrs.get(name))
             return self._values(previous.user_attrs["reward"], previous.user_attrs["kl_to_ref"])
         configs = [
@@ -275,14 +299,11 @@ class Campaign:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at global step {step}: reward {value:.3f}")
 
+        trial_dir = self.out_dir / "trials" / f"{trial.number:05d}"
         result = run_candidate(
-            spec,
-            self.space.tasks,
-            configs,
-            self.space.policy,
-            self.out_dir / "trials" / f"{trial.number:05d}",
-            report=report,
+            spec, self.space.tasks, configs, self.space.policy, trial_dir, report=report
         )
+        trial.set_user_attr("artifacts", write_artifacts(trial_dir, result))
         self._store(trial, result)
         if not result.ok:
             trial.set_user_attr("failure", result.failure)
@@ -300,6 +321,17 @@ class Campaign:
         trial.set_user_attr("reward", _finite_or_none(result.reward))
         trial.set_user_attr("accuracy", _finite_or_none(result.accuracy))
         trial.set_user_attr("kl_to_ref", _finite_or_none(result.kl_to_ref))
+
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        """A sampled trial (not enqueued: baselines and retries are) whose earlier trials
+        already claim the whole budget: another worker took the last slot first."""
+        if self.budget is None:
+            return False
+        storage = trial.study._storage
+        if "fixed_params" in storage.get_trial_system_attrs(trial._trial_id):
+            return False
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+        return _count_budget(earlier, count_running=True) >= self.budget
 
     @staticmethod
     def _find_completed(trial: optuna.Trial, key: str) -> FrozenTrial | None:
@@ -324,6 +356,8 @@ class Campaign:
         With ``wait_for_running`` this returns only when no trial is RUNNING any more, so a
         campaign re-evaluates only after every trial, retries included, has finished.
         """
+
+        self.budget = budget
 
         def waiting() -> bool:
             return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -414,7 +448,9 @@ class Campaign:
             )
         rows.sort(key=lambda r: r["reward"] if r["reward"] is not None else -math.inf, reverse=True)
         path = self.out_dir / "discoveries.json"
-        path.write_text(json.dumps({"seeds": list(seeds), "candidates": rows}, indent=2) + "\n")
+        tmp = path.with_suffix(".json.tmp")  # atomic: a kill never leaves half a file
+        tmp.write_text(json.dumps({"seeds": list(seeds), "candidates": rows}, indent=2) + "\n")
+        os.replace(tmp, path)
         return rows
 
 

@@ -2,15 +2,19 @@
 
 The value of a candidate is the mean final held-out reward over (task, seed); its KL is the
 mean final KL to the reference. Per-run summaries and curves are kept so the search layer can
-store them with the trial. Intermediate values (held-out reward at each evaluation) are
-reported through ``report(global_step, value)``, where the global step orders (task, seed,
-step) the same way for every candidate, so a pruner compares like with like.
+store them with the trial; :func:`write_artifacts` records a sha256 of every run file
+(``summary.json``, ``metrics.jsonl``) in ``artifacts.json`` so a report can tell a file that
+changed after the trial from the one the trial produced. Intermediate values (held-out reward
+at each evaluation) are reported through ``report(global_step, value)``, where the global step
+orders (task, seed, step) the same way for every candidate, so a pruner compares like with like.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +139,68 @@ def run_candidate(
             if summary["status"] != "ok":
                 return result
     return result
+
+
+ARTIFACTS_FILE = "artifacts.json"
+RUN_FILES = ("summary.json", "metrics.jsonl")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_artifacts(out_dir: Path, result: CandidateResult) -> dict[str, str]:
+    """Checksums of every run file of ``result``, keyed by path relative to ``out_dir``.
+
+    Written atomically to ``OUT/artifacts.json`` and returned (the trial stores them too).
+    A file a run did not write (a run that failed before its first step) is left out.
+    """
+    out_dir = Path(out_dir)
+    sums: dict[str, str] = {}
+    for run in result.runs:
+        run_dir = Path(run["out_dir"])
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_file():
+                key = (
+                    path.relative_to(out_dir).as_posix()
+                    if path.is_relative_to(out_dir)
+                    else str(path)
+                )
+                sums[key] = sha256_file(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (ARTIFACTS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"sha256": sums}, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out_dir / ARTIFACTS_FILE)
+    return sums
+
+
+def verify_artifacts(out_dir: Path, expected: dict[str, str]) -> list[str]:
+    """Problems with the files of one trial folder: missing, or a checksum that differs from
+    ``expected`` (the trial's record) or from ``artifacts.json``. Empty when all match."""
+    out_dir = Path(out_dir)
+    problems: list[str] = []
+    try:
+        on_disk = json.loads((out_dir / ARTIFACTS_FILE).read_text()).get("sha256", {})
+    except FileNotFoundError:
+        on_disk = None
+        problems.append(f"{ARTIFACTS_FILE} missing")
+    except (OSError, ValueError, AttributeError) as err:
+        on_disk = None
+        problems.append(f"{ARTIFACTS_FILE} corrupt ({type(err).__name__})")
+    if on_disk is not None and on_disk != expected:
+        problems.append(f"{ARTIFACTS_FILE} differs from the checksums stored with the trial")
+    for rel, digest in sorted(expected.items()):
+        path = out_dir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing (checksum recorded)")
+        elif sha256_file(path) != digest:
+            problems.append(f"{rel}: checksum mismatch (changed after the trial)")
+    return problems
 
 
 def _existing(run_dir: Path, spec: ObjectiveSpec, seed: int) -> dict[str, Any] | None:
