@@ -26,7 +26,7 @@ import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,21 @@ class Policy(nn.Module):
             ref.eval()
             ref.requires_grad_(False)
             object.__setattr__(self, "_reference_lm", ref)
+
+    def attach_lora(self, rank: int, alpha: float = 16.0) -> None:
+        """Freeze the current weights as the base and train a fresh LoRA adapter on top.
+
+        The reference policy is then the adapter-disabled base (no copy of the weights). Build
+        optimizers afterwards: the adapter's parameters are new.
+        """
+        if self.config.use_lora:
+            raise RuntimeError("this policy already has a LoRA adapter")
+        config = replace(self.config, lora_rank=rank, lora_alpha=alpha)
+        device = self.device
+        with _seeded(self.seed + 104_729):
+            self.lm = _attach_lora(self.lm.cpu(), config).to(device)
+        self.config = config
+        object.__setattr__(self, "_reference_lm", None)
 
     @contextmanager
     def reference(self) -> Iterator[Policy]:

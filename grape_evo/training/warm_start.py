@@ -34,7 +34,7 @@ def warm_start_key(task: Task, policy_config: PolicyConfig, config: TrainConfig)
     """Hash of everything that decides the warm-start weights."""
     blob = {
         "task": task.config(),
-        "policy": replace(policy_config, value_head=False).to_dict(),
+        "policy": _warm_config(policy_config).to_dict(),
         "steps": config.warm_start_steps,
         "lr": config.warm_start_lr,
         "batch_size": config.batch_size,
@@ -43,6 +43,11 @@ def warm_start_key(task: Task, policy_config: PolicyConfig, config: TrainConfig)
     }
     text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _warm_config(policy_config: PolicyConfig) -> PolicyConfig:
+    """The warm start trains every weight, without a value head, whatever the RL run uses."""
+    return replace(policy_config, value_head=False, lora_rank=0)
 
 
 def _train_sft(policy: Policy, task: Task, config: TrainConfig) -> None:
@@ -69,12 +74,14 @@ def warm_start_policy(
 ) -> tuple[Policy, Path]:
     """A policy whose weights and frozen reference are the cached SFT warm start.
 
-    Built (and cached) on first use; the value head, when the config asks for one, starts
-    fresh from the seed. Returns the policy and its cache folder.
+    Built (and cached) on first use by full fine-tuning; the value head, when the config asks
+    for one, starts fresh from the seed; with ``lora_rank`` > 0 a fresh adapter is attached on
+    top of the warm-start weights, which stay the reference. Returns the policy and its cache
+    folder.
     """
     root = cache_root() if cache_dir is None else cache_dir
     folder = root / "warm_start" / warm_start_key(task, policy_config, config)
-    base_config = replace(policy_config, value_head=False)
+    base_config = _warm_config(policy_config)
     if not (folder / _DONE).is_file():
         policy = build_policy(base_config, None, seed=config.seed, device=device)
         _train_sft(policy, task, config)
@@ -89,11 +96,14 @@ def warm_start_policy(
             os.replace(tmp, folder)
         except OSError:  # another worker finished first: theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-    policy = build_policy(policy_config, None, seed=config.seed, device="cpu")
+    policy = build_policy(replace(policy_config, lora_rank=0), None, seed=config.seed)
     state = torch.load(folder / "policy.pt", map_location="cpu", weights_only=True)
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("value_head") for k in missing):
         raise RuntimeError(f"warm-start cache {folder} does not match the policy config")
     policy = policy.to(device)
-    policy.freeze_reference()
+    if policy_config.use_lora:
+        policy.attach_lora(policy_config.lora_rank, policy_config.lora_alpha)
+    else:
+        policy.freeze_reference()
     return policy, folder
