@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all lint demo clean
+.PHONY: venv test test-all test-db lint demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
+
+# The db tests start a real PostgreSQL server from Debian's packages (installed here, as root,
+# if missing) and need psycopg2 (the db extra). `make test` runs them too where both exist.
+test-db: $(STAMP)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+	$(BIN)/pip install --quiet -e '.[dev,db]'
+	CI=1 $(BIN)/python -m pytest -q -m db tests/reliability
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m ''

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import copy
+import datetime
 import hashlib
 import json
 import math
@@ -58,6 +60,31 @@ def default_storage_url(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / STUDY_FILE).resolve()}"
 
 
+# Upper bounds of a space's sizes: a typo such as ``steps: 1e12`` must be an error at start,
+# not a campaign that trains for a year.
+LIMITS: dict[str, int] = {
+    "budget.steps": 10**6,
+    "budget.seeds": 1000,
+    "budget.eval_every": 10**6,
+    "budget.batch_size": 2**16,
+    "budget.warm_start_steps": 10**6,
+    "budget.eval_prompts": 10**6,
+    "budget.reeval_seeds": 1000,
+    "budget.top_k": 1000,
+    "search.trials": 10**6,
+    "search.population_size": 10**5,
+}
+
+
+def check_limits(space: SearchSpace, source: str) -> None:
+    """Raise CampaignError naming ``source`` and the key when a size exceeds :data:`LIMITS`."""
+    for key, limit in LIMITS.items():
+        part, name = key.split(".")
+        value = getattr(space.budget if part == "budget" else space.search, name)
+        if value > limit:
+            raise CampaignError(f"{source}: {key}: {value} is above the limit of {limit}")
+
+
 def make_storage(
     url: str, heartbeat_interval: int = 10, grace_period: int | None = None
 ) -> optuna.storages.BaseStorage:
@@ -85,6 +112,51 @@ def make_storage(
             return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as err:  # SQLAlchemy raises many types for a bad URL
         raise CampaignError(f"cannot open storage '{url}': {err}") from None
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's stale-trial check, plus RUNNING trials that never sent a heartbeat.
+
+    Optuna fails a trial only once its last heartbeat is older than the grace period; a worker
+    killed between creating a trial and its first heartbeat leaves it RUNNING with none, and
+    a campaign waiting for it would wait forever. Such a trial is failed (and retried like any
+    stale trial) once its start is older than the grace period (hosts' clocks must agree).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # a study wraps it in a cache
+    if not isinstance(backend, RDBStorage) or backend.heartbeat_interval is None:
+        return
+    grace = backend.grace_period or 2 * backend.heartbeat_interval
+    now = datetime.datetime.now()
+    old = [
+        t._trial_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace
+    ]
+    if not old:
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        query = session.query(models.TrialHeartbeatModel.trial_id)
+        beating = {row[0] for row in query.filter(models.TrialHeartbeatModel.trial_id.in_(old))}
+    get_callback = getattr(storage, "get_heartbeat_stale_trial_callback", None)
+    get_callback = get_callback or storage.get_failed_trial_callback
+    for trial_id in old:
+        if trial_id in beating:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        callback = get_callback()
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -168,7 +240,8 @@ def budget_used(study: optuna.Study, count_running: bool = False) -> int:
     return _count_budget(study.get_trials(deepcopy=False), count_running)
 
 
-def _count_budget(trials: list[FrozenTrial], count_running: bool) -> int:
+def _count_budget(trials: list[FrozenTrial], count_running: bool, before: int | None = None) -> int:
+    """Trials that count toward the budget (with ``before``: only those numbered below it)."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.system_attrs.get("failed_trial") for t in trials} - {None}
     counted = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
@@ -177,7 +250,10 @@ def _count_budget(trials: list[FrozenTrial], count_running: bool) -> int:
     return sum(
         1
         for t in trials
-        if t.state in counted and t.number not in retried and not t.user_attrs.get("surplus")
+        if t.state in counted
+        and t.number not in retried
+        and not t.user_attrs.get("surplus")
+        and (before is None or t.number < before)
     )
 
 
@@ -200,6 +276,7 @@ class Campaign:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.url = self.storage_url or default_storage_url(self.out_dir)
+        check_limits(self.space, f"space '{self.space.name}'")
         self.budget: int | None = None  # set by optimize()
 
     # ---- study ------------------------------------------------------------------------
@@ -327,11 +404,11 @@ class Campaign:
         already claim the whole budget: another worker took the last slot first."""
         if self.budget is None:
             return False
-        storage = trial.study._storage
-        if "fixed_params" in storage.get_trial_system_attrs(trial._trial_id):
+        attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+        if "fixed_params" in attrs or "failed_trial" in attrs:
             return False
-        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
-        return _count_budget(earlier, count_running=True) >= self.budget
+        trials = trial.study.get_trials(deepcopy=False)
+        return _count_budget(trials, count_running=True, before=trial.number) >= self.budget
 
     @staticmethod
     def _find_completed(trial: optuna.Trial, key: str) -> FrozenTrial | None:
@@ -369,9 +446,7 @@ class Campaign:
                 study.stop()
 
         while True:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study)
             if waiting() or budget_claimed(study) < budget:
                 study.optimize(
                     self.objective,

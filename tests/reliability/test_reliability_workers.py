@@ -165,7 +165,12 @@ def check_exactly_once(study: optuna.Study, out: Path, killed: list[int]) -> dic
         folder = out / "trials" / f"{t.number:05d}"
         assert verify_artifacts(folder, t.user_attrs["artifacts"]) == [], t.number
     workers = {t.user_attrs["worker"] for t in complete}
-    return {"trials": len(trials), "lost": lost, "duplicates": duplicates, "completing_workers": len(workers)}
+    return {
+        "trials": len(trials),
+        "lost": lost,
+        "duplicates": duplicates,
+        "completing_workers": len(workers),
+    }
 
 
 def best_values(study: optuna.Study) -> dict[str, float]:
@@ -235,3 +240,19 @@ def test_postgres_four_workers_with_a_kill(
     result = check_exactly_once(study, out, killed)
     record_row("postgresql", 4, 1, result)
     check_against_reference(study, tmp_path, steps)
+
+
+def test_a_sampled_trial_past_the_budget_is_surplus(tmp_path: Path) -> None:
+    """What a worker that lost the race for the last slot does: its sampled trial is failed
+    as surplus before training and not counted; enqueued trials are never surplus."""
+    campaign = Campaign(parse_space(space_data("race", steps=2)), tmp_path / "run")
+    study = campaign.open(create=True)
+    for point in POINTS[:2]:
+        study.enqueue_trial(point)
+    campaign.optimize(study, 2)
+    study.optimize(campaign.objective, n_trials=1, catch=(Exception,))  # a racing worker
+    first, second, last = study.get_trials()
+    assert [first.state, second.state] == [TrialState.COMPLETE] * 2
+    assert last.state == TrialState.FAIL and last.user_attrs["surplus"] is True
+    assert not (tmp_path / "run" / "trials" / f"{last.number:05d}").exists()
+    assert budget_used(study) == 2

@@ -1,0 +1,348 @@
+"""Where one GRPO training step's time goes: sampling, scoring, reward, loss, backward, optimizer.
+
+The addition task, the tiny policy from the cached warm start, 32 prompts x 8 completions per
+step (as ``train_throughput.py``). The trainer is not modified: the functions it calls are
+wrapped, for the duration of the measurement, by timers that charge wall time to the innermost
+running phase (so the phases add up to the step time):
+
+==================  ===================================================================
+phase               what is timed
+==================  ===================================================================
+prompts             ``task.prompts`` (drawing the step's prompts)
+sampling            ``sample`` (KV-cache generation of the 256 completions)
+old_ref_logprobs    the no-grad forwards inside ``score_rollout`` (reference; old only
+                    when the single-update fast path does not apply)
+reward              ``task_rewards`` (the task's reward on the decoded completions)
+policy_forward      the training forward (``completion_logprobs`` with grad)
+loss                the objective (advantages, ratios, clip, KL, aggregation)
+backward            ``torch.autograd.backward``
+grad_clip           ``clip_grad_norm_``
+optimizer_step      ``optimizer.step``
+other               the rest of ``Trainer.step``: metrics, host syncs, Python
+==================  ===================================================================
+
+``Trainer.evaluate`` (greedy held-out accuracy and a sampled KL, ``eval_prompts`` prompts) is
+timed on its own and amortised over ``eval_every`` steps (``share_with_eval``); ``groups`` sums
+the phases into sampling, old/ref log-probs, reward, loss forward + backward, optimizer step,
+other and eval. A short ``torch.profiler`` pass lists the operators with the most self CPU
+time. Prints one JSON document and writes it to ``--out``.
+
+    python benchmarks/profile_step.py --steps 30 --out benchmarks/results/profile_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grape_evo.objective import presets
+from grape_evo.policy import PolicyConfig, resolve_device
+from grape_evo.tasks import get_task
+from grape_evo.training import TrainConfig, Trainer, warm_start_policy
+
+# The phases grouped as the issue asks: loss forward + backward, optimizer step (with clipping).
+GROUPS = {
+    "sampling": ("prompts", "sampling"),
+    "old_ref_logprobs": ("old_ref_logprobs",),
+    "reward": ("reward",),
+    "loss_forward_backward": ("policy_forward", "loss", "backward"),
+    "optimizer_step": ("grad_clip", "optimizer_step"),
+    "other": ("other",),
+    "eval": ("eval",),
+}
+PHASES = (
+    "prompts",
+    "sampling",
+    "old_ref_logprobs",
+    "reward",
+    "policy_forward",
+    "loss",
+    "backward",
+    "grad_clip",
+    "optimizer_step",
+    "other",
+)
+
+
+class PhaseTimer:
+    """Exclusive wall time per phase: time is charged to the innermost running phase."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.stack: list[str] = []
+        self.mark = 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def push(self, name: str) -> None:
+        now = self._now()
+        if self.stack:
+            self.seconds[self.stack[-1]] += now - self.mark
+        self.stack.append(name)
+        self.calls[name] += 1
+        self.mark = now
+
+    def pop(self) -> None:
+        now = self._now()
+        self.seconds[self.stack.pop()] += now - self.mark
+        self.mark = now
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.push(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.pop()
+
+        return timed
+
+
+class _TimedObjective:
+    """Delegates to the trainer's objective; times its ``__call__`` as ``loss``."""
+
+    def __init__(self, objective: Any, timer: PhaseTimer) -> None:
+        self._objective = objective
+        self._call = timer.wrap("loss", objective.__call__)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objective, name)
+
+
+@contextlib.contextmanager
+def instrumented(trainer: Trainer, timer: PhaseTimer) -> Iterator[None]:
+    """Wrap what ``trainer`` calls with ``timer``; everything is restored on exit."""
+    trainer_mod = importlib.import_module("grape_evo.training.trainer")
+    batches_mod = importlib.import_module("grape_evo.training.batches")
+    patches: list[tuple[Any, str, Any]] = [
+        (trainer_mod, "sample", timer.wrap("sampling", trainer_mod.sample)),
+        (
+            trainer_mod,
+            "completion_logprobs",
+            timer.wrap("policy_forward", trainer_mod.completion_logprobs),
+        ),
+        (
+            batches_mod,
+            "completion_logprobs",
+            timer.wrap("old_ref_logprobs", batches_mod.completion_logprobs),
+        ),
+        (batches_mod, "task_rewards", timer.wrap("reward", batches_mod.task_rewards)),
+        (torch.autograd, "backward", timer.wrap("backward", torch.autograd.backward)),
+        (
+            torch.nn.utils,
+            "clip_grad_norm_",
+            timer.wrap("grad_clip", torch.nn.utils.clip_grad_norm_),
+        ),
+    ]
+    originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    objective, task = trainer.objective, trainer.task
+    assert trainer.optimizer is not None
+    optimizer = trainer.optimizer
+    try:
+        for obj, name, new in patches:
+            setattr(obj, name, new)
+        trainer.objective = _TimedObjective(objective, timer)  # type: ignore[assignment]
+        task.prompts = timer.wrap("prompts", task.prompts)  # type: ignore[method-assign]
+        optimizer.step = timer.wrap("optimizer_step", optimizer.step)  # type: ignore[method-assign]
+        yield
+    finally:
+        for obj, name, old in originals:
+            setattr(obj, name, old)
+        trainer.objective = objective
+        del task.prompts
+        del optimizer.step
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_steps(trainer: Trainer, first: int, steps: int) -> list[float]:
+    seconds = []
+    for step in range(first, first + steps):
+        _sync(trainer.device)
+        start = time.perf_counter()
+        trainer.step(step)
+        _sync(trainer.device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def profiled_steps(trainer: Trainer, first: int, steps: int) -> tuple[PhaseTimer, float]:
+    timer = PhaseTimer(trainer.device)
+    start = time.perf_counter()
+    with instrumented(trainer, timer):
+        for step in range(first, first + steps):
+            timer.push("other")
+            try:
+                trainer.step(step)
+            finally:
+                timer.pop()
+    return timer, time.perf_counter() - start
+
+
+def top_ops(trainer: Trainer, first: int, steps: int, k: int) -> list[dict[str, Any]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if trainer.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for step in range(first, first + steps):
+            trainer.step(step)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:k]
+    return [
+        {
+            "op": e.key,
+            "calls_per_step": e.count / steps,
+            "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "share_of_self_cpu": e.self_cpu_time_total / total,
+        }
+        for e in ranked
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--eval-calls", type=int, default=3)
+    parser.add_argument("--profiler-steps", type=int, default=5, help="0 turns it off")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--policy", default="tiny")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    task = get_task("addition")
+    config = TrainConfig(batch_size=256, device=str(device), warm_start_steps=400)
+    policy, _ = warm_start_policy(task, PolicyConfig(preset=args.policy), config, device)
+    trainer = Trainer(presets.get("grpo"), task, config, policy)
+
+    plain_steps(trainer, 0, args.warmup)
+    step = args.warmup
+    plain = plain_steps(trainer, step, args.steps)
+    step += args.steps
+    timer, profiled_total = profiled_steps(trainer, step, args.steps)
+    step += args.steps
+
+    eval_seconds = []
+    for _ in range(args.eval_calls):
+        _sync(device)
+        start = time.perf_counter()
+        trainer.evaluate()
+        _sync(device)
+        eval_seconds.append(time.perf_counter() - start)
+
+    ops = top_ops(trainer, step, args.profiler_steps, args.top) if args.profiler_steps else []
+
+    step_total = sum(timer.seconds.values())
+    per_step = step_total / args.steps
+    eval_call = statistics.median(eval_seconds)
+    eval_per_step = eval_call / config.eval_every
+    phases = {
+        name: {
+            "seconds_per_step": timer.seconds.get(name, 0.0) / args.steps,
+            "share": timer.seconds.get(name, 0.0) / step_total,
+            "share_with_eval": timer.seconds.get(name, 0.0)
+            / args.steps
+            / (per_step + eval_per_step),
+            "calls_per_step": timer.calls.get(name, 0) / args.steps,
+        }
+        for name in PHASES
+    }
+    phases["eval"] = {
+        "seconds_per_step": eval_per_step,
+        "share": None,
+        "share_with_eval": eval_per_step / (per_step + eval_per_step),
+        "calls_per_step": 1 / config.eval_every,
+    }
+    groups = {
+        group: {
+            "seconds_per_step": sum(phases[n]["seconds_per_step"] for n in names),
+            "share_with_eval": sum(phases[n]["share_with_eval"] for n in names),
+        }
+        for group, names in GROUPS.items()
+    }
+    result = {
+        "benchmark": "profile_step",
+        "objective": "grpo",
+        "task": "addition",
+        "policy": args.policy,
+        "parameters": policy.num_parameters(),
+        "prompts_x_completions": "32x8",
+        "device": str(device),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "torch": torch.__version__,
+        },
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "steps": args.steps,
+        "steps_per_second_plain": args.steps / sum(plain),
+        "median_step_seconds_plain": statistics.median(plain),
+        "steps_per_second_instrumented": args.steps / profiled_total,
+        "step_seconds_instrumented": per_step,
+        "eval": {
+            "seconds_per_call": eval_call,
+            "eval_prompts": config.eval_prompts,
+            "eval_every": config.eval_every,
+            "seconds_per_step_amortised": eval_per_step,
+        },
+        "groups": groups,
+        "phases": phases,
+        "top_ops": ops,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
