@@ -24,10 +24,8 @@ import argparse
 import contextlib
 import copy
 import itertools
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import emit, load_average, machine
 
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.policy import CharTokenizer, Policy, PolicyConfig, resolve_device
@@ -79,37 +78,6 @@ SETTINGS_DIFFERENCES = [
     "post-processor that prepends <bos>, so its prompt ids equal ours ([bos] + characters); "
     "checked at start-up.",
 ]
-
-
-def cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (Linux), else None."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on every platform
-        return None
 
 
 def _sync(device: torch.device) -> None:
@@ -475,11 +443,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,6 @@ import argparse
 import contextlib
 import functools
 import importlib
-import json
-import os
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -47,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import emit, load_average, machine
 
 from grape_evo.objective import presets
 from grape_evo.policy import PolicyConfig, resolve_device
@@ -175,17 +173,6 @@ def instrumented(trainer: Trainer, timer: PhaseTimer) -> Iterator[None]:
         del optimizer.step
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (Linux), else None."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -253,7 +240,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
     task = get_task("addition")
     config = TrainConfig(batch_size=256, device=str(device), warm_start_steps=400)
     policy, _ = warm_start_policy(task, PolicyConfig(preset=args.policy), config, device)
@@ -312,16 +299,9 @@ def main() -> None:
         "parameters": policy.num_parameters(),
         "prompts_x_completions": "32x8",
         "device": str(device),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_model": cpu_model(),
-            "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            "torch": torch.__version__,
-        },
+        "machine": machine(device),
         "load_average_before": load_before,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_after": load_average(),
         "steps": args.steps,
         "steps_per_second_plain": args.steps / sum(plain),
         "median_step_seconds_plain": statistics.median(plain),
@@ -337,11 +317,7 @@ def main() -> None:
         "phases": phases,
         "top_ops": ops,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,11 @@ cached warm start. Prints one JSON document and writes it to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import emit, machine
 
 from grape_evo.objective import presets
 from grape_evo.policy import PolicyConfig, resolve_device
@@ -68,19 +67,10 @@ def main() -> None:
         "task": "addition",
         "prompts_x_completions": "32x8",
         "device": str(device),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            "torch": torch.__version__,
-        },
+        "machine": machine(device),
         "runs": runs,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
