@@ -342,28 +342,22 @@ def history_figure(
         values = [*done[column], *base[column]]
         finite = [v for v in values if v is not None and math.isfinite(v)]
         bottom = min(finite) if finite else 0.0
-        if not pruned.empty:
-            # A pruned trial has no final value (its reports are single-run values at some
-            # step, not comparable to a mean over runs): mark it on the floor of the plot.
-            ax.scatter(
-                pruned["number"],
-                [bottom] * len(pruned),
-                color="#ff7f0e",
-                marker="x",
-                s=40,
-                clip_on=False,
-                label=f"pruned ({len(pruned)}, stopped early: no final value)",
-            )
-        if not failed.empty:
-            ax.scatter(
-                failed["number"],
-                [bottom] * len(failed),
-                color="black",
-                marker="v",
-                s=40,
-                clip_on=False,
-                label=f"failed ({len(failed)})",
-            )
+        # Pruned and failed trials have no final value (a pruned trial's reports are single-run
+        # values at some step, not comparable to a mean over runs): mark them on the floor.
+        for rows, color, marker, label in (
+            (pruned, "#ff7f0e", "x", f"pruned ({len(pruned)}, stopped early: no final value)"),
+            (failed, "black", "v", f"failed ({len(failed)})"),
+        ):
+            if not rows.empty:
+                ax.scatter(
+                    rows["number"],
+                    [bottom] * len(rows),
+                    color=color,
+                    marker=marker,
+                    s=40,
+                    clip_on=False,
+                    label=label,
+                )
         counts = f"{len(done) + len(base)} complete, {len(pruned)} pruned, {len(failed)} failed"
         ax.set_title(f"{title}\n{counts}")
         ax.set_xlabel(TRIAL_LABEL)
