@@ -941,6 +941,10 @@ def _parse_policy(ctx: _Ctx, raw: Any) -> PolicyConfig:
             raise ctx.error(f"policy.{key}", f"has the wrong type: {_type_name(value)} ({value!r})")
         if _is_number(value) and not math.isfinite(value):
             raise ctx.error(f"policy.{key}", f"must be a finite number, got {value!r}")
+    checkpoint = raw.get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        message = f"{checkpoint!r} is not a local model folder (nothing is downloaded)"
+        raise ctx.error("policy.checkpoint", message)
     try:
         return PolicyConfig.from_dict(dict(raw))
     except (TypeError, ValueError) as err:
