@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -182,11 +183,10 @@ def find_run_folders(run_dir: Path, study: optuna.Study | None = None) -> list[R
     reeval_trials: dict[str, int] = {}
     disc = run_dir / DISCOVERIES_FILE
     if disc.is_file():
-        try:
+        # A damaged discoveries file is reported elsewhere; here it only loses the labels.
+        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
             for c in json.loads(disc.read_text()).get("candidates", []):
                 reeval_trials[c["label"]] = c.get("trial")
-        except (ValueError, AttributeError, KeyError, TypeError):
-            pass
     for seed_dir in sorted((run_dir / "reeval").glob("*/*/seed*")):
         match = _SEED_DIR.match(seed_dir.name)
         if not match or not seed_dir.is_dir():

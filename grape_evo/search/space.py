@@ -45,6 +45,7 @@ recursive aliases and documents that expand to more than :data:`MAX_NODES` nodes
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -224,11 +225,9 @@ class _Ctx:
         if not _is_number(value):
             hint = ""
             if isinstance(value, str):
-                try:
+                with contextlib.suppress(ValueError):
                     float(value)
                     hint = " (quoted? write the number without quotes)"
-                except ValueError:
-                    pass
             raise self.error(key, f"must be a number, got {_type_name(value)} ({value!r}){hint}")
         if not math.isfinite(value):
             raise self.error(key, f"must be a finite number, got {value!r}")
