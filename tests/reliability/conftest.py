@@ -1,4 +1,5 @@
-"""Fixtures of the reliability tests: a shared warm-start cache, one torch thread, and a real
+"""Fixtures of the reliability tests: the shared warm-start cache and one torch thread
+(tests/conftest.py), and a real
 PostgreSQL server on loopback for the ``db`` tests.
 
 The server is started from Debian's binaries (``/usr/lib/postgresql/<ver>/bin``, installed by
@@ -21,24 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-
-
-@pytest.fixture(scope="session")
-def grape_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A warm-start cache shared by every reliability test of the session."""
-    return tmp_path_factory.mktemp("grape-cache")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread(grape_cache: Path) -> Iterator[None]:
-    """GRAPE_CACHE for in-process runs and one torch thread (as in the campaign tests)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPE_CACHE", str(grape_cache))
-        yield
-    torch.set_num_threads(threads)
+def _campaign_env(campaign_env: None) -> None:
+    """Every reliability module runs with the shared cache and one thread."""
 
 
 def _missing(reason: str) -> None:

@@ -5,9 +5,7 @@ resumes (SQLite intact, nothing recorded lost); stored checksums catch files cha
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,9 +16,8 @@ from typing import Any
 
 import optuna
 import pytest
-import yaml
+from campaign_helpers import cli_env, integrity, invoke, write_space
 from optuna.trial import TrialState
-from typer.testing import CliRunner
 
 from grape_evo import cli
 from grape_evo.analysis import write_report
@@ -52,17 +49,6 @@ SPACE: dict[str, Any] = {
 }
 
 
-def write_space(folder: Path, data: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "space.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(cli.app, list(args), catch_exceptions=True)
-
-
 def one_line_error(result: Any, *needles: str) -> None:
     assert result.exit_code == 2, (result.exit_code, result.output, repr(result.exception))
     assert "Traceback" not in result.output
@@ -70,14 +56,6 @@ def one_line_error(result: Any, *needles: str) -> None:
     assert text.count("error:") == 1, result.stderr
     for needle in needles:
         assert "".join(needle.split()) in text, result.stderr
-
-
-def integrity(db: Path) -> str:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
 
 
 # ---- output folder checked at start ---------------------------------------------------------
@@ -119,7 +97,7 @@ def test_campaign_killed_at_any_point_resumes(tmp_path: Path, grape_cache: Path)
     recorded before a kill is lost or changed, and the SQLite file is never corrupt."""
     space = write_space(tmp_path, SPACE)
     out = tmp_path / "run"
-    env = dict(os.environ, GRAPE_CACHE=str(grape_cache), OMP_NUM_THREADS="1")
+    env = cli_env(grape_cache)
     cmd = [sys.executable, "-m", "grape_evo.cli", "evolve", str(space), "--out", str(out)]
     cmd += ["--resume", "--heartbeat", "1"]
     db = out / "study.db"

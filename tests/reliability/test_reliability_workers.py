@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import optuna
 import pytest
+from campaign_helpers import cli_env, integrity
 from optuna.trial import TrialState
 
 from grape_evo.search.campaign import Campaign, budget_used
@@ -78,13 +78,6 @@ def create_study(name: str, out: Path, url: str | None, steps: int) -> Campaign:
     study.set_user_attr("candidates", len(POINTS))
     study.set_user_attr("budget", len(POINTS))
     return campaign
-
-
-def cli_env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(GRAPE_CACHE=str(cache), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("PYTHONWARNINGS", None)
-    return env
 
 
 def start_worker(cache: Path, url: str, name: str, out: Path, log: Path) -> subprocess.Popen:
@@ -202,17 +195,6 @@ def check_against_reference(study: optuna.Study, tmp_path: Path, steps: int) -> 
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
     assert max(got.values()) == pytest.approx(max(want.values()), abs=1e-9)
-
-
-def integrity(db: Path) -> str:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def test_sqlite_workers_with_a_kill(tmp_path: Path, grape_cache: Path) -> None:

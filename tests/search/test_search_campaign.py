@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,18 +21,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-import torch
-import yaml
+from campaign_helpers import cli_env, integrity, invoke, write_space
 from optuna.trial import TrialState
-from typer.testing import CliRunner
 
-from grape_evo.cli import app
 from grape_evo.objective import presets
 from grape_evo.search import campaign as campaign_module
 from grape_evo.search.campaign import (
@@ -96,20 +91,6 @@ def space_dict(**changes: Any) -> dict[str, Any]:
     return data
 
 
-def write_space(folder: Path, data: dict[str, Any], filename: str = "space.yaml") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / filename
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def cli_env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(GRAPE_CACHE=str(cache), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("PYTHONWARNINGS", None)
-    return env
-
-
 def grape(cache: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``grape ARGS`` (as ``python -m grape_evo.cli``) in a fresh process."""
     return subprocess.run(
@@ -163,14 +144,6 @@ def db_states(db: Path) -> list[tuple[int, str, Any]]:
         return []
 
 
-def integrity(db: Path) -> str:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
-
-
 def fake_reward(spec_key: str, overrides: dict[str, Any] | None = None) -> float:
     text = spec_key + json.dumps(overrides or {}, sort_keys=True)
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -203,31 +176,14 @@ def fake_result(
     return CandidateResult(runs)
 
 
-def invoke(*args: str) -> Any:
-    """Run a grape command in this process (typer's CliRunner, stderr kept apart)."""
-    return CliRunner().invoke(app, list(args), catch_exceptions=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def grape_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A warm-start cache shared by every campaign test of the session."""
-    return tmp_path_factory.mktemp("grape-cache")
-
-
 @pytest.fixture(scope="module", autouse=True)
-def _campaign_env(grape_cache: Path) -> Iterator[None]:
-    """GRAPE_CACHE for in-process runs, and one torch thread (see the module docstring)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPE_CACHE", str(grape_cache))
-        yield
-    torch.set_num_threads(threads)
+def _campaign_env(campaign_env: None) -> None:
+    """Every test here runs with the shared cache and one thread (tests/conftest.py)."""
 
 
 # ---------------------------------------------------------------------------------------------

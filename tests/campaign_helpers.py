@@ -1,0 +1,44 @@
+"""Helpers shared by the campaign and reliability tests (importable: pytest puts tests/ on
+the path, see ``pythonpath`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import yaml
+from typer.testing import CliRunner
+
+from grape_evo.cli import app
+
+
+def write_space(folder: Path, data: dict[str, Any], filename: str = "space.yaml") -> Path:
+    """``data`` as a search-space YAML file in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cli_env(cache: Path) -> dict[str, str]:
+    """Environment of a ``grape`` subprocess: the shared warm-start cache, one thread."""
+    env = dict(os.environ)
+    env.update(GRAPE_CACHE=str(cache), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def invoke(*args: str) -> Any:
+    """Run a grape command in this process (typer's CliRunner, stderr kept apart)."""
+    return CliRunner().invoke(app, list(args), catch_exceptions=True)
+
+
+def integrity(db: Path) -> str:
+    """SQLite's ``PRAGMA integrity_check`` of a study file (``ok`` when intact)."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()
