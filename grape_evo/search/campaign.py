@@ -60,31 +60,6 @@ def default_storage_url(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / STUDY_FILE).resolve()}"
 
 
-# Upper bounds of a space's sizes: a typo such as ``steps: 1e12`` must be an error at start,
-# not a campaign that trains for a year.
-LIMITS: dict[str, int] = {
-    "budget.steps": 10**6,
-    "budget.seeds": 1000,
-    "budget.eval_every": 10**6,
-    "budget.batch_size": 2**16,
-    "budget.warm_start_steps": 10**6,
-    "budget.eval_prompts": 10**6,
-    "budget.reeval_seeds": 1000,
-    "budget.top_k": 1000,
-    "search.trials": 10**6,
-    "search.population_size": 10**5,
-}
-
-
-def check_limits(space: SearchSpace, source: str) -> None:
-    """Raise CampaignError naming ``source`` and the key when a size exceeds :data:`LIMITS`."""
-    for key, limit in LIMITS.items():
-        part, name = key.split(".")
-        value = getattr(space.budget if part == "budget" else space.search, name)
-        if value > limit:
-            raise CampaignError(f"{source}: {key}: {value} is above the limit of {limit}")
-
-
 def make_storage(
     url: str, heartbeat_interval: int = 10, grace_period: int | None = None
 ) -> optuna.storages.BaseStorage:
@@ -276,7 +251,6 @@ class Campaign:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.url = self.storage_url or default_storage_url(self.out_dir)
-        check_limits(self.space, f"space '{self.space.name}'")
         self.budget: int | None = None  # set by optimize()
 
     # ---- study ------------------------------------------------------------------------

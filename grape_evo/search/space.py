@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from grape_evo.tasks import Task
 
 __all__ = [
+    "LIMITS",
     "MAX_FILE_BYTES",
     "MAX_NODES",
     "MAX_VALIDATED_POINTS",
@@ -123,6 +124,20 @@ POLICY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 MAX_NODES = 10_000
+# Upper bounds of a space's sizes: a typo such as ``steps: 1e12`` must be an error at load
+# time, not a campaign that trains for a year.
+LIMITS: dict[str, int] = {
+    "budget.steps": 10**6,
+    "budget.seeds": 1000,
+    "budget.eval_every": 10**6,
+    "budget.batch_size": 2**16,
+    "budget.warm_start_steps": 10**6,
+    "budget.eval_prompts": 10**6,
+    "budget.reeval_seeds": 1000,
+    "budget.top_k": 1000,
+    "search.trials": 10**6,
+    "search.population_size": 10**5,
+}
 """Largest YAML document accepted, in nodes after alias expansion (guards alias bombs)."""
 MAX_FILE_BYTES = 1_000_000
 """Largest search-space file read."""
@@ -238,6 +253,9 @@ class _Ctx:
             raise self.error(key, f"must be an integer, got {_type_name(value)} ({value!r})")
         if minimum is not None and value < minimum:
             raise self.error(key, f"must be an integer >= {minimum}, got {value!r}")
+        limit = LIMITS.get(key)
+        if limit is not None and value > limit:
+            raise self.error(key, f"{value} is above the limit of {limit}")
         return value
 
     def listing(self, key: str, value: Any) -> list[Any]:
@@ -807,7 +825,10 @@ def _check_nodes(root: yaml.Node, limit: int = MAX_NODES) -> None:
 
 
 def _load_yaml(text: str, source: str) -> Any:
-    loader = _GuardedLoader(text)
+    try:
+        loader = _GuardedLoader(text)  # the reader already rejects control characters
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{source}: invalid YAML: {' '.join(str(err).split())}") from None
     try:
         try:
             node = loader.get_single_node()
