@@ -36,6 +36,7 @@ from grape_evo.objective import (
 )
 from grape_evo.objective.advantages import gae_advantages_and_returns
 from grape_evo.objective.aggregation import masked_mean
+from grape_evo.objective.kl import k3
 from grape_evo.objective.spec import ObjectiveSpec
 from grape_evo.policy import Policy, Rollout, completion_logprobs, encode_pairs, sample
 from grape_evo.tasks import Task
@@ -69,13 +70,17 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % (2**31 - 1)
 
 
+def sequence_k3(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
+    """[B] per-sequence KL(pi || pi_ref) estimates: k3 summed over tokens sampled from pi."""
+    return (k3(logp, ref_logp) * mask.to(logp.dtype)).sum(-1)
+
+
 @torch.no_grad()
-def sequence_kl_to_ref(policy: Policy, rollout: Rollout, old_logp: Tensor | None = None) -> Tensor:
-    """[B] per-sequence KL(pi || pi_ref) estimates: sum over tokens of k3, on samples of pi."""
-    logp = completion_logprobs(policy, rollout).logp if old_logp is None else old_logp
+def sequence_kl_to_ref(policy: Policy, rollout: Rollout) -> Tensor:
+    """[B] :func:`sequence_k3` of fresh samples ``rollout`` of the policy."""
+    logp = completion_logprobs(policy, rollout).logp
     ref = completion_logprobs(policy, rollout, reference=True).logp
-    d = logp - ref
-    return ((torch.expm1(-d) + d) * rollout.completion_mask.to(d.dtype)).sum(-1)
+    return sequence_k3(logp, ref, rollout.completion_mask)
 
 
 class Trainer:
@@ -159,8 +164,7 @@ class Trainer:
         need_old = not single_update or cfg.temperature != 1.0
         # Reference log-probs are always needed: the KL-to-reference metric guards divergence.
         scored = score_rollout(self.policy, self.task, rollout, need_old)
-        d = scored.old_logp - scored.ref_logp
-        kl_to_ref = ((torch.expm1(-d) + d) * rollout.completion_mask).sum(-1).mean()
+        kl_to_ref = sequence_k3(scored.old_logp, scored.ref_logp, rollout.completion_mask).mean()
         if spec.preference is not None:
             metrics = self._online_preference_update(scored)
         else:
