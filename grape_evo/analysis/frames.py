@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.analysis.stats import bootstrap_ci
 from grape_evo.search.evaluator import verify_artifacts
+from grape_evo.training.run_log import parse_metrics
 
 STUDY_FILE = "study.db"
 DISCOVERIES_FILE = "discoveries.json"
@@ -236,23 +237,10 @@ def read_metrics_file(path: Path) -> tuple[list[dict[str, Any]], str]:
     if not file.is_file():
         return [], "metrics.jsonl missing"
     try:
-        lines = file.read_text().splitlines()
+        text = file.read_text()
     except (OSError, UnicodeDecodeError) as err:
         return [], f"metrics.jsonl unreadable ({err})"
-    records, bad = [], 0
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                bad += 1
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            bad += 1
+    records, bad = parse_metrics(text)
     return records, (f"metrics.jsonl has {bad} corrupt line(s)" if bad else "")
 
 

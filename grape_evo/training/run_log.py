@@ -47,12 +47,30 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a metrics file (a torn last line is ignored)."""
-    records = []
-    for line in Path(path).read_text().splitlines():
+def parse_metrics(text: str) -> tuple[list[dict[str, Any]], int]:
+    """The records of a metrics file's text, and how many lines are corrupt.
+
+    A torn last line (a run killed while writing it) is dropped without being counted; any
+    other line that is not a JSON object is skipped and counted.
+    """
+    lines = text.splitlines()
+    records: list[dict[str, Any]] = []
+    corrupt = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break
-    return records
+            corrupt += i < len(lines) - 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            corrupt += 1
+    return records, corrupt
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every readable record of a metrics file (see :func:`parse_metrics`)."""
+    return parse_metrics(Path(path).read_text())[0]
