@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_second_call_loads_the_cache(tmp_path: Path, tiny: Any, monkeypatch) -> None:
     task, cfg = get_task("sort"), tiny(warm_start_steps=20)
-    t0 = time.perf_counter()
     first, folder = warm_start_policy(task, PolicyConfig(), cfg, CPU, tmp_path)
-    build_seconds = time.perf_counter() - t0
     assert folder.is_dir() and folder.parent.parent == tmp_path
     fresh = warm_start.build_policy(PolicyConfig(), None, seed=cfg.seed)
     assert not _same_weights(first, fresh), "20 SFT steps did not change the weights"
@@ -34,13 +31,10 @@ def test_second_call_loads_the_cache(tmp_path: Path, tiny: Any, monkeypatch) -> 
     def no_sft(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("SFT ran again although the warm start is cached")
 
-    monkeypatch.setattr(warm_start, "_train_sft", no_sft)
-    t0 = time.perf_counter()
+    monkeypatch.setattr(warm_start, "_train_sft", no_sft)  # the cache is proven by this
     second, folder2 = warm_start_policy(task, PolicyConfig(), cfg, CPU, tmp_path)
-    load_seconds = time.perf_counter() - t0
     assert folder2 == folder
     assert _same_weights(first, second)
-    assert load_seconds < build_seconds
     # The reference of a loaded policy is the warm start itself.
     with second.reference():
         assert _same_weights(second.lm, second._reference_lm)
