@@ -63,6 +63,8 @@ def read_config(path: Path, quick: bool) -> dict:
     tuning = field(config, "tuning", dict, path)
     config["tuning_seeds"] = seeds_field(tuning, "seeds", path)
     config["lrs"] = field(tuning, "lrs", list, path)
+    config["untuned"] = field(config, "untuned", dict, path) if "untuned" in config else {}
+    preset_list(list(config["untuned"]), "untuned", path)
     config["reference"] = config.get("reference", "grpo")
     return config
 
@@ -121,7 +123,10 @@ def main() -> None:
     path = HERE / "config.yaml"
     try:
         config = read_config(path, args.quick)
-        grid = {key: config["lrs"] for key in _cells(config)}
+        grid = {
+            (task, name): [] if name in config["untuned"] else config["lrs"]
+            for task, name in _cells(config)
+        }
         tune_plans = plans_for(config, path, "tune", config["tuning_seeds"], grid)
     except ExperimentConfigError as err:
         sys.exit(f"error: {err}")
@@ -135,6 +140,7 @@ def main() -> None:
     chosen = best_lrs(tuning)
     chosen.to_csv(out / "tuning.csv", index=False)
     lrs = {(r.task, r.label): [r.lr] for r in chosen.itertuples()}
+    lrs.update({key: [config["untuned"][key[1]]] for key in _cells(config) if key not in lrs})
     eval_plans = plans_for(config, path, "eval", config["seeds"], lrs)
     results, compute = execute(
         eval_plans, args.out, jobs=args.jobs, progress=not args.no_progress, description="eval"
@@ -154,7 +160,8 @@ def main() -> None:
         f"Budget per run: {config['train']['steps']} steps x {config['train']['batch_size']} "
         f"completions (or pairs x 2, or demonstrations), tiny policy, CPU. Evaluation seeds "
         f"{config['seeds']}; learning rate chosen per (task, preset) from [{lrs_text}] on "
-        f"tuning seeds {config['tuning_seeds']} by mean final reward (`tuning.csv`). Reward, "
+        f"tuning seeds {config['tuning_seeds']} by mean final reward (`tuning.csv`); not tuned: "
+        f"{config['untuned'] or 'none'}. Reward, "
         "accuracy and KL: mean over seeds [bootstrap 95% CI]; the last column is the mean "
         "paired difference to the reference on the same seeds (same warm start)."
     )
