@@ -3,9 +3,9 @@
     python experiments/baselines/run.py            # full run (resumes from runs/baselines)
     python experiments/baselines/run.py --quick    # smoke run into runs/baselines-quick
 
-Stage 1 trains every (task, preset, learning rate) of the grid on the tuning seeds and keeps,
-per (task, preset), the learning rate with the best mean final held-out reward. Stage 2 trains
-each (task, preset) with its learning rate on the evaluation seeds. Writes ``results.csv``,
+Stage 1 trains every (preset, learning rate) of the grid on the tuning task and seeds and keeps,
+per preset, the learning rate with the best mean final held-out reward. Stage 2 trains
+each (task, preset) with the preset's learning rate on the evaluation seeds. Writes ``results.csv``,
 ``tuning.csv``, one learning-curve PNG per task and the results block of ``README.md``.
 """
 
@@ -62,6 +62,9 @@ def read_config(path: Path, quick: bool) -> dict:
     config["seeds"] = seeds_field(config, "seeds", path)
     tuning = field(config, "tuning", dict, path)
     config["tuning_seeds"] = seeds_field(tuning, "seeds", path)
+    config["tuning_task"] = field(tuning, "task", str, path)
+    if config["tuning_task"] not in config["tasks"]:
+        raise ExperimentConfigError(f"{path}: tuning.task must be one of tasks")
     config["lrs"] = field(tuning, "lrs", list, path)
     config["untuned"] = field(config, "untuned", dict, path) if "untuned" in config else {}
     preset_list(list(config["untuned"]), "untuned", path)
@@ -123,8 +126,11 @@ def main() -> None:
     path = HERE / "config.yaml"
     try:
         config = read_config(path, args.quick)
+        tuning_task = config["tuning_task"]
         grid = {
-            (task, name): [] if name in config["untuned"] else config["lrs"]
+            (task, name): config["lrs"]
+            if task == tuning_task and name not in config["untuned"]
+            else []
             for task, name in _cells(config)
         }
         tune_plans = plans_for(config, path, "tune", config["tuning_seeds"], grid)
@@ -139,8 +145,10 @@ def main() -> None:
     tuning = finals_frame(tune_results)
     chosen = best_lrs(tuning)
     chosen.to_csv(out / "tuning.csv", index=False)
-    lrs = {(r.task, r.label): [r.lr] for r in chosen.itertuples()}
-    lrs.update({key: [config["untuned"][key[1]]] for key in _cells(config) if key not in lrs})
+    tuned = {r.label: r.lr for r in chosen.itertuples()}
+    lrs = {
+        (task, name): [tuned.get(name) or config["untuned"][name]] for task, name in _cells(config)
+    }
     eval_plans = plans_for(config, path, "eval", config["seeds"], lrs)
     results, compute = execute(
         eval_plans, args.out, jobs=args.jobs, progress=not args.no_progress, description="eval"
@@ -159,8 +167,9 @@ def main() -> None:
     budget = (
         f"Budget per run: {config['train']['steps']} steps x {config['train']['batch_size']} "
         f"completions (or pairs x 2, or demonstrations), tiny policy, CPU. Evaluation seeds "
-        f"{config['seeds']}; learning rate chosen per (task, preset) from [{lrs_text}] on "
-        f"tuning seeds {config['tuning_seeds']} by mean final reward (`tuning.csv`); not tuned: "
+        f"{config['seeds']}; learning rate chosen per preset from [{lrs_text}] on "
+        f"{config['tuning_task']} with tuning seeds {config['tuning_seeds']} by mean final "
+        f"reward (`tuning.csv`), and used on every task; not tuned: "
         f"{config['untuned'] or 'none'}. Reward, "
         "accuracy and KL: mean over seeds [bootstrap 95% CI]; the last column is the mean "
         "paired difference to the reference on the same seeds (same warm start)."

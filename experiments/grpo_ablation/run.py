@@ -33,27 +33,10 @@ from grape_evo.experiment.report import (
     save_learning_curves,
     write_results_block,
 )
-from grape_evo.experiment.tables import fmt_ci, markdown, verdict
+from grape_evo.experiment.tables import SIGNS, agreement, fmt_ci, markdown, verdict
 from grape_evo.objective import ObjectiveSpec, presets
 
 HERE = Path(__file__).parent
-SIGNS = (">= 0", "= 0", "> 0", "< 0")
-
-
-def agreement(sign: str, low: float, high: float) -> str:
-    """How a paired effect's 95% CI [low, high] compares with the published direction.
-
-    ``confirmed``: the CI lies on the expected side (for ``= 0``: it is [0, 0] exactly, or
-    contains 0); ``contradicted``: it lies clearly on the other side; ``inconclusive``: it
-    spans 0 where a direction was expected. ``>= 0`` (no loss) is contradicted only by a CI
-    below 0.
-    """
-    if sign == "= 0":
-        return "confirmed" if low <= 0 <= high else "contradicted"
-    if sign == ">= 0":
-        return "contradicted" if high < 0 else "confirmed"
-    better, worse = (low > 0, high < 0) if sign == "> 0" else (high < 0, low > 0)
-    return "confirmed" if better else "contradicted" if worse else "inconclusive"
 
 
 def variant_spec(

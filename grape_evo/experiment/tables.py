@@ -104,6 +104,25 @@ def verdict(low: float, high: float) -> str:
     return "no clear effect"
 
 
+SIGNS = (">= 0", "= 0", "> 0", "< 0")
+
+
+def agreement(sign: str, low: float, high: float) -> str:
+    """How a paired effect's 95% CI [low, high] compares with the published direction.
+
+    ``confirmed``: the CI lies on the expected side (for ``= 0``: it is [0, 0] exactly, or
+    contains 0); ``contradicted``: it lies clearly on the other side; ``inconclusive``: it
+    spans 0 where a direction was expected. ``>= 0`` (no loss) is contradicted only by a CI
+    below 0.
+    """
+    if sign == "= 0":
+        return "confirmed" if low <= 0 <= high else "contradicted"
+    if sign == ">= 0":
+        return "contradicted" if high < 0 else "confirmed"
+    better, worse = (low > 0, high < 0) if sign == "> 0" else (high < 0, low > 0)
+    return "confirmed" if better else "contradicted" if worse else "inconclusive"
+
+
 def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool = False) -> str:
     """``0.812 [0.790, 0.835]``; ``n/a`` for a missing mean."""
     if not math.isfinite(mean):

@@ -1,0 +1,64 @@
+"""The run grid: folder keys, what counts as finished, and resuming without re-running."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grape_evo.experiment.grid import RunPlan, execute, finished_summary
+from grape_evo.objective import presets
+from grape_evo.training import TrainConfig
+
+TINY = {"steps": 2, "eval_every": 2, "batch_size": 16, "eval_prompts": 8, "warm_start_steps": 3}
+
+
+def plan(seed: int = 0, lr: float = 1e-4, label: str = "grpo") -> RunPlan:
+    return RunPlan(label, "addition", presets.get("grpo"), TrainConfig(**TINY, seed=seed, lr=lr))
+
+
+def test_folder_names_the_run_and_changes_with_any_setting(tmp_path: Path) -> None:
+    a, b, c = plan(), plan(lr=3e-4), plan(seed=1)
+    assert a.folder(tmp_path).parent == tmp_path / "eval" / "addition"
+    assert a.folder(tmp_path).name.startswith("grpo-lr0.0001-s0-")
+    assert len({a.key(), b.key(), c.key()}) == 3
+    assert a.key() == plan().key()  # stable across instances
+
+
+@pytest.mark.parametrize(
+    ("summary", "finished"),
+    [
+        ({"status": "ok"}, True),
+        ({"status": "diverged"}, True),
+        ({"status": "failed", "reason": "ValueError: bad"}, True),
+        ({"status": "failed", "reason": "interrupted"}, False),
+        ({"status": "stopped"}, False),
+    ],
+)
+def test_finished_summary(tmp_path: Path, summary: dict, finished: bool) -> None:
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert (finished_summary(tmp_path) is not None) is finished
+
+
+def test_missing_or_corrupt_summary_is_not_finished(tmp_path: Path) -> None:
+    assert finished_summary(tmp_path) is None
+    (tmp_path / "summary.json").write_text("{half")
+    assert finished_summary(tmp_path) is None
+
+
+@pytest.mark.usefixtures("campaign_env")
+def test_execute_resumes_only_the_missing_runs(tmp_path: Path, grape_cache: Path) -> None:
+    plans = [plan(seed=0), plan(seed=1)]
+    results, compute = execute(plans, tmp_path, cache_dir=grape_cache, progress=False)
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert (compute.runs_done_now, compute.runs_reused) == (2, 0)
+    curve = results[0].curve()
+    assert [step for step, _ in curve] == [0, 2]  # the warm start, then the final evaluation
+    # A run killed mid-way leaves no finished summary: only it runs again.
+    (plans[1].folder(tmp_path) / "summary.json").unlink()
+    first = (plans[0].folder(tmp_path) / "summary.json").read_text()
+    _, again = execute(plans, tmp_path, cache_dir=grape_cache, progress=False)
+    assert (again.runs_done_now, again.runs_reused) == (1, 1)
+    assert (plans[0].folder(tmp_path) / "summary.json").read_text() == first
+    assert again.run_seconds > 0

@@ -1,0 +1,82 @@
+"""Each experiment script's ``--quick`` smoke run works end to end and resumes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(name: str, out: Path, cache: Path) -> str:
+    env = {**os.environ, "GRAPE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / name / "run.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_baselines_quick_runs_writes_tables_and_resumes(tmp_path: Path, grape_cache: Path) -> None:
+    out = tmp_path / "baselines"
+    stdout = run_script("baselines", out, grape_cache)
+    assert "total compute:" in stdout
+    results = out / "results"
+    readme = (results / "README.md").read_text()
+    assert "<!-- results:begin -->" in readme and "### addition" in readme
+    # quick: addition (grpo, dpo, sft) and preference (grpo, dpo; sft excluded), 2 seeds each.
+    finals = rows(results / "results.csv")
+    assert len(finals) == (3 + 2) * 2
+    assert {r["label"] for r in finals if r["task"] == "preference"} == {"grpo", "dpo"}
+    tuning = rows(results / "tuning.csv")
+    assert len(tuning) == 3 and {r["task"] for r in tuning} == {"addition"}
+    assert (results / "curves_addition.png").stat().st_size > 0
+    again = run_script("baselines", out, grape_cache)
+    assert "(0 run now, 10 reused from earlier)" in again
+
+
+def test_ablation_quick_run_pairs_every_variant(tmp_path: Path, grape_cache: Path) -> None:
+    out = tmp_path / "ablation"
+    stdout = run_script("grpo_ablation", out, grape_cache)
+    assert "total compute:" in stdout
+    effects = rows(out / "results" / "effects.csv")
+    assert len(effects) == 9  # nine variants on one task
+    against = {r["label"]: r["against"] for r in effects}
+    assert against["two_epochs_no_clip"] == "two_epochs" and against["no_kl"] == "grpo"
+    assert all(r["n"] == "2" for r in effects)
+    # With one update per batch the ratio is exactly 1, so removing the clip changes nothing.
+    no_clip = next(r for r in effects if r["label"] == "no_clip")
+    assert float(no_clip["effect"]) == 0.0 and no_clip["agrees"] == "confirmed"
+
+
+def test_transfer_quick_run(tmp_path: Path, grape_cache: Path) -> None:
+    out = tmp_path / "transfer"
+    stdout = run_script("transfer", out, grape_cache)
+    assert "total compute:" in stdout
+    assert (out / "campaign" / "discoveries.json").is_file()
+    finals = rows(out / "results" / "results.csv")
+    # quick: the top 2 candidates and grpo on one target, 2 seeds each.
+    assert len(finals) == 3 * 2 and {r["target"] for r in finals} == {"sort"}
+    readme = (out / "results" / "README.md").read_text()
+    assert "### The discovered objectives" in readme and "**sort**" in readme
