@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,23 +227,36 @@ def _pool_map(
     bar: Progress,
     task_id: Any,
 ) -> list[float]:
-    """``fn(item, *extra)`` for every item, ``jobs`` processes at a time (inline for 1)."""
+    """``fn(item, *extra)`` for every item, ``jobs`` spawned processes at a time (inline for 1).
+
+    On any exit other than success (an error, Ctrl-C, or SIGTERM, turned into ``SystemExit``)
+    the worker processes are terminated, so a killed experiment leaves no orphan runs.
+    """
     if jobs == 1:
         out = []
         for item in items:
             out.append(fn(item, *extra))
             bar.advance(task_id)
         return out
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        pending: set[Future[float]] = {pool.submit(fn, item, *extra) for item in items}
-        out = []
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                out.append(future.result())
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:  # exit: terminate()
+            out = []
+            for value in pool.imap_unordered(_apply, [(fn, item, extra) for item in items]):
+                out.append(value)
                 bar.advance(task_id)
-        return out
+            return out
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _apply(call: tuple[Callable[..., float], RunPlan, tuple[Any, ...]]) -> float:
+    fn, item, extra = call
+    return fn(item, *extra)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _bar(enabled: bool) -> Progress:

@@ -62,3 +62,15 @@ def test_execute_resumes_only_the_missing_runs(tmp_path: Path, grape_cache: Path
     assert (again.runs_done_now, again.runs_reused) == (1, 1)
     assert (plans[0].folder(tmp_path) / "summary.json").read_text() == first
     assert again.run_seconds > 0
+
+
+@pytest.mark.usefixtures("campaign_env")
+def test_parallel_runs_match_inline_runs(tmp_path: Path, grape_cache: Path) -> None:
+    plans = [plan(seed=0), plan(seed=1)]
+    inline, _ = execute(plans, tmp_path / "inline", cache_dir=grape_cache, progress=False)
+    parallel, compute = execute(
+        plans, tmp_path / "parallel", jobs=2, cache_dir=grape_cache, progress=False
+    )
+    assert compute.runs_done_now == 2
+    for a, b in zip(inline, parallel, strict=True):
+        assert a.summary["final_eval"] == b.summary["final_eval"]  # same seed, same result
