@@ -37,6 +37,10 @@ app = typer.Typer(
 console = Console() if sys.stdout.isatty() else Console(width=160)
 MIN_FREE_MB = 100  # a campaign folder needs at least this much free space (GRAPE_MIN_FREE_MB)
 HEARTBEAT_HELP = "Seconds between a worker's heartbeats; a trial silent for 2x this is retried."
+JOBS_HELP = (
+    "Trials to run at once on this machine, each in its own process (torch threads: cores // "
+    "JOBS; on CUDA they share the GPU)."
+)
 err_console = Console(stderr=True)
 
 
@@ -165,7 +169,7 @@ def train_command(
         raise typer.Exit(1)
 
 
-def _campaign_progress(study: Any, budget: int) -> tuple[Progress, Callable[..., None]]:
+def _campaign_progress(study: Any, budget: int, jobs: int) -> tuple[Progress, Callable[..., None]]:
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -174,7 +178,8 @@ def _campaign_progress(study: Any, budget: int) -> tuple[Progress, Callable[...,
         TextColumn("{task.fields[status]}"),
         console=console,
     )
-    job = bar.add_task(f"campaign {study.study_name}", total=budget, status="")
+    name = f"campaign {study.study_name}" + (f" ({jobs} jobs)" if jobs > 1 else "")
+    job = bar.add_task(name, total=budget, status="")
 
     def update(study: Any, _trial: Any = None) -> None:
         info = summarize(study)
@@ -227,6 +232,7 @@ def evolve_command(
     resume: bool = typer.Option(False, help="Continue the study in OUT (or start one)."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
+    jobs: int = typer.Option(1, min=1, help=JOBS_HELP),
 ) -> None:
     """Run an evolution campaign over a search space, then re-evaluate the best on fresh seeds."""
     try:
@@ -234,7 +240,7 @@ def evolve_command(
         resolve_device(device)
         prepare_out_dir(out)
         campaign = Campaign(
-            space, out, storage_url=storage, device=device, heartbeat_interval=heartbeat
+            space, out, storage_url=storage, device=device, heartbeat_interval=heartbeat, jobs=jobs
         )
         if campaign.exists() and not resume:
             fail(
@@ -249,7 +255,7 @@ def evolve_command(
     budget = candidates + len(space.baselines)
     study.set_user_attr("candidates", candidates)
     study.set_user_attr("budget", budget)
-    bar, update = _campaign_progress(study, budget)
+    bar, update = _campaign_progress(study, budget, jobs)
     with bar:
         campaign.optimize(study, budget, on_trial=update, wait_for_running=True)
         update(study)
@@ -265,12 +271,13 @@ def worker_command(
     out: Path | None = typer.Option(None, help="Where this worker writes trial runs."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
+    jobs: int = typer.Option(1, min=1, help=JOBS_HELP),
 ) -> None:
     """Join a running campaign from another process or host and run trials until its budget."""
     try:
         resolve_device(device)
         campaign = load_campaign_from_storage(
-            storage, study, out, device=device, heartbeat_interval=heartbeat
+            storage, study, out, device=device, heartbeat_interval=heartbeat, jobs=jobs
         )
         prepare_out_dir(campaign.out_dir)
         opened = campaign.open(create=False)
@@ -278,7 +285,7 @@ def worker_command(
         fail(str(err))
     space = campaign.space
     budget = int(opened.user_attrs.get("budget", space.search.trials + len(space.baselines)))
-    bar, update = _campaign_progress(opened, budget)
+    bar, update = _campaign_progress(opened, budget, jobs)
     with bar:
         # Waits for trials running elsewhere: if their worker dies, this one retries them.
         campaign.optimize(opened, budget, on_trial=update, wait_for_running=True)

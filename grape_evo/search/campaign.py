@@ -14,6 +14,12 @@
   result instead of training again.
 * After the budget, the top-k candidates and the baselines are re-run on fresh seeds; only those
   numbers are reported as discoveries (mean and bootstrap 95% CI).
+* ``jobs``: a campaign (or worker) can run N trials at once on one machine. It starts N worker
+  processes on the same storage, each with ``max(1, cores // N)`` torch threads (on CUDA they
+  share the GPU), and stays the supervisor: it reports their finished trials and, once they
+  have exited, runs whatever a dead worker left (its trial is retried on its stale heartbeat).
+  Ctrl-C stops every worker (each records its trial as FAIL), and so does the death of the
+  campaign's process.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ import datetime
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import signal
 import socket
 import statistics
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,11 @@ from grape_evo.search.space import SearchSpace, parse_space
 STUDY_FILE = "study.db"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REEVAL_SEED_OFFSET = 1000
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+PROGRESS_SECONDS = 1.0
+"""How often a campaign with ``jobs > 1`` looks for trials its worker processes finished."""
+STOP_SECONDS = 30.0
+"""After Ctrl-C, how long worker processes get to record their interrupted trials."""
 
 
 class CampaignError(ValueError):
@@ -247,8 +263,11 @@ class Campaign:
     device: str = "cpu"
     heartbeat_interval: int = 10
     grace_period: int | None = None
+    jobs: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise CampaignError(f"jobs must be an integer >= 1, got {self.jobs!r}")
         self.out_dir = Path(self.out_dir)
         self.url = self.storage_url or default_storage_url(self.out_dir)
         self.budget: int | None = None  # set by optimize()
@@ -283,9 +302,10 @@ class Campaign:
             load_if_exists=True,
         )
         # A process that joins or resumes must not replay the random genomes of the first
-        # process: its sampler's seed moves on with the study (and with the process id).
+        # process: its sampler's seed moves on with the study (and with the process id). So
+        # must workers that join at the same time, before any trial exists.
         existing = len(study.get_trials(deepcopy=False))
-        if existing:
+        if existing or not create:
             seed = self.space.search.seed + 7919 * existing + (0 if create else os.getpid())
             study.sampler = make_sampler(self.space, seed % (2**31 - 1))
         if create and not study.user_attrs.get("baselines_enqueued"):
@@ -406,9 +426,15 @@ class Campaign:
         retried (a retry is a new trial; the failed one no longer counts toward the budget).
         With ``wait_for_running`` this returns only when no trial is RUNNING any more, so a
         campaign re-evaluates only after every trial, retries included, has finished.
+
+        With ``jobs > 1`` the trials run in ``jobs`` worker processes (``on_trial`` is called
+        here, within about a second of each finished trial); this process then runs whatever
+        the workers left, e.g. the retry of a trial whose worker was killed.
         """
 
         self.budget = budget
+        if self.jobs > 1:
+            self._run_worker_processes(study, budget, on_trial)
 
         def waiting() -> bool:
             return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -434,6 +460,57 @@ class Campaign:
             if not running or not wait_for_running:
                 return
             time.sleep(self.heartbeat_interval)
+
+    def _run_worker_processes(
+        self,
+        study: optuna.Study,
+        budget: int,
+        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None,
+    ) -> None:
+        """Run ``jobs`` worker processes to the budget; report their trials as they finish.
+
+        Processes are spawned (not forked: CUDA cannot be forked). On Ctrl-C (or any error
+        here) the workers are interrupted, get :data:`STOP_SECONDS` to record their trials as
+        FAIL (a resumed campaign goes on from there), and are killed after that; a killed
+        worker's RUNNING trial is retried on its stale heartbeat.
+        """
+        threads = max(1, usable_cores() // self.jobs)
+        context = multiprocessing.get_context("spawn")
+        worker = replace(self, jobs=1)
+        processes = [
+            context.Process(
+                target=_worker_process,
+                args=(worker, budget, threads),
+                name=f"grape-worker-{i}",
+            )
+            for i in range(self.jobs)
+        ]
+        reported = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+
+        def report_finished() -> None:
+            for t in study.get_trials(deepcopy=False, states=FINISHED):
+                if t.number not in reported:
+                    reported.add(t.number)
+                    if on_trial is not None:
+                        on_trial(study, t)
+
+        try:
+            for process in processes:
+                process.start()
+            while any(p.is_alive() for p in processes):
+                wait([p.sentinel for p in processes if p.is_alive()], timeout=PROGRESS_SECONDS)
+                report_finished()
+        except BaseException:
+            _stop(processes)
+            raise
+        failed = [f"{p.name} (pid {p.pid}): {p.exitcode}" for p in processes if p.exitcode]
+        if failed:
+            warnings.warn(
+                f"worker processes exited with an error status: {', '.join(failed)}; "
+                "their unfinished trials are retried",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # ---- fresh-seed re-evaluation -----------------------------------------------------
     def reevaluate(self, study: optuna.Study) -> list[dict[str, Any]]:
@@ -501,6 +578,71 @@ class Campaign:
         tmp.write_text(json.dumps({"seeds": list(seeds), "candidates": rows}, indent=2) + "\n")
         os.replace(tmp, path)
         return rows
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _worker_process(campaign: Campaign, budget: int, threads: int) -> None:
+    """One worker process of a campaign with ``jobs > 1``: trials until the budget is done.
+
+    SIGTERM stops it as Ctrl-C does (whatever SIGINT's inherited disposition). When the
+    campaign's process dies (even by SIGKILL) it sends itself one, and exits anyway
+    :data:`STOP_SECONDS` later (Python drops an interrupt that lands in a finalizer), so a
+    killed campaign leaves no orphaned workers training on.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+
+        def stop_when_orphaned() -> None:
+            wait([parent.sentinel])
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(STOP_SECONDS)
+            os._exit(128 + signal.SIGTERM)  # its RUNNING trial is retried once stale
+
+        threading.Thread(target=stop_when_orphaned, daemon=True).start()
+    try:
+        campaign.optimize(campaign.open(create=False), budget, wait_for_running=True)
+    except KeyboardInterrupt:  # Optuna has recorded the trial as FAIL: exit without a traceback
+        sys.exit(128 + signal.SIGINT)
+
+
+def _raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
+    """A signal handler that stops the process as Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    """Stop worker processes: those that did not get the terminal's Ctrl-C themselves get a
+    SIGTERM (which they handle as Ctrl-C); any still running after :data:`STOP_SECONDS` is
+    killed."""
+    started = [p for p in processes if p.pid is not None]
+    _join_all(started, 2.0)  # a Ctrl-C typed in the terminal reached every worker too
+    for process in started:
+        if process.is_alive():
+            process.terminate()
+    _join_all(started, STOP_SECONDS)
+    for process in started:
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _join_all(processes: list[multiprocessing.process.BaseProcess], seconds: float) -> None:
+    """Wait until every process has exited, or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while (alive := [p.sentinel for p in processes if p.is_alive()]) and (
+        left := deadline - time.monotonic()
+    ) > 0:
+        wait(alive, timeout=left)
 
 
 def _reward_or_minus_inf(trial: FrozenTrial) -> float:

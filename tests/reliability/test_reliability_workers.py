@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +81,39 @@ def create_study(name: str, out: Path, url: str | None, steps: int) -> Campaign:
     return campaign
 
 
-def start_worker(cache: Path, url: str, name: str, out: Path, log: Path) -> subprocess.Popen:
+def start_worker(
+    cache: Path, url: str, name: str, out: Path, log: Path, *extra: str
+) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "grape_evo.cli", "worker", "--storage", url, "--study", name]
-    cmd += ["--out", str(out), "--heartbeat", "1"]
+    cmd += ["--out", str(out), "--heartbeat", "1", *extra]
     with log.open("w") as f:
         return subprocess.Popen(cmd, env=cli_env(cache), stdout=f, stderr=subprocess.STDOUT)
 
 
-def kill_mid_trial(study: optuna.Study, proc: subprocess.Popen, out: Path) -> int:
-    """SIGKILL ``proc`` while it trains a trial (its first run has written a step); the
-    trial's number."""
+def training_trial(
+    study: optuna.Study, out: Path, proc: subprocess.Popen, owner: Callable[[int], bool]
+) -> tuple[int, int]:
+    """A trial that a process whose pid passes ``owner`` is training (its first run has
+    written a step), while ``proc`` runs: the trial's number and that pid."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             metrics = out / "trials" / f"{t.number:05d}" / "addition" / "seed0" / "metrics.jsonl"
-            owner = str(t.user_attrs.get("worker", ""))
-            if owner.endswith(f":{proc.pid}") and metrics.is_file() and metrics.stat().st_size:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=30)
-                return t.number
+            pid = int(str(t.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
+            if owner(pid) and metrics.is_file() and metrics.stat().st_size:
+                return t.number, pid
         if proc.poll() is not None:
             pytest.fail(f"worker {proc.pid} ended (rc {proc.returncode}) before it was killed")
         time.sleep(0.05)
     pytest.fail("the victim worker never ran a trial")
+
+
+def kill_mid_trial(study: optuna.Study, proc: subprocess.Popen, out: Path) -> int:
+    """SIGKILL ``proc`` while it trains a trial; the trial's number."""
+    number, _ = training_trial(study, out, proc, lambda pid: pid == proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return number
 
 
 def run_workers(
@@ -222,6 +233,30 @@ def test_postgres_four_workers_with_a_kill(
     result = check_exactly_once(study, out, killed)
     record_row("postgresql", 4, 1, result)
     check_against_reference(study, tmp_path, steps)
+
+
+def test_worker_jobs_with_a_killed_process(tmp_path: Path, grape_cache: Path) -> None:
+    """``grape worker --jobs 2`` on SQLite: one of its two worker processes is SIGKILLed
+    mid-trial; the other retries that trial, and the command still ends with status 0."""
+    steps, out = 8, tmp_path / "run"
+    create_study("jobs", out, None, steps)
+    url = f"sqlite:///{out / 'study.db'}"
+    log = tmp_path / "worker.log"
+    proc = start_worker(grape_cache, url, "jobs", out, log, "--jobs", "2")
+    study = optuna.load_study(study_name="jobs", storage=url)
+    try:
+        number, pid = training_trial(study, out, proc, lambda pid: pid not in (0, proc.pid))
+        os.kill(pid, signal.SIGKILL)
+        rc = proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    assert f"(pid {pid}): -9" in text, text[-3000:]
+    assert integrity(out / "study.db") == "ok"
+    check_exactly_once(study, out, [number])
 
 
 def test_a_sampled_trial_past_the_budget_is_surplus(tmp_path: Path) -> None:

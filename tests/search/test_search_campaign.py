@@ -34,10 +34,11 @@ from grape_evo.search import campaign as campaign_module
 from grape_evo.search.campaign import (
     REEVAL_SEED_OFFSET,
     Campaign,
+    CampaignError,
     budget_used,
     project_onto_axes,
 )
-from grape_evo.search.evaluator import CandidateResult
+from grape_evo.search.evaluator import CandidateResult, verify_artifacts
 from grape_evo.search.space import load_space, parse_space
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -710,6 +711,50 @@ def test_worker_joins_a_campaign(tmp_path: Path, grape_cache: Path) -> None:
     assert "Traceback" not in missing.output
     err = squeeze(missing.stderr)
     assert "'nope'" in err and "['wk']" in err, missing.stderr
+
+
+def test_evolve_with_jobs_runs_trials_in_parallel_processes(
+    tmp_path: Path, grape_cache: Path
+) -> None:
+    """``--jobs 2``: the budget is run by two worker processes at once, each trial recorded
+    once, every counted trial COMPLETE (no pruner), each baseline exactly once."""
+    space = write_space(tmp_path, space_dict(search={"pruner": "none"}))
+    out = tmp_path / "run"
+    proc = grape(grape_cache, "evolve", str(space), "--out", str(out), "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "(2 jobs)" in proc.stdout and "6/6" in proc.stdout
+
+    study = load(out, "tiny")
+    trials = study.get_trials()
+    assert budget_used(study) == 6
+    counted = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert len(counted) == 6
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * 6
+    # A sampled trial that lost the race for the last slot is failed untrained, not counted.
+    assert all(t.state == TrialState.FAIL for t in trials if t.user_attrs.get("surplus"))
+    baselines = sorted(t.user_attrs["baseline"] for t in counted if t.user_attrs.get("baseline"))
+    assert baselines == ["dpo", "grpo"]
+    workers = {t.user_attrs["worker"] for t in counted}
+    assert len(workers) == 2, workers  # two processes shared the trials
+    for t in counted:
+        if "reused_from" not in t.user_attrs:
+            folder = out / "trials" / f"{t.number:05d}"
+            assert verify_artifacts(folder, t.user_attrs["artifacts"]) == [], t.number
+    assert json.loads((out / "discoveries.json").read_text())["candidates"]
+
+
+def test_bad_jobs_is_one_error(tmp_path: Path) -> None:
+    space = write_space(tmp_path, space_dict())
+    evolve = ["evolve", str(space), "--out", str(tmp_path / "run")]
+    worker = ["worker", "--storage", f"sqlite:///{tmp_path / 'run' / 'study.db'}", "--study", "s"]
+    for command in (evolve, worker):
+        result = invoke(*command, "--jobs", "0")
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--jobs'" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(CampaignError, match="jobs must be an integer >= 1"):
+        Campaign(parse_space(TINY), tmp_path / "run", jobs=0)
 
 
 # ---------------------------------------------------------------------------------------------
