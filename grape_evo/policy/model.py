@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grape_evo.policy import fast_gpt2
 from grape_evo.policy.config import POLICY_PRESETS, PolicyConfig
 from grape_evo.policy.device import resolve_device
 from grape_evo.policy.tokenizer import TextTokenizer, tokenizer_for
@@ -69,6 +70,11 @@ class LogProbOutput:
     logp: torch.Tensor
     entropy: torch.Tensor
     values: torch.Tensor | None = None
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` for 1-D values [K] and a long index of any shape."""
+    return values.index_select(0, index.flatten()).view(index.shape)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -110,6 +116,9 @@ class Policy(nn.Module):
         value_head: ``Linear(H, 1)`` on the final hidden state, or None.
         config: the `PolicyConfig` it was built from.
         tokenizer: the tokenizer whose ids the LM uses.
+        fast_path: run scoring and sampling through `fast_gpt2` whenever it supports the
+            active LM (default True); False always uses the transformers forward, which is
+            the reference implementation.
     """
 
     def __init__(
@@ -130,6 +139,7 @@ class Policy(nn.Module):
         object.__setattr__(self, "_reference_lm", None)
         self._use_reference = False
         self._n_folds = 0
+        self.fast_path = True
         params = _forward_params(self.hf_model)
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         if "logits_to_keep" in params:
@@ -273,6 +283,12 @@ class Policy(nn.Module):
             return self._reference_lm
         return self.lm
 
+    def fast_lm(self) -> nn.Module | None:
+        """The active LM (the reference one inside `reference()`) when `fast_path` is on and
+        `fast_gpt2.supports` it, else None (LoRA, other architectures: use `run_lm`)."""
+        lm = self._active_lm()
+        return lm if self.fast_path and fast_gpt2.supports(lm) else None
+
     # ------------------------------------------------------------------ forward passes
 
     def run_lm(
@@ -330,6 +346,10 @@ class Policy(nn.Module):
                 padding is handled exactly.
             n_completion: T, with 0 < T < L.
 
+        With `fast_lm` available, runs `fast_gpt2.completion_logits`, which computes each
+        distinct prefix once, and takes the log-softmax, entropy and value of each distinct
+        scored position once; otherwise the transformers forward.
+
         Returns:
             `LogProbOutput` with ``logp``, ``entropy`` [B, T] float32 (log_softmax in float32)
             and ``values`` [B, T] or None; all are 0 where ``attention_mask[:, -T:]`` is 0.
@@ -339,18 +359,28 @@ class Policy(nn.Module):
         if not 0 < t < seq_len:
             raise ValueError(f"n_completion must be in [1, {seq_len - 1}], got {n_completion}")
         want_values = self.value_head is not None and not self._use_reference
-        logits, _, hidden = self.run_lm(
-            input_ids,
-            attention_mask,
-            position_ids_from_mask(attention_mask),
-            logits_to_keep=t + 1,
-            output_hidden=want_values,
-        )
-        logp_all = F.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T, V]
-        targets = input_ids[:, -t:]
-        logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        probs = logp_all.exp()
-        entropy = -(probs * logp_all.clamp_min(torch.finfo(logp_all.dtype).min)).sum(-1)
+        fast = self.fast_lm()
+        if fast is not None:
+            logits, hidden, index = fast_gpt2.completion_logits(fast, input_ids, attention_mask, t)
+        else:
+            logits, _, hidden = self.run_lm(
+                input_ids,
+                attention_mask,
+                position_ids_from_mask(attention_mask),
+                logits_to_keep=t + 1,
+                output_hidden=want_values,
+            )
+            logits = logits[:, :-1].flatten(0, 1)  # [B * T, V] predicting the last T tokens
+            if hidden is not None:
+                hidden = hidden[:, seq_len - t - 1 : seq_len - 1].flatten(0, 1)
+            index = torch.arange(logits.shape[0], device=logits.device).view(-1, t)
+        # Per distinct position k [K, V]; row b's token t was predicted at k = index[b, t].
+        logp_all = F.log_softmax(logits.float(), dim=-1)
+        floor = torch.finfo(logp_all.dtype).min
+        entropy_all = -(logp_all.exp() * logp_all.clamp_min(floor)).sum(-1)  # [K]
+        flat_targets = index * logp_all.shape[-1] + input_ids[:, -t:]  # into logp_all.flatten()
+        logp = _take(logp_all.flatten(), flat_targets)
+        entropy = _take(entropy_all, index)
         keep = attention_mask[:, -t:].bool()
         zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
         logp = torch.where(keep, logp, zero)
@@ -358,8 +388,8 @@ class Policy(nn.Module):
         values = None
         if want_values:
             assert hidden is not None and self.value_head is not None
-            h = hidden[:, seq_len - t - 1 : seq_len - 1]
-            values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+            h = hidden.to(self.value_head.weight.dtype)
+            values = _take(self.value_head(h).squeeze(-1).float(), index)
             values = torch.where(keep, values, zero)
         return LogProbOutput(logp=logp, entropy=entropy, values=values)
 

@@ -7,10 +7,12 @@ contiguous), P prompt tokens (left-padded), T completion tokens (right-padded).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from grape_evo.policy.fast_gpt2 import PrefixTreeDecoder
 from grape_evo.policy.model import LogProbOutput, Policy, position_ids_from_mask
 from grape_evo.policy.tokenizer import TextTokenizer
 
@@ -76,43 +78,99 @@ class Rollout:
         )
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ([R, W] ids, [R, W] mask)."""
+def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists on the left or the right into ([R, W] ids, [R, W] mask)."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     width = max((len(r) for r in rows), default=0)
+    cols = torch.arange(width)
+    real = cols >= width - lengths[:, None] if left else cols < lengths[:, None]  # [R, W]
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into ([R, W] ids, [R, W] mask)."""
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-    return ids, mask
+    ids[real] = torch.tensor([t for r in rows for t in r], dtype=torch.long)  # row-major
+    return ids, real.long()
 
 
 def _draw(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None, greedy: bool
 ) -> torch.Tensor:
-    """Next tokens [B] from float32 logits [B, V]."""
+    """Next tokens [B] from float32 logits [B, V].
+
+    Inverse-CDF sampling from softmax(logits / temperature): one uniform u per row; the token is
+    the first index whose cumulative probability exceeds u * total (kept below the total, so a
+    token of probability 0 is never drawn). The distribution is that of ``torch.multinomial``,
+    from B random numbers instead of its B * V exponentials, which dominated sampling on CPU.
+    The uniforms are drawn where the generator lives, so a seeded CPU generator reproduces on
+    any device. Non-finite logits raise ValueError.
+    """
     if greedy:
         return logits.argmax(dim=-1)
-    probs = F.softmax(logits / temperature, dim=-1)
-    if generator is not None and generator.device.type != probs.device.type:
-        # Sample where the generator lives so a seeded CPU generator reproduces on any device.
-        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(
-            logits.device
-        )[:, 0]
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    cdf = F.softmax(logits / temperature, dim=-1).cumsum(dim=-1)  # [B, V]
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all()):
+        raise ValueError("cannot sample: the next-token distribution has inf or nan entries")
+    gen_device = generator.device if generator is not None else logits.device
+    u = torch.rand(total.shape, generator=generator, device=gen_device).to(logits.device)
+    below_total = torch.nextafter(total, torch.zeros_like(total))
+    return torch.searchsorted(cdf, torch.minimum(u * total, below_total), right=True)[:, 0]
+
+
+class _Decoder(Protocol):
+    """Incremental decoding: `prefill` runs the prompts, `step` feeds one token per row."""
+
+    def prefill(self) -> torch.Tensor:
+        """Next-token logits [B, V] after the prompts."""
+        ...
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Feed tokens [B] (real where ``active`` [B] bool); next-token logits [B, V]."""
+        ...
+
+
+class _TransformersDecoder:
+    """`_Decoder` on transformers' forward and cache: the attention mask grows by a column of
+    ``active`` per step and only active rows advance their position (the reference path)."""
+
+    def __init__(self, policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        self.policy = policy
+        self.prompt_ids = prompt_ids
+        self.attn = prompt_mask  # [B, P + steps so far]
+        self.next_pos = prompt_mask.sum(-1, keepdim=True)  # [B, 1] position of the next token
+        self.cache: Any = None
+
+    def prefill(self) -> torch.Tensor:
+        logits, self.cache, _ = self.policy.run_lm(
+            self.prompt_ids,
+            self.attn,
+            position_ids_from_mask(self.attn),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return logits[:, -1]
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        real = active.long()[:, None]
+        self.attn = torch.cat([self.attn, real], dim=1)
+        logits, self.cache, _ = self.policy.run_lm(
+            tokens[:, None],
+            self.attn,
+            self.next_pos,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.next_pos = self.next_pos + real
+        return logits[:, -1]
+
+
+def _decoder(
+    policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: torch.Tensor
+) -> _Decoder:
+    """A decoder for B rows whose prompts are rows ``rows`` [B] of the N distinct prompts
+    [N, P]: `PrefixTreeDecoder` (one pass per distinct prefix) when `Policy.fast_lm` is
+    available, else `_TransformersDecoder` on all B rows."""
+    lm = policy.fast_lm()
+    if lm is None:
+        return _TransformersDecoder(policy, prompt_ids[rows], prompt_mask[rows])
+    return PrefixTreeDecoder(lm, prompt_ids, prompt_mask, rows)
 
 
 @torch.no_grad()
@@ -128,14 +186,15 @@ def sample(
 ) -> Rollout:
     """Sample `group_size` completions for each prompt with a KV cache.
 
-    One forward over the (left-padded) prompts with ``use_cache=True``, then one token per
-    step for all B rows at once, extending the attention mask and position ids. Rows that
-    emitted EOS emit pad (mask 0) afterwards; the loop stops when every row is done or after
-    `max_new_tokens` steps, so T <= max_new_tokens. Sampling is from
-    softmax(logits / temperature) with ``torch.multinomial(..., generator=generator)``
-    (argmax when `greedy`); `Rollout.sample_logp` is always the temperature-1 log-prob. Runs
-    in eval mode under ``no_grad`` (the caller's train/eval mode is restored). Inside
-    ``policy.reference()`` it samples from the reference policy.
+    One forward over the (left-padded) prompts with a KV cache, then one token per step for all
+    B rows at once, extending the attention mask and position ids (with `Policy.fast_lm`: a
+    `PrefixTreeDecoder`, which runs each distinct prefix once). Rows that emitted EOS emit pad
+    (mask 0) afterwards; the loop stops when every row is done or after `max_new_tokens` steps,
+    so T <= max_new_tokens. Tokens are drawn from softmax(logits / temperature) by inverse CDF
+    with one ``torch.rand(..., generator=generator)`` per row and step (argmax when `greedy`);
+    `Rollout.sample_logp` is always the temperature-1 log-prob. Runs in eval mode under
+    ``no_grad`` (the caller's train/eval mode is restored). Inside ``policy.reference()`` it
+    samples from the reference policy.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -147,30 +206,23 @@ def sample(
     pad, eos = tokenizer.pad_id, tokenizer.eos_id
     encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     row_prompts = [p for p in prompts for _ in range(group_size)]
-    prompt_ids, prompt_mask = _left_pad([e for e in encoded for _ in range(group_size)], pad)
+    distinct_ids, distinct_mask = _pad(encoded, pad, left=True)  # [N, P]
     limit = policy.max_length
-    if limit is not None and prompt_ids.shape[1] + max_new_tokens > limit:
+    if limit is not None and distinct_ids.shape[1] + max_new_tokens > limit:
         raise ValueError(
-            f"prompt length {prompt_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+            f"prompt length {distinct_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
             f"the model's maximum length {limit}"
         )
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    n_rows = prompt_ids.shape[0]
+    distinct_ids, distinct_mask = distinct_ids.to(device), distinct_mask.to(device)
     group_ids = torch.arange(len(prompts), device=device).repeat_interleave(group_size)
+    prompt_ids, prompt_mask = distinct_ids[group_ids], distinct_mask[group_ids]
+    n_rows = prompt_ids.shape[0]
 
     was_training = policy.training
     policy.eval()
     try:
-        logits, cache, _ = policy.run_lm(
-            prompt_ids,
-            prompt_mask,
-            position_ids_from_mask(prompt_mask),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        next_logits = logits[:, -1].float()
-        attn = prompt_mask
-        next_pos = prompt_mask.sum(-1, keepdim=True)  # [B, 1] position of the next token
+        decoder = _decoder(policy, distinct_ids, distinct_mask, group_ids)
+        next_logits = decoder.prefill().float()
         done = torch.zeros(n_rows, dtype=torch.bool, device=device)
         pad_t = torch.full((n_rows,), pad, dtype=torch.long, device=device)
         tokens: list[torch.Tensor] = []
@@ -186,12 +238,7 @@ def sample(
             done = done | (tok == eos)
             if step == max_new_tokens - 1 or bool(done.all()):
                 break
-            attn = torch.cat([attn, active.long()[:, None]], dim=1)
-            logits, cache, _ = policy.run_lm(
-                tok[:, None], attn, next_pos, cache=cache, use_cache=True, logits_to_keep=1
-            )
-            next_logits = logits[:, -1].float()
-            next_pos = next_pos + active.long()[:, None]
+            next_logits = decoder.step(tok, active).float()
     finally:
         policy.train(was_training)
 
@@ -214,14 +261,17 @@ def sample(
 def _decode_completions(
     tokenizer: TextTokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor
 ) -> list[str]:
-    """Decode each row's masked tokens, dropping a final EOS."""
+    """Decode each row's masked tokens, dropping a final EOS (each distinct row once)."""
     eos = tokenizer.eos_id
+    decoded: dict[tuple[int, ...], str] = {}
     texts = []
     for ids, mask in zip(completion_ids.tolist(), completion_mask.tolist(), strict=True):
-        kept = [i for i, m in zip(ids, mask, strict=True) if m]
+        kept = tuple(i for i, m in zip(ids, mask, strict=True) if m)
         if kept and kept[-1] == eos:
             kept = kept[:-1]
-        texts.append(tokenizer.decode(kept))
+        if kept not in decoded:
+            decoded[kept] = tokenizer.decode(list(kept))
+        texts.append(decoded[kept])
     return texts
 
 
@@ -266,8 +316,8 @@ def encode_pairs(
             p = p[-(max_len - len(c)) :]
         p_rows.append(p)
         c_rows.append(c)
-    prompt_ids, prompt_mask = _left_pad(p_rows, tokenizer.pad_id)
-    completion_ids, completion_mask = _right_pad(c_rows, tokenizer.pad_id)
+    prompt_ids, prompt_mask = _pad(p_rows, tokenizer.pad_id, left=True)
+    completion_ids, completion_mask = _pad(c_rows, tokenizer.pad_id, left=False)
     n = len(prompts)
     return Rollout(
         prompt_ids=prompt_ids.to(device),

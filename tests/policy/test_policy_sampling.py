@@ -46,7 +46,10 @@ def _sample_without_cache(
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = policy.lm(input_ids=ids, attention_mask=mask, position_ids=pos).logits
         last = logits[:, -1].float()
-        choice = torch.multinomial(F.softmax(last / temperature, -1), 1, generator=generator)[:, 0]
+        # Inverse CDF: the number of cumulative probabilities at or below u * total.
+        cdf = F.softmax(last / temperature, -1).cumsum(-1)
+        u = torch.rand(len(rows), 1, generator=generator)
+        choice = (cdf <= u * cdf[:, -1:]).sum(-1)
         live = ~done
         choice = torch.where(live, choice, torch.full_like(choice, tok.pad_id))
         lp = F.log_softmax(last, -1)[torch.arange(len(rows)), choice]
@@ -217,3 +220,11 @@ def test_encode_pairs_truncates(tok: CharTokenizer) -> None:
     # completion keeps max_len-1 = 4 tokens (EOS cut), prompt keeps its last token
     assert r.completion_ids.tolist() == [[14, 15, 16, 17]]
     assert r.prompt_ids.tolist() == [[10]]
+
+
+def test_non_finite_logits_raise(make_policy: Make, tok: CharTokenizer) -> None:
+    policy = make_policy()
+    with torch.no_grad():
+        policy.hf_model.transformer.ln_f.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="inf or nan"):
+        sample(policy, tok, PROMPTS, 2, 3, generator=_gen(0))

@@ -9,6 +9,8 @@
 * When the fast path does not apply (several epochs), ``old_logp`` comes from the scoring
   forward and stays fixed across the epochs.
 * Two trainers with the same seed sample the same completions and compute the same losses.
+* The lean GPT-2 forward (`Policy.fast_lm`, used for sampling and scoring) gives the same
+  samples, loss, gradient and metrics in a GRPO step as the transformers forward.
 """
 
 from __future__ import annotations
@@ -179,3 +181,47 @@ def test_same_seed_same_samples_and_losses(
         assert len(a[key]) == len(b[key]) == 3
         for x, y in zip(a[key], b[key], strict=True):
             assert torch.equal(x, y), key
+
+
+def _first_step(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """One step's rollout, reference log-probs, loss, gradient (before the update), metrics."""
+    params = [p for p in trainer.policy.trainable_parameters() if p.requires_grad]
+    seen: dict[str, Any] = {}
+
+    def hook(batch: RolloutBatch, loss: torch.Tensor) -> None:
+        seen["loss"] = loss.detach().clone()
+        seen["grads"] = _grads(loss, params, retain=True)  # the trainer backprops next
+        seen["ref_logp"] = batch.ref_logp.clone()
+
+    trainer.loss_hook = hook
+    with monkeypatch.context() as patch:
+        scoring = _spy_scoring(patch)
+        seen["metrics"] = trainer.step(0)
+    seen["rollout"] = scoring[-1]["scored"].rollout
+    return seen
+
+
+def test_fast_gpt2_path_matches_transformers_path(
+    warm_policy: Callable[..., Any], tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = get_task("addition")
+    config = tiny(batch_size=BATCH, seed=5)
+    runs = []
+    for fast in (True, False):
+        policy = warm_policy(task)
+        policy.fast_path = fast
+        assert (policy.fast_lm() is not None) == fast
+        trainer = Trainer(presets.get("grpo"), task, config, policy)
+        runs.append(_first_step(trainer, monkeypatch))
+    fast, slow = runs
+    assert torch.equal(fast["rollout"].completion_ids, slow["rollout"].completion_ids)
+    torch.testing.assert_close(
+        fast["rollout"].sample_logp, slow["rollout"].sample_logp, atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(fast["ref_logp"], slow["ref_logp"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast["loss"], slow["loss"], atol=1e-6, rtol=1e-5)
+    for a, b in zip(fast["grads"], slow["grads"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert fast["metrics"].keys() == slow["metrics"].keys()
+    for key, value in fast["metrics"].items():
+        assert value == pytest.approx(slow["metrics"][key], rel=1e-4, abs=1e-5), key
