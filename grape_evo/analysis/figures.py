@@ -39,6 +39,7 @@ _STYLE = {
 }
 _CANDIDATE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _BASELINE_COLORS = ("#444444", "#d62728", "#7f7f7f", "#bcbd22", "#000000")
+_COMPARISON_COLORS = (*_CANDIDATE_COLORS, "#d62728", "#bcbd22", "#7f7f7f")
 
 
 @contextmanager
@@ -78,40 +79,52 @@ def learning_curves_figure(
     title: str = "Learning curves",
     ylabel: str = REWARD_LABEL,
     value_range: tuple[float, float] | None = (0.0, 1.0),
+    comparison: bool = False,
 ) -> Figure:
     """One line (mean over seeds) and one shaded 95% CI band per label.
 
     ``curves`` is a :func:`~grape_evo.analysis.frames.curve_summary` frame (columns ``label``,
     ``step``, ``n``, ``mean``, ``ci_low``, ``ci_high``) for one task. Baselines are dashed.
     Bands are cut to ``value_range`` (rewards are rubric scores in [0, 1]; a t interval over
-    few seeds can reach past them).
+    few seeds can reach past them). ``comparison`` draws many objectives side by side (an
+    experiment's table holds their CIs): no bands, no baseline/discovered wording, the legend
+    outside the axes, and the line style changing each time the palette repeats.
     """
     with _style():
-        fig = new_figure()
-        ax = fig.add_subplot()
         present = list(dict.fromkeys(curves["label"])) if not curves.empty else []
         order = [lab for lab in (labels or present) if lab in present]
+        fig = new_figure((FIGSIZE[0] + 3.0, FIGSIZE[1]) if comparison else FIGSIZE)
+        ax = fig.add_subplot()
         colors = colors_for(order, baselines)
         drawn: dict[tuple, str] = {}  # identical curves hide each other: say so in the legend
-        for label in order:
+        for index, label in enumerate(order):
             part = curves[curves["label"] == label].sort_values("step")
             n = int(part["n"].max())
             kind = "baseline" if label in baselines else "discovered"
             signature = tuple(np.round(part[["step", "mean"]].to_numpy(float), 9).ravel())
-            if signature in drawn:
-                kind += f", same curve as {drawn[signature]}"
+            same = f"same curve as {drawn[signature]}" if signature in drawn else ""
+            drawn.setdefault(signature, label)
+            if comparison:
+                notes = [x for x in ("reference" if label in baselines else "", same) if x]
+                text = f"{label} ({', '.join(notes)})" if notes else label
+                style = ("-", "--", ":")[index // len(_COMPARISON_COLORS) % 3]
+                color = _COMPARISON_COLORS[index % len(_COMPARISON_COLORS)]
             else:
-                drawn[signature] = label
+                text = f"{label} ({', '.join(x for x in (kind, same) if x)}, n={n})"
+                style = "--" if label in baselines else "-"
+                color = colors[label]
             ax.plot(
                 part["step"],
                 part["mean"],
-                color=colors[label],
-                linestyle="--" if label in baselines else "-",
+                color="#000000" if comparison and label in baselines else color,
+                linestyle=style,
                 marker="o",
-                markersize=4,
-                linewidth=1.8,
-                label=f"{label} ({kind}, n={n})",
+                markersize=4 if not comparison else 3,
+                linewidth=2.6 if comparison and label in baselines else 1.8,
+                label=text,
             )
+            if comparison:
+                continue
             low = part["ci_low"].to_numpy(dtype=float)
             high = part["ci_high"].to_numpy(dtype=float)
             if value_range is not None:
@@ -124,11 +137,15 @@ def learning_curves_figure(
                 alpha=0.08,
                 linewidth=0,
             )
-        ax.set_title(f"{title}\nmean over seeds, shaded: 95% CI (t-based)")
+        seeds = f"mean over {int(curves['n'].max())} seeds" if order else "mean over seeds"
+        band = "CIs in the table" if comparison else "shaded: 95% CI (t-based)"
+        ax.set_title(f"{title}\n{seeds}, {band}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(STEP_LABEL)
         ax.set_ylabel(ylabel)
-        if order:
+        if order and comparison:
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
+        elif order:
             ax.legend(loc="best", frameon=False)
         else:
             _empty_note(ax, "no learning-curve data")

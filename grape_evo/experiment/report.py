@@ -49,14 +49,18 @@ def save_learning_curves(
     highlight: Sequence[str] = (),
     title: str = "",
 ) -> None:
-    """Mean eval reward over seeds per label (t-based 95% band) for one task, as a PNG.
+    """Mean eval reward over seeds per label for one task, as a PNG (CIs are in the tables).
 
-    ``highlight`` labels are drawn dashed (the reference objectives).
+    ``highlight`` labels (the reference objectives) are drawn thick and black.
     """
     curves = curve_summary(curves_frame([r for r in results if r.plan.task == task]))
     curves = curves[curves["task"] == task]
     fig = figures.learning_curves_figure(
-        curves, labels=labels, baselines=highlight, title=title or f"{task}: held-out reward"
+        curves,
+        labels=labels,
+        baselines=highlight,
+        title=title or f"{task}: held-out reward",
+        comparison=True,
     )
     figures.save(fig, path)
 
@@ -84,5 +88,4 @@ def effects_figure(effects: pd.DataFrame, title: str, xlabel: str) -> Figure:
     if finite:
         span = max(finite) - min(finite) or 1.0
         ax.set_xlim(min(finite) - 0.05 * span, max(finite) + 0.05 * span)
-    fig.tight_layout()
     return fig

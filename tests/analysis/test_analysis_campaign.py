@@ -293,6 +293,11 @@ def test_figures_have_expected_artists(campaign: Path):
     assert ax.get_xlabel() == "training step" and ax.get_title()
     assert len(ax.get_legend().get_texts()) == 4
 
+    ax = F.learning_curves_figure(curves, baselines=["grpo"], comparison=True).axes[0]
+    assert len(ax.lines) == 4 and len(ax.collections) == 0  # no bands: CIs are in the table
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "grpo (reference)" in texts and not any("discovered" in t for t in texts)
+
     disc = discoveries_frame(campaign)
     ax = F.final_scores_figure(disc).axes[0]
     assert len(ax.collections[0].get_segments()) == 4  # CI whiskers
