@@ -236,9 +236,11 @@ def results_text(space, rows, chosen, finals, effects, targets, reference, compu
                     f"- {reference}, paired": diff,
                 }
             )
+        start = finals.loc[finals["target"] == name, "initial_reward"].mean()
         lines += [
             f"**{name}**: task {target['task']}, {target['policy']} policy, "
-            f"{target['warm_start_steps']} warm-start steps, seeds {target['seeds']}",
+            f"{target['warm_start_steps']} warm-start steps (held-out reward {start:.3f} at the "
+            f"start), seeds {target['seeds']}",
             "",
             markdown(pd.DataFrame(table)),
             "",
