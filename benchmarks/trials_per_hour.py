@@ -1,15 +1,21 @@
-"""Campaign throughput: trials per hour at a fixed per-trial budget, sequential vs ``jobs``.
+"""Campaign throughput: trials per hour at a fixed per-trial budget, sequential vs ``jobs``
+vs population mode.
 
 The same fixed GRPO-family candidates (advantage x surrogate, enqueued in the same order) are
 trained by ``Campaign.optimize`` in three modes, side by side in one run: ``sequential`` (one
 process with every core's torch threads, as ``grape evolve`` runs by default),
 ``sequential_1_thread`` (the same on one thread: what each worker of ``jobs_2`` gets on two
 cores, which tells thread contention apart from parallelism) and ``jobs_N`` (N worker
-processes, ``cores // N`` threads each). Rounds alternate the modes, the order reversed every
-round. Each measurement is a fresh study in a temporary folder; its wall time covers the whole
-``optimize`` call, so the worker processes' start-up (spawn, imports) is counted. The warm start
-is built (and cached) before timing. Re-evaluation is not part of it. Prints one JSON document
-and writes it to ``--out``.
+processes, ``cores // N`` threads each). Two more modes (unless ``--no-population``) train
+the same candidates, with the same per-trial budget and seed, all at once in this process with
+`train_population` (``population``: every core's threads; ``population_1_thread``): one
+batched forward for all P = ``--trials`` members per pass, no study, no run folders. Rounds
+alternate the modes, the order reversed every round. Each campaign measurement is a fresh study
+in a temporary folder; its wall time covers the whole ``optimize`` call, so the worker
+processes' start-up (spawn, imports) is counted. A population measurement covers loading the
+warm start from its cache, both evaluations and every step. The warm start is built (and
+cached) before timing. Re-evaluation is not part of it. Prints one JSON document and writes it
+to ``--out``.
 
     python benchmarks/trials_per_hour.py --trials 6 --steps 40 --rounds 2 --jobs 2 \\
         --out benchmarks/results/trials_per_hour_cpu.json
@@ -34,6 +40,7 @@ from grape_evo.policy import resolve_device
 from grape_evo.search.campaign import Campaign, usable_cores
 from grape_evo.search.space import SearchSpace, parse_space
 from grape_evo.training import warm_start_policy
+from grape_evo.training.population import train_population
 
 ADVANTAGES = ("group_zscore", "group_mean", "rloo", "rank")
 SURROGATES = ("reinforce", "ppo_clip")
@@ -76,11 +83,12 @@ def points(trials: int) -> list[dict[str, str]]:
     return grid[:trials]
 
 
-def mode_name(jobs: int, threads: int) -> str:
-    """``sequential`` (every core), ``sequential_1_thread`` or ``jobs_N``."""
+def mode_name(jobs: int, threads: int, kind: str = "sequential") -> str:
+    """``sequential`` / ``population`` (every core), ``sequential_1_thread`` /
+    ``population_1_thread``, or ``jobs_N``."""
     if jobs > 1:
         return f"jobs_{jobs}"
-    return "sequential" if threads == usable_cores() else f"sequential_{threads}_thread"
+    return kind if threads == usable_cores() else f"{kind}_{threads}_thread"
 
 
 def measure(
@@ -128,6 +136,45 @@ def measure(
     }
 
 
+def measure_population(
+    space: SearchSpace, trials: int, threads: int, device: str
+) -> dict[str, Any]:
+    """Time `train_population` of the same ``trials`` candidates (seed 0, the budget's
+    TrainConfig) in this process with ``threads`` torch threads, from loading the cached warm
+    start to the last member's final evaluation. Every member's trial takes the whole run, so
+    ``median_trial_seconds`` is the run's wall time."""
+    torch.set_num_threads(threads)
+    task = space.tasks[0].build()
+    config = space.budget.train_config(0, device=device)
+    specs, lrs = [], []
+    for point in points(trials):
+        spec, overrides = space.to_spec(point)
+        specs.append(spec)
+        lrs.append(overrides.get("lr", config.lr))
+    load_before = load_average()
+    start = time.perf_counter()
+    policy, _ = warm_start_policy(task, space.policy, config, resolve_device(device))
+    summaries = train_population(specs, task, config, policy, lrs)
+    seconds = time.perf_counter() - start
+    complete = sum(s["status"] == "ok" for s in summaries)
+    return {
+        "mode": mode_name(1, threads, "population"),
+        "jobs": 1,
+        "threads_per_process": threads,
+        "members": len(specs),
+        "seconds": seconds,
+        "startup_seconds": 0.0,
+        "trials_complete": complete,
+        "trial_states": sorted({s["status"] for s in summaries}),
+        "trials_per_hour": 3600 * complete / seconds,
+        "trials_per_hour_after_startup": 3600 * complete / seconds,
+        "median_trial_seconds": seconds,
+        "final_eval_reward": [(s["final_eval"] or {}).get("reward") for s in summaries],
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=8, help="Candidates per measurement.")
@@ -136,6 +183,12 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=64, help="Held-out prompts.")
     parser.add_argument("--jobs", type=int, nargs="+", default=[2], help="Parallel modes.")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--population",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also measure the population modes (all candidates trained at once).",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -145,18 +198,24 @@ def main() -> None:
     warm_start_policy(task, space.policy, space.budget.train_config(0), device)
 
     cores = usable_cores()
-    # (jobs, threads): the default sequential campaign, the same on one thread (what each
-    # parallel worker gets on two cores), and each parallel mode.
+    # (kind, jobs, threads): the default sequential campaign, the same on one thread (what each
+    # parallel worker gets on two cores), each parallel mode, and the population modes.
+    threads = [cores, *([1] if cores > 1 else [])]
     modes = [
-        (1, cores),
-        *([(1, 1)] if cores > 1 else []),
-        *((j, max(1, cores // j)) for j in args.jobs),
+        *(("sequential", 1, t) for t in threads),
+        *(("sequential", j, max(1, cores // j)) for j in args.jobs),
+        *(("population", 1, t) for t in (threads if args.population else [])),
     ]
     load_start = load_average()
     rounds = []
     for r in range(args.rounds):
         order = modes if r % 2 == 0 else modes[::-1]
-        runs = [measure(space, args.trials, j, t, str(device)) for j, t in order]
+        runs = [
+            measure_population(space, args.trials, t, str(device))
+            if kind == "population"
+            else measure(space, args.trials, j, t, str(device))
+            for kind, j, t in order
+        ]
         rounds.append({run["mode"]: run for run in runs})
     names = list(rounds[0])
 

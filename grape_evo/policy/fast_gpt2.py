@@ -40,10 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PrefixTreeDecoder", "completion_logits", "shared_prompts", "supports"]
+__all__ = [
+    "GELU_APPROXIMATE",
+    "PrefixTreeDecoder",
+    "completion_logits",
+    "or_self",
+    "shared_prompts",
+    "supports",
+]
 
 # transformers activation name -> F.gelu's `approximate` argument.
-_GELU = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu": "none"}
+GELU_APPROXIMATE = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu": "none"}
 
 
 @functools.cache
@@ -55,7 +62,7 @@ def _gpt2_types() -> tuple[type, frozenset[type]]:
 
     plain = {gpt2.GPT2LMHeadModel, gpt2.GPT2Model, gpt2.GPT2Block, gpt2.GPT2Attention}
     plain |= {gpt2.GPT2MLP, Conv1D, nn.ModuleList, nn.LayerNorm, nn.Embedding, nn.Dropout}
-    plain |= {nn.Linear} | {type(ACT2FN[name]) for name in _GELU}
+    plain |= {nn.Linear} | {type(ACT2FN[name]) for name in GELU_APPROXIMATE}
     return gpt2.GPT2LMHeadModel, frozenset(plain)
 
 
@@ -71,7 +78,7 @@ def supports(lm: nn.Module) -> bool:
         return False
     cfg = lm.config
     if (
-        cfg.activation_function not in _GELU
+        cfg.activation_function not in GELU_APPROXIMATE
         or cfg.add_cross_attention
         or not cfg.scale_attn_weights
         or cfg.scale_attn_by_inverse_layer_idx
@@ -153,7 +160,7 @@ def _logits(lm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------- the prefix tree
 
 
-def _or_self(allowed: Tensor) -> Tensor:
+def or_self(allowed: Tensor) -> Tensor:
     """[R, Lq, Lk] bool with each query that sees no key also seeing itself (key Lk - Lq + i)."""
     queries, keys = allowed.shape[-2:]
     index = torch.arange(keys, device=allowed.device)
@@ -178,12 +185,12 @@ class _PrefixTree:
         """Run the N prompts [N, P]; `last` holds their last position's hidden state [N, H]
         (before ``ln_f``)."""
         self.lm = lm
-        self.gelu, self.n_head = _GELU[lm.config.activation_function], lm.config.n_head
+        self.gelu, self.n_head = GELU_APPROXIMATE[lm.config.activation_function], lm.config.n_head
         self.prompt_mask = prompt_mask.bool()
         self.prompt_len = prompt_mask.long().sum(-1)
         width = prompt_ids.shape[1]
         tril = torch.ones(width, width, dtype=torch.bool, device=prompt_ids.device).tril()
-        attn_mask = _or_self(tril & self.prompt_mask[:, None, :])[:, None]  # [N, 1, P, P]
+        attn_mask = or_self(tril & self.prompt_mask[:, None, :])[:, None]  # [N, 1, P, P]
         x = _embed(lm, prompt_ids, (prompt_mask.long().cumsum(-1) - 1).clamp(min=0))
         self.prompt_kv: list[tuple[Tensor, Tensor]] = []
         for block in lm.transformer.h:
@@ -212,7 +219,7 @@ class _PrefixTree:
         visible = [self.prompt_mask.index_select(0, root)]
         visible += [level.real.index_select(0, idx)[:, None] for level, idx in ancestors]
         visible.append(real[:, None])
-        attn_mask = _or_self(torch.cat(visible, dim=1)[:, None, :])[:, None]  # [M, 1, 1, P+j+1]
+        attn_mask = or_self(torch.cat(visible, dim=1)[:, None, :])[:, None]  # [M, 1, 1, P+j+1]
         x = _embed(self.lm, tokens[:, None], (count[:, None] - 1).clamp(min=0))
         kv = []
         for i, block in enumerate(self.lm.transformer.h):

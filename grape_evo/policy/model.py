@@ -47,6 +47,7 @@ __all__ = [
     "build_policy",
     "position_ids_from_mask",
     "resolve_device",
+    "token_logprobs",
 ]
 
 _WEIGHTS_FILE = "policy.pt"
@@ -80,6 +81,32 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids [B, L] = cumsum(mask) - 1 clamped at 0, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(
+    logits: torch.Tensor, index: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies [B, T] float32 of the last T tokens from per-position logits.
+
+    Args:
+        logits: [K, V], one row per distinct scored position; row ``index[b, t]`` predicts
+            ``input_ids[b, L - T + t]``.
+        index: [B, T] long.
+        input_ids, attention_mask: [B, L].
+
+    ``logp = log_softmax(logits)[index, token]`` (in float32) and ``entropy = -sum_v p log p``
+    of that row, both 0 where ``attention_mask[:, -T:]`` is 0.
+    """
+    t = index.shape[1]
+    logp_all = F.log_softmax(logits.float(), dim=-1)
+    floor = torch.finfo(logp_all.dtype).min
+    entropy_all = -(logp_all.exp() * logp_all.clamp_min(floor)).sum(-1)  # [K]
+    flat_targets = index * logp_all.shape[-1] + input_ids[:, -t:]  # into logp_all.flatten()
+    logp = _take(logp_all.flatten(), flat_targets)
+    entropy = _take(entropy_all, index)
+    keep = attention_mask[:, -t:].bool()
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    return torch.where(keep, logp, zero), torch.where(keep, entropy, zero)
 
 
 @contextmanager
@@ -374,23 +401,14 @@ class Policy(nn.Module):
             if hidden is not None:
                 hidden = hidden[:, seq_len - t - 1 : seq_len - 1].flatten(0, 1)
             index = torch.arange(logits.shape[0], device=logits.device).view(-1, t)
-        # Per distinct position k [K, V]; row b's token t was predicted at k = index[b, t].
-        logp_all = F.log_softmax(logits.float(), dim=-1)
-        floor = torch.finfo(logp_all.dtype).min
-        entropy_all = -(logp_all.exp() * logp_all.clamp_min(floor)).sum(-1)  # [K]
-        flat_targets = index * logp_all.shape[-1] + input_ids[:, -t:]  # into logp_all.flatten()
-        logp = _take(logp_all.flatten(), flat_targets)
-        entropy = _take(entropy_all, index)
-        keep = attention_mask[:, -t:].bool()
-        zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-        logp = torch.where(keep, logp, zero)
-        entropy = torch.where(keep, entropy, zero)
+        logp, entropy = token_logprobs(logits, index, input_ids, attention_mask)
         values = None
         if want_values:
             assert hidden is not None and self.value_head is not None
             h = hidden.to(self.value_head.weight.dtype)
             values = _take(self.value_head(h).squeeze(-1).float(), index)
-            values = torch.where(keep, values, zero)
+            keep = attention_mask[:, -t:].bool()
+            values = torch.where(keep, values, torch.zeros_like(values))
         return LogProbOutput(logp=logp, entropy=entropy, values=values)
 
     def forward(

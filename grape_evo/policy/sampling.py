@@ -16,7 +16,16 @@ from grape_evo.policy.fast_gpt2 import PrefixTreeDecoder
 from grape_evo.policy.model import LogProbOutput, Policy, position_ids_from_mask
 from grape_evo.policy.tokenizer import TextTokenizer
 
-__all__ = ["Rollout", "completion_logprobs", "encode_pairs", "sample"]
+__all__ = [
+    "PromptBatch",
+    "Rollout",
+    "build_rollout",
+    "completion_logprobs",
+    "encode_pairs",
+    "encode_prompts",
+    "next_tokens",
+    "sample",
+]
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,96 @@ def _draw(
     return torch.searchsorted(cdf, torch.minimum(u * total, below_total), right=True)[:, 0]
 
 
+def next_tokens(
+    logits: torch.Tensor,
+    active: torch.Tensor,
+    pad_id: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    greedy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of B rows: (tokens [B] long, temperature-1 log-probs [B] float32).
+
+    Draws from float32 ``logits`` [B, V] with `_draw` (which consumes one uniform per row,
+    finished rows included); rows not ``active`` [B] get ``pad_id`` and log-prob 0.
+    """
+    drawn = _draw(logits, temperature, generator, greedy)
+    tok = torch.where(active, drawn, torch.full_like(drawn, pad_id))
+    lp = F.log_softmax(logits, dim=-1).gather(-1, tok[:, None])[:, 0]
+    return tok, torch.where(active, lp, torch.zeros_like(lp))
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Encoded prompts of a sampling call: N distinct prompts, G rows each (B = N * G).
+
+    Attributes:
+        distinct_ids, distinct_mask: [N, P] ``[bos] + encode(prompt)``, left-padded.
+        group_ids: [B] long, each row's prompt (``arange(N).repeat_interleave(G)``).
+        prompts: B prompt strings, one per row.
+    """
+
+    distinct_ids: torch.Tensor
+    distinct_mask: torch.Tensor
+    group_ids: torch.Tensor
+    prompts: list[str]
+
+
+def encode_prompts(
+    tokenizer: TextTokenizer,
+    prompts: list[str],
+    group_size: int,
+    max_new_tokens: int,
+    max_length: int | None,
+    device: torch.device,
+) -> PromptBatch:
+    """Validate the sampling budget and encode ``prompts`` on ``device`` (see `PromptBatch`).
+
+    ValueError when ``group_size`` or ``max_new_tokens`` < 1, or when the longest prompt plus
+    ``max_new_tokens`` exceeds ``max_length`` (None: no limit).
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    distinct_ids, distinct_mask = _pad(encoded, tokenizer.pad_id, left=True)  # [N, P]
+    if max_length is not None and distinct_ids.shape[1] + max_new_tokens > max_length:
+        raise ValueError(
+            f"prompt length {distinct_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+            f"the model's maximum length {max_length}"
+        )
+    return PromptBatch(
+        distinct_ids=distinct_ids.to(device),
+        distinct_mask=distinct_mask.to(device),
+        group_ids=torch.arange(len(prompts), device=device).repeat_interleave(group_size),
+        prompts=[p for p in prompts for _ in range(group_size)],
+    )
+
+
+def build_rollout(
+    tokenizer: TextTokenizer,
+    batch: PromptBatch,
+    tokens: list[torch.Tensor],
+    logps: list[torch.Tensor],
+    masks: list[torch.Tensor],
+) -> Rollout:
+    """The `Rollout` of a sampling loop: per step, ``tokens`` [B] long, ``logps`` [B] float32
+    and ``masks`` [B] long (1 where the row was still generating); T = len(tokens)."""
+    completion_ids = torch.stack(tokens, dim=1)
+    completion_mask = torch.stack(masks, dim=1)
+    return Rollout(
+        prompt_ids=batch.distinct_ids[batch.group_ids],
+        prompt_mask=batch.distinct_mask[batch.group_ids],
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        sample_logp=torch.stack(logps, dim=1),
+        group_ids=batch.group_ids,
+        texts=_decode_completions(tokenizer, completion_ids, completion_mask),
+        prompts=list(batch.prompts),
+    )
+
+
 class _Decoder(Protocol):
     """Incremental decoding: `prefill` runs the prompts, `step` feeds one token per row."""
 
@@ -196,44 +295,29 @@ def sample(
     ``no_grad`` (the caller's train/eval mode is restored). Inside ``policy.reference()`` it
     samples from the reference policy.
     """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not greedy and not temperature > 0:
         raise ValueError(f"temperature must be > 0 (or use greedy=True), got {temperature}")
     device = policy.device
+    batch = encode_prompts(
+        tokenizer, prompts, group_size, max_new_tokens, policy.max_length, device
+    )
     pad, eos = tokenizer.pad_id, tokenizer.eos_id
-    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
-    row_prompts = [p for p in prompts for _ in range(group_size)]
-    distinct_ids, distinct_mask = _pad(encoded, pad, left=True)  # [N, P]
-    limit = policy.max_length
-    if limit is not None and distinct_ids.shape[1] + max_new_tokens > limit:
-        raise ValueError(
-            f"prompt length {distinct_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
-            f"the model's maximum length {limit}"
-        )
-    distinct_ids, distinct_mask = distinct_ids.to(device), distinct_mask.to(device)
-    group_ids = torch.arange(len(prompts), device=device).repeat_interleave(group_size)
-    prompt_ids, prompt_mask = distinct_ids[group_ids], distinct_mask[group_ids]
-    n_rows = prompt_ids.shape[0]
+    n_rows = batch.group_ids.shape[0]
 
     was_training = policy.training
     policy.eval()
     try:
-        decoder = _decoder(policy, distinct_ids, distinct_mask, group_ids)
+        decoder = _decoder(policy, batch.distinct_ids, batch.distinct_mask, batch.group_ids)
         next_logits = decoder.prefill().float()
         done = torch.zeros(n_rows, dtype=torch.bool, device=device)
-        pad_t = torch.full((n_rows,), pad, dtype=torch.long, device=device)
         tokens: list[torch.Tensor] = []
         logps: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         for step in range(max_new_tokens):
             active = ~done
-            tok = torch.where(active, _draw(next_logits, temperature, generator, greedy), pad_t)
-            lp = F.log_softmax(next_logits, dim=-1).gather(-1, tok[:, None])[:, 0]
+            tok, lp = next_tokens(next_logits, active, pad, temperature, generator, greedy)
             tokens.append(tok)
-            logps.append(torch.where(active, lp, torch.zeros_like(lp)))
+            logps.append(lp)
             masks.append(active.long())
             done = done | (tok == eos)
             if step == max_new_tokens - 1 or bool(done.all()):
@@ -242,20 +326,7 @@ def sample(
     finally:
         policy.train(was_training)
 
-    completion_ids = torch.stack(tokens, dim=1)
-    completion_mask = torch.stack(masks, dim=1)
-    sample_logp = torch.stack(logps, dim=1)
-    texts = _decode_completions(tokenizer, completion_ids, completion_mask)
-    return Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        sample_logp=sample_logp,
-        group_ids=group_ids,
-        texts=texts,
-        prompts=row_prompts,
-    )
+    return build_rollout(tokenizer, batch, tokens, logps, masks)
 
 
 def _decode_completions(

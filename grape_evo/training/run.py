@@ -30,7 +30,7 @@ STEP_KEYS = ("reward", "kl_to_ref", "entropy", "clip_fraction", "grad_norm", "lo
 def _eval_dict(report: EvalReport | None) -> dict[str, float] | None:
     if report is None:
         return None
-    return {"reward": report.reward, "accuracy": report.accuracy, "kl_to_ref": report.kl_to_ref}
+    return report.to_dict()
 
 
 def _progress(enabled: bool) -> Progress:

@@ -65,9 +65,61 @@ class EvalReport:
     accuracy: float
     kl_to_ref: float
 
+    def to_dict(self) -> dict[str, float]:
+        return {"reward": self.reward, "accuracy": self.accuracy, "kl_to_ref": self.kl_to_ref}
+
 
 def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % (2**31 - 1)
+
+
+def train_prompts(task: Task, config: TrainConfig, step: int, group_size: int) -> list[str]:
+    """The ``max(1, batch_size // group_size)`` training prompts of on-policy step ``step``
+    (the same for every objective with the same group size and seed)."""
+    n_prompts = max(1, config.batch_size // group_size)
+    return task.prompts("train", n_prompts, _step_seed(config.seed, step, 1))
+
+
+def eval_generator(config: TrainConfig, device: torch.device) -> torch.Generator:
+    """The generator of evaluation's sampled KL to the reference (seeded ``seed + 17``)."""
+    return torch.Generator(device=device).manual_seed(config.seed + 17)
+
+
+def step_metrics(metrics: dict[str, Tensor], config: TrainConfig, step: int) -> dict[str, float]:
+    """A step's metrics as floats (the step's one host sync).
+
+    Raises `Diverged` when the loss is not finite or ``kl_to_ref`` exceeds
+    ``config.max_kl_to_ref``.
+    """
+    out = {k: float(v) for k, v in metrics.items()}
+    if not math.isfinite(out.get("loss", 0.0)):
+        raise Diverged(f"non-finite loss at step {step + 1}")
+    kl = out.get("kl_to_ref")
+    if kl is not None and kl > config.max_kl_to_ref:
+        raise Diverged(
+            f"KL to the reference {kl:.1f} nats exceeded max_kl_to_ref "
+            f"{config.max_kl_to_ref:g} at step {step + 1}"
+        )
+    return out
+
+
+def rollout_batch(
+    scored: ScoredRollout, logp: Tensor, entropy: Tensor | None, old_is_new: bool
+) -> RolloutBatch:
+    """The objective's batch for ``scored`` with the policy's log-probs ``logp`` [B, T] (with
+    gradients) and ``entropy``; ``old_is_new``: ``old_logp = logp.detach()`` (one update per
+    batch) instead of the scored old log-probs."""
+    rollout = scored.rollout
+    return RolloutBatch(
+        logp=logp,
+        old_logp=logp.detach() if old_is_new else scored.old_logp,
+        ref_logp=scored.ref_logp,
+        mask=rollout.completion_mask,
+        rewards=scored.rewards,
+        group_ids=rollout.group_ids,
+        values=scored.old_values,
+        entropy=entropy,
+    )
 
 
 def sequence_k3(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
@@ -134,20 +186,12 @@ class Trainer:
             metrics = self._offline_pairs_step(step)
         else:
             metrics = self._on_policy_step(step)
-        out = {k: float(v) for k, v in metrics.items()}
-        if not math.isfinite(out.get("loss", 0.0)):
-            raise Diverged(f"non-finite loss at step {step + 1}")
-        kl = out.get("kl_to_ref")
-        if kl is not None and kl > self.config.max_kl_to_ref:
-            raise Diverged(
-                f"KL to the reference {kl:.1f} nats exceeded max_kl_to_ref "
-                f"{self.config.max_kl_to_ref:g} at step {step + 1}"
-            )
+        out = step_metrics(metrics, self.config, step)
         self.objective.end_step(out)
         return out
 
-    def _sample(self, step: int, n_prompts: int, group_size: int) -> Rollout:
-        prompts = self.task.prompts("train", n_prompts, _step_seed(self.config.seed, step, 1))
+    def _sample(self, step: int, group_size: int) -> Rollout:
+        prompts = train_prompts(self.task, self.config, step, group_size)
         self.policy.eval()
         rollout = sample(
             self.policy,
@@ -163,8 +207,7 @@ class Trainer:
 
     def _on_policy_step(self, step: int) -> dict[str, Tensor]:
         spec, cfg = self.spec, self.config
-        n_prompts = max(1, cfg.batch_size // spec.group_size)
-        rollout = self._sample(step, n_prompts, spec.group_size)
+        rollout = self._sample(step, spec.group_size)
         # One forward for old and new log-probs when a single update uses the batch.
         single_update = spec.epochs == 1 and cfg.minibatches == 1 and not self.is_trpo
         need_old = not single_update or cfg.temperature != 1.0
@@ -180,24 +223,9 @@ class Trainer:
         metrics["completion_length"] = rollout.completion_mask.sum(-1).float().mean()
         return metrics
 
-    def _rollout_batch(
-        self, scored: ScoredRollout, logp: Tensor, entropy: Tensor | None, old_is_new: bool
-    ) -> RolloutBatch:
-        rollout = scored.rollout
-        return RolloutBatch(
-            logp=logp,
-            old_logp=logp.detach() if old_is_new else scored.old_logp,
-            ref_logp=scored.ref_logp,
-            mask=rollout.completion_mask,
-            rewards=scored.rewards,
-            group_ids=rollout.group_ids,
-            values=scored.old_values,
-            entropy=entropy,
-        )
-
     def _rollout_updates(self, scored: ScoredRollout, old_is_new: bool) -> dict[str, Tensor]:
         spec, cfg = self.spec, self.config
-        full = self._rollout_batch(scored, scored.old_logp, None, False)
+        full = rollout_batch(scored, scored.old_logp, None, False)
         returns = None
         if self.uses_critic:
             gae_params = self.objective.advantage.params
@@ -219,7 +247,7 @@ class Trainer:
             for chunk in chunks:
                 part = scored if cfg.minibatches == 1 else scored.select(chunk)
                 out = completion_logprobs(self.policy, part.rollout)
-                batch = self._rollout_batch(part, out.logp, out.entropy, old_is_new)
+                batch = rollout_batch(part, out.logp, out.entropy, old_is_new)
                 if advantages is not None:
                     batch = batch.with_(advantages=advantages[chunk])
                 loss, metrics = self.objective(batch)
@@ -258,7 +286,7 @@ class Trainer:
 
         def loss_fn() -> Tensor:
             out = completion_logprobs(self.policy, rollout)
-            batch = self._rollout_batch(scored, out.logp, out.entropy, False)
+            batch = rollout_batch(scored, out.logp, out.entropy, False)
             loss, metrics = self.objective(batch)
             state["metrics"] = metrics
             state["entropy"] = out.entropy
@@ -412,7 +440,7 @@ class Trainer:
 
         result = self.task.evaluate(generate, n=self.config.eval_prompts, seed=self.config.seed)
         prompts = self.task.prompts("eval", self.config.eval_prompts, self.config.seed)
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 17)
+        generator = eval_generator(self.config, self.device)
         rollout = sample(self.policy, tok, prompts, 1, n_new, generator=generator)
         kl = float(sequence_kl_to_ref(self.policy, rollout).mean())
         self.policy.train()

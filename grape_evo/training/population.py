@@ -1,0 +1,570 @@
+"""Population mode: P candidates trained in lockstep, one batched forward for all of them.
+
+Each member has its own `ObjectiveSpec` (and optionally its own learning rate); all start from
+the same warm start and share the `TrainConfig`. Member i sees what a `Trainer` for candidate i
+alone sees (same seed): the same prompts (`train_prompts`), its own sampling generator seeded
+with ``config.seed`` and drawn exactly as `sample` draws it, the same loss and the same Adam
+update, up to float rounding (the batched forward below adds its operations in a different order
+than the prefix-tree forward of `fast_gpt2`).
+
+One step for the M live members (stacked weights ``W[m]`` [M, ...], stacked with `torch.stack`
+from each member's own parameters, so gradients reach them)::
+
+    rollouts  = lockstep KV-cache sampling, member m from W[m] with generator m   [M, B, T_m]
+    logp      = log pi_{W[m]}(completion)  (one forward of all M * B rows)         [M, B, T]
+    ref_logp  = log pi_ref(completion)     (the shared frozen warm start, no grad) [M, B, T]
+    loss_m    = objective_m(batch_m)       (on member m's rows, its own T_m columns)
+
+(T = max_m T_m; shorter completions are padded with mask 0 for the batched passes and cut back
+to T_m for the objective, whose aggregation may depend on T.) Every forward runs each distinct
+prompt once per weight set and the completion tokens on its KV cache.
+    backward of sum_m loss_m  ->  d loss_m / d W[m] only (members share no parameters)
+    grad_m   *= min(1, max_grad_norm / ||grad_m||)   (per member, `clip_grad_norm_`)
+    Adam over P parameter groups, group m at lr_m    (= P separate Adams: Adam is elementwise)
+
+Restrictions (others raise ValueError naming the member): on-policy data without a preference
+loss, no critic advantage (``gae``), no ``trpo`` surrogate, ``epochs`` 1, the same
+``group_size`` for every member; ``config.minibatches`` 1; a plain transformers GPT-2 policy
+(`fast_gpt2.supports`) with full fine-tuning (no LoRA) and no value head. Old log-probs are
+the training forward's, detached (the one-update-per-batch path of `Trainer`).
+
+A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
+``max_kl_to_ref``) stops training there; the others go on. Evaluation (`evaluate`) is greedy on
+the held-out prompts for every live member at once, as `Trainer.evaluate` does for one.
+
+Shapes: P members, M live members, B rows (prompts x group size), L = prompt + completion
+tokens, H hidden size, V vocabulary, nh heads of size hd = H / nh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grape_evo.objective import Objective, build_objective
+from grape_evo.objective.spec import ObjectiveSpec
+from grape_evo.policy import Policy, Rollout
+from grape_evo.policy.fast_gpt2 import GELU_APPROXIMATE, or_self, shared_prompts
+from grape_evo.policy.model import position_ids_from_mask, token_logprobs
+from grape_evo.policy.sampling import build_rollout, encode_prompts, next_tokens
+from grape_evo.policy.tokenizer import TextTokenizer
+from grape_evo.tasks import Task
+from grape_evo.training.batches import ScoredRollout, task_rewards
+from grape_evo.training.config import TrainConfig
+from grape_evo.training.trainer import (
+    Diverged,
+    EvalReport,
+    eval_generator,
+    rollout_batch,
+    sequence_k3,
+    step_metrics,
+    train_prompts,
+)
+
+Weights = dict[str, Tensor]  # transformers parameter name -> [M, *shape]
+KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [M * R, nh, L, hd]
+
+
+# ---------------------------------------------------------------------- the stacked forward
+
+
+class SharedPrompts(NamedTuple):
+    """N distinct prompts ``ids``, ``mask`` [N, P] (left-padded) and each of R rows' prompt
+    ``rows`` [R] long (as `fast_gpt2.shared_prompts` returns them)."""
+
+    ids: Tensor
+    mask: Tensor
+    rows: Tensor
+
+    def repeat(self, times: int) -> SharedPrompts:
+        """The same prompts for ``times`` copies of the R rows, one after another."""
+        return SharedPrompts(self.ids, self.mask, self.rows.repeat(times))
+
+
+@dataclass(frozen=True)
+class StackedGPT2:
+    """A dense GPT-2 forward (the math of `fast_gpt2`) over M weight sets at once.
+
+    Weights are a dict of transformers' parameter names to tensors with a leading member
+    dimension M: linear layers ``x @ W[m] + b[m]`` as one batched matmul [M, R*L, I] @ [M, I, O],
+    per-member LayerNorm affine, per-member embedding rows (``wte[m, token]``), attention over
+    M * R rows. The LM head is ``wte`` (tied) unless the model has its own ``lm_head.weight``.
+    """
+
+    n_layer: int
+    n_head: int
+    eps: float
+    gelu: str
+    max_length: int
+
+    @classmethod
+    def of(cls, lm: nn.Module) -> StackedGPT2:
+        cfg = lm.config
+        return cls(
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.layer_norm_epsilon,
+            GELU_APPROXIMATE[cfg.activation_function],
+            cfg.n_positions,
+        )
+
+    def _norm(self, x: Tensor, w: Weights, name: str) -> Tensor:
+        """LayerNorm of x [M, R, L, H] with member m's ``name`` weight and bias [M, H]."""
+        weight, bias = w[f"{name}.weight"][:, None, None], w[f"{name}.bias"][:, None, None]
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * weight + bias
+
+    @staticmethod
+    def _linear(x: Tensor, w: Weights, name: str) -> Tensor:
+        """transformers ``Conv1D`` per member: x [M, R, L, I] @ W [M, I, O] + b [M, O]."""
+        m, r, length, width = x.shape
+        weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
+        out = torch.baddbmm(bias[:, None], x.reshape(m, r * length, width), weight)
+        return out.view(m, r, length, -1)
+
+    def hidden(
+        self,
+        w: Weights,
+        ids: Tensor,
+        positions: Tensor,
+        key_mask: Tensor,
+        past: KVCache | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """Final hidden states (before ``ln_f``) of L new tokens, and the extended cache.
+
+        Args:
+            ids, positions: [M, R, L] long, the new tokens and their position ids.
+            key_mask: [M, R, L_past + L] bool, real (attended) tokens, past then new.
+            past: the cache of the L_past earlier tokens, or None.
+
+        A new token at key index k attends to the real keys at indices <= k, or to itself
+        when there are none (as in `fast_gpt2`; such tokens are left padding, read by nothing).
+
+        Returns:
+            (x [M, R, L, H], cache with L_past + L keys per row).
+        """
+        m, r, length = ids.shape
+        keys = key_mask.shape[-1]
+        causal = torch.ones(length, keys, dtype=torch.bool, device=ids.device).tril(keys - length)
+        attn_mask = or_self(causal & key_mask.reshape(m * r, 1, keys))[:, None]
+        wte, wpe = w["transformer.wte.weight"], w["transformer.wpe.weight"]  # [M, V | L_max, H]
+        member = torch.arange(m, device=ids.device)[:, None, None]
+        x = F.embedding(ids + member * wte.shape[1], wte.flatten(0, 1))  # wte[m, ids[m]]
+        x = x + F.embedding(positions + member * wpe.shape[1], wpe.flatten(0, 1))
+        cache: KVCache = []
+        for i in range(self.n_layer):
+            block = f"transformer.h.{i}"
+            qkv = self._linear(self._norm(x, w, f"{block}.ln_1"), w, f"{block}.attn.c_attn")
+            width = x.shape[-1]
+            qkv = qkv.view(m * r, length, 3, self.n_head, width // self.n_head)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [M * R, nh, L, hd]
+            if past is not None:
+                k, v = torch.cat([past[i][0], k], 2), torch.cat([past[i][1], v], 2)
+            cache.append((k, v))
+            attn = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, scale=q.shape[-1] ** -0.5
+            )
+            attn = attn.transpose(1, 2).reshape(m, r, length, width)
+            x = x + self._linear(attn, w, f"{block}.attn.c_proj")
+            h = self._linear(self._norm(x, w, f"{block}.ln_2"), w, f"{block}.mlp.c_fc")
+            h = F.gelu(h, approximate=self.gelu)
+            x = x + self._linear(h, w, f"{block}.mlp.c_proj")
+        return x, cache
+
+    def logits(self, w: Weights, x: Tensor) -> Tensor:
+        """Logits [M, R, L, V] of hidden states x [M, R, L, H]: ``ln_f(x) @ head[m]^T``."""
+        head = w.get("lm_head.weight", w["transformer.wte.weight"])  # [M, V, H]
+        h = self._norm(x, w, "transformer.ln_f")
+        return torch.matmul(h.flatten(1, 2), head.transpose(1, 2)).view(*x.shape[:3], -1)
+
+    def prefill(
+        self, w: Weights, prompts: SharedPrompts, members: int
+    ) -> tuple[Tensor, KVCache, Tensor]:
+        """Run each distinct prompt once per member and hand every row its prompt's state.
+
+        Returns:
+            (hidden state of each row's last prompt token [M, R, H] (before ``ln_f``), the
+            prompt cache gathered to rows [M * R, nh, P, hd] per layer, key mask [M, R, P]).
+        """
+        ids = prompts.ids.expand(members, -1, -1)  # [M, N, P]
+        mask = prompts.mask.bool().expand(members, -1, -1)
+        x, cache = self.hidden(w, ids, position_ids_from_mask(mask), mask)
+        n = ids.shape[1]
+        member = torch.arange(members, device=ids.device)[:, None]
+        flat_rows = (member * n + prompts.rows).flatten()  # [M * R] into the M * N prompts
+        cache = [(k.index_select(0, flat_rows), v.index_select(0, flat_rows)) for k, v in cache]
+        return x[:, prompts.rows, -1], cache, mask[:, prompts.rows]
+
+    def logprobs(
+        self, w: Weights, prompts: SharedPrompts, ids: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Log-probs and entropies [M, R, T] of completions ids, mask [M, R, T] after the
+        rows' prompts (`token_logprobs` of this forward; positions ``cumsum(mask) - 1`` along
+        prompt then completion). Each distinct prompt runs once per member (`prefill`); the
+        completion tokens 0 .. T - 2 run on its cache (token T - 1 predicts nothing scored).
+        """
+        m, r, t = ids.shape
+        last, cache, key_mask = self.prefill(w, prompts, m)
+        states = [last[:, :, None]]  # [M, R, 1, H] predicts completion token 0
+        if t > 1:
+            key_mask = torch.cat([key_mask, mask[:, :, : t - 1].bool()], dim=-1)
+            positions = position_ids_from_mask(key_mask)[:, :, -(t - 1) :]
+            x, _ = self.hidden(w, ids[:, :, : t - 1], positions, key_mask, cache)
+            states.append(x)
+        logits = self.logits(w, torch.cat(states, dim=2))  # [M, R, T, V]
+        index = torch.arange(m * r * t, device=ids.device).view(m * r, t)
+        flat = (ids.flatten(0, 1), mask.flatten(0, 1))
+        logp, entropy = token_logprobs(logits.flatten(0, 2), index, *flat)
+        return logp.view(m, r, t), entropy.view(m, r, t)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        w: Weights,
+        tokenizer: TextTokenizer,
+        prompts: list[str],
+        group_size: int,
+        max_new_tokens: int,
+        generators: Sequence[torch.Generator | None],
+        temperature: float = 1.0,
+        greedy: bool = False,
+    ) -> list[Rollout]:
+        """One `Rollout` per member, as `sample` draws it from that member's policy alone.
+
+        Every member decodes the same prompts in lockstep with a KV cache; member m draws with
+        ``generators[m]`` (one uniform per row and decode step, `next_tokens`) and stops, as
+        `sample` does, at the step where all its rows have emitted EOS or at
+        ``max_new_tokens``: it draws nothing after that, so its generator advances exactly
+        as in `sample`. A stopped member feeds padding (mask 0) until all have stopped.
+        """
+        members = len(generators)
+        device = w["transformer.wte.weight"].device
+        batch = encode_prompts(
+            tokenizer, prompts, group_size, max_new_tokens, self.max_length, device
+        )
+        pad, eos = tokenizer.pad_id, tokenizer.eos_id
+        shared = SharedPrompts(batch.distinct_ids, batch.distinct_mask, batch.group_ids)
+        last, cache, key_mask = self.prefill(w, shared, members)
+        next_logits = self.logits(w, last[:, :, None])[:, :, 0].float()  # [M, B, V]
+        next_pos = key_mask.long().sum(-1)  # [M, B] position of the next token
+        rows = batch.group_ids.shape[0]
+        done = torch.zeros(members, rows, dtype=torch.bool, device=device)
+        running = [True] * members
+        out: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = [
+            ([], [], []) for _ in range(members)
+        ]
+        for step in range(max_new_tokens):
+            tokens = torch.full((members, rows), pad, dtype=torch.long, device=device)
+            active = ~done & torch.tensor(running, device=device)[:, None]
+            for m in (m for m in range(members) if running[m]):
+                tok, lp = next_tokens(
+                    next_logits[m], active[m], pad, temperature, generators[m], greedy
+                )
+                tokens[m] = tok
+                for seq, value in zip(out[m], (tok, lp, active[m].long()), strict=True):
+                    seq.append(value)
+                done[m] |= tok == eos
+                running[m] = step < max_new_tokens - 1 and not bool(done[m].all())
+            if not any(running):
+                break
+            key_mask = torch.cat([key_mask, active[:, :, None]], dim=-1)
+            x, cache = self.hidden(w, tokens[:, :, None], next_pos[:, :, None], key_mask, cache)
+            next_logits = self.logits(w, x)[:, :, 0].float()
+            next_pos = next_pos + active.long()
+        return [build_rollout(tokenizer, batch, *seqs) for seqs in out]
+
+
+def stack_rollouts(
+    rollouts: Sequence[Rollout], pad_id: int
+) -> tuple[SharedPrompts, Tensor, Tensor]:
+    """(the distinct prompts, completion ids [M, B, T], completion mask [M, B, T]) of M
+    rollouts of the same prompts, each member's completions right-padded (pad id, mask 0) to
+    the longest, T."""
+    t = max(r.completion_ids.shape[1] for r in rollouts)
+    ids, masks = [], []
+    for r in rollouts:
+        extra = t - r.completion_ids.shape[1]
+        ids.append(F.pad(r.completion_ids, (0, extra), value=pad_id))
+        masks.append(F.pad(r.completion_mask, (0, extra), value=0))
+    prompts = SharedPrompts(*shared_prompts(rollouts[0].prompt_ids, rollouts[0].prompt_mask))
+    return prompts, torch.stack(ids), torch.stack(masks)
+
+
+# ---------------------------------------------------------------------- the trainer
+
+
+def unsupported_reason(spec: ObjectiveSpec) -> str | None:
+    """Why population mode cannot train ``spec`` (None when it can)."""
+    spec = spec.canonical()
+    if spec.data != "on_policy":
+        return f"data '{spec.data}' is not on_policy"
+    if spec.preference is not None:
+        return f"preference loss '{spec.preference.name}' (online pairs) is not supported"
+    if spec.surrogate.name == "trpo":
+        return "surrogate 'trpo' needs its own natural-gradient step"
+    if "critic" in build_objective(spec).advantage.component.tags:
+        return f"advantage '{spec.advantage.name}' needs a critic"
+    if spec.epochs != 1:
+        return f"epochs {spec.epochs} (only 1 is supported)"
+    return None
+
+
+@dataclass
+class MemberState:
+    """One member's status: ``ok`` while training, else ``diverged`` with a ``reason``."""
+
+    status: str = "ok"
+    reason: str = ""
+
+
+class PopulationTrainer:
+    """Trains P objectives on one task from the same warm start, all in lockstep.
+
+    Args:
+        specs: the members' objectives (see the module docstring for what is supported).
+        task, config: shared by every member; ``config.lr`` is the default learning rate.
+        policy: the warm start with its frozen reference (as `warm_start_policy` returns it);
+            its weights are copied, never changed.
+        lrs: a learning rate per member, or None for ``config.lr`` for all.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[ObjectiveSpec],
+        task: Task,
+        config: TrainConfig,
+        policy: Policy,
+        lrs: Sequence[float] | None = None,
+    ) -> None:
+        if not specs:
+            raise ValueError("a population needs at least one member")
+        lrs = [config.lr] * len(specs) if lrs is None else [float(lr) for lr in lrs]
+        if len(lrs) != len(specs):
+            raise ValueError(f"{len(lrs)} learning rates for {len(specs)} members")
+        self.specs = [spec.canonical() for spec in specs]
+        for i, spec in enumerate(self.specs):
+            reason = unsupported_reason(spec)
+            if reason is None and spec.group_size != self.specs[0].group_size:
+                reason = (
+                    f"group_size {spec.group_size} differs from member 0's "
+                    f"{self.specs[0].group_size} (members must share their prompts)"
+                )
+            if reason is None and not (math.isfinite(lrs[i]) and lrs[i] >= 0):
+                reason = f"lr {lrs[i]!r} is not a finite number >= 0"
+            if reason is not None:
+                raise ValueError(f"population member {i} ('{spec.name}'): {reason}")
+        if config.minibatches != 1:
+            raise ValueError(f"population mode needs minibatches 1, got {config.minibatches}")
+        lm = policy.fast_lm()
+        with policy.reference():
+            reference = policy.fast_lm()
+        if lm is None or reference is None or policy.has_value_head:
+            raise ValueError(
+                "population mode needs a plain GPT-2 policy (fast_gpt2.supports), with full "
+                "fine-tuning (no LoRA), no value head, policy.fast_path on and a frozen reference"
+            )
+        self.task, self.config, self.lrs = task, config, lrs
+        self.tokenizer = policy.tokenizer
+        self.device = policy.device
+        self.model = StackedGPT2.of(lm)
+        self.names = [name for name, _ in lm.named_parameters()]
+        self.params: list[list[nn.Parameter]] = [
+            [nn.Parameter(p.detach().clone()) for p in lm.parameters()] for _ in specs
+        ]
+        self.reference: Weights = {
+            name: p.detach().clone()[None] for name, p in reference.named_parameters()
+        }
+        self.objectives: list[Objective] = [build_objective(spec) for spec in self.specs]
+        self.generators = [
+            torch.Generator(device=self.device).manual_seed(config.seed) for _ in specs
+        ]
+        self.members = [MemberState() for _ in specs]
+        fused = self.device.type in ("cpu", "cuda")
+        groups = [{"params": p, "lr": lr} for p, lr in zip(self.params, lrs, strict=True)]
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr, fused=fused)
+
+    @property
+    def live(self) -> list[int]:
+        """Indices of the members still training."""
+        return [i for i, member in enumerate(self.members) if member.status == "ok"]
+
+    def member_state(self, i: int) -> dict[str, Tensor]:
+        """A copy of member i's current weights by transformers parameter name."""
+        return {
+            name: p.detach().clone() for name, p in zip(self.names, self.params[i], strict=True)
+        }
+
+    def _weights(self, members: Sequence[int], grad: bool) -> Weights:
+        """Stacked weights [M, ...] of ``members``; with ``grad``, differentiable back to each
+        member's parameters."""
+        return {
+            name: torch.stack(
+                [self.params[i][k] if grad else self.params[i][k].detach() for i in members]
+            )
+            for k, name in enumerate(self.names)
+        }
+
+    def _reference_logp(self, prompts: SharedPrompts, ids: Tensor, mask: Tensor) -> Tensor:
+        """[M, B, T] reference log-probs: all M * B rows through the shared reference at once
+        (each distinct prompt once)."""
+        m, b, t = ids.shape
+        with torch.no_grad():
+            logp, _ = self.model.logprobs(
+                self.reference, prompts.repeat(m), ids.view(1, m * b, t), mask.view(1, m * b, t)
+            )
+        return logp.view(m, b, t)
+
+    # ---- one step --------------------------------------------------------------------
+    def step(self, step: int) -> list[dict[str, float] | None]:
+        """One rollout-and-update step of every live member.
+
+        Returns, per member, its float metrics as `Trainer.step` reports them (``reward``,
+        ``kl_to_ref``, ``completion_length``, ``loss``, ``grad_norm`` and the objective's own),
+        or None for a member that stopped at an earlier step. A member whose metrics diverge
+        here gets them returned and stops (see `members`).
+        """
+        live, cfg = self.live, self.config
+        results: list[dict[str, float] | None] = [None] * len(self.members)
+        if not live:
+            return results
+        weights = self._weights(live, grad=True)
+        group_size = self.specs[live[0]].group_size
+        rollouts = self.model.sample(
+            {k: v.detach() for k, v in weights.items()},
+            self.tokenizer,
+            train_prompts(self.task, cfg, step, group_size),
+            group_size,
+            self.task.max_new_tokens,
+            [self.generators[i] for i in live],
+            cfg.temperature,
+        )
+        shared, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
+        logp, entropy = self.model.logprobs(weights, shared, ids, mask)
+        ref_logp = self._reference_logp(shared, ids, mask)
+        losses, metrics = [], []
+        for m, (i, rollout) in enumerate(zip(live, rollouts, strict=True)):
+            own = rollout.completion_ids.shape[1]  # this member's T (what its Trainer sees)
+            new = logp[m, :, :own]
+            old = rollout.sample_logp if cfg.temperature == 1.0 else new.detach()
+            scored = ScoredRollout(
+                rollout, task_rewards(self.task, rollout), old, ref_logp[m, :, :own], None
+            )
+            loss, member_metrics = self.objectives[i](
+                rollout_batch(scored, new, entropy[m, :, :own], old_is_new=True)
+            )
+            mask_m = rollout.completion_mask
+            member_metrics["reward"] = scored.rewards.mean()
+            member_metrics["kl_to_ref"] = sequence_k3(old, scored.ref_logp, mask_m).mean()
+            member_metrics["completion_length"] = mask_m.sum(-1).float().mean()
+            losses.append(loss)
+            metrics.append(member_metrics)
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        for i, member_metrics in zip(live, metrics, strict=True):
+            norm = torch.nn.utils.clip_grad_norm_(self.params[i], cfg.max_grad_norm or math.inf)
+            member_metrics["grad_norm"] = norm.detach()
+        self.optimizer.step()
+        for i, member_metrics in zip(live, metrics, strict=True):
+            results[i] = self._finish(i, member_metrics, step)
+        return results
+
+    def _finish(self, i: int, metrics: dict[str, Tensor], step: int) -> dict[str, float]:
+        """Member i's float metrics; a diverged member stops (its objective state is kept)."""
+        try:
+            out = step_metrics(metrics, self.config, step)
+            if not math.isfinite(out["grad_norm"]):
+                raise Diverged(f"non-finite gradient norm at step {step + 1}")
+        except Diverged as err:
+            self.members[i] = MemberState("diverged", str(err))
+            return {k: float(v) for k, v in metrics.items()}
+        self.objectives[i].end_step(out)
+        return out
+
+    # ---- evaluation ------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> list[EvalReport | None]:
+        """Per member, `Trainer.evaluate`'s report (greedy held-out reward and accuracy,
+        sampled per-sequence KL to the reference); None for a stopped member."""
+        live, cfg = self.live, self.config
+        reports: list[EvalReport | None] = [None] * len(self.members)
+        if not live:
+            return reports
+        weights = self._weights(live, grad=False)
+        n_new = self.task.max_new_tokens
+        decoded: dict[tuple[str, ...], list[Rollout]] = {}
+
+        def generate(m: int) -> Callable[[list[str]], list[str]]:
+            def run(prompts: list[str]) -> list[str]:
+                key = tuple(prompts)
+                if key not in decoded:  # the first member's call decodes all members at once
+                    nones = [None] * len(live)
+                    decoded[key] = self.model.sample(
+                        weights, self.tokenizer, prompts, 1, n_new, nones, greedy=True
+                    )
+                return decoded[key][m].texts
+
+            return run
+
+        results = [
+            self.task.evaluate(generate(m), n=cfg.eval_prompts, seed=cfg.seed)
+            for m in range(len(live))
+        ]
+        prompts = self.task.prompts("eval", cfg.eval_prompts, cfg.seed)
+        generators = [eval_generator(cfg, self.device) for _ in live]
+        rollouts = self.model.sample(weights, self.tokenizer, prompts, 1, n_new, generators)
+        shared, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
+        logp, _ = self.model.logprobs(weights, shared, ids, mask)
+        ref_logp = self._reference_logp(shared, ids, mask)
+        kl = sequence_k3(logp, ref_logp, mask).mean(-1).tolist()
+        for m, i in enumerate(live):
+            reports[i] = EvalReport(results[m].reward, results[m].accuracy, kl[m])
+        return reports
+
+
+def train_population(
+    specs: Sequence[ObjectiveSpec],
+    task: Task,
+    config: TrainConfig,
+    policy: Policy,
+    lrs: Sequence[float] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every member for ``config.steps`` steps, evaluating before, every
+    ``eval_every`` steps and after the last, as `train` does for one candidate.
+
+    Returns one summary per member: ``objective`` (spec dict), ``objective_key``, ``lr``,
+    ``initial_eval``, ``final_eval`` (``{reward, accuracy, kl_to_ref}``; the last evaluation
+    before a member stopped), ``steps`` (steps it trained), ``status`` (``ok`` |
+    ``diverged``), ``reason`` and ``metrics`` (its per-step records; as in `train`, none for
+    the step that diverged).
+    """
+    trainer = PopulationTrainer(specs, task, config, policy, lrs)
+    evals: list[EvalReport | None] = trainer.evaluate()
+    initial = list(evals)
+    history: list[list[dict[str, float]]] = [[] for _ in specs]
+    for step in range(config.steps):
+        for i, record in enumerate(trainer.step(step)):
+            if record is not None and trainer.members[i].status == "ok":
+                history[i].append({"step": step + 1, **record})
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            for i, report in enumerate(trainer.evaluate()):
+                if report is not None:
+                    evals[i] = report
+    return [
+        {
+            "objective": spec.to_dict(),
+            "objective_key": spec.key(),
+            "lr": trainer.lrs[i],
+            "initial_eval": None if initial[i] is None else initial[i].to_dict(),
+            "final_eval": None if evals[i] is None else evals[i].to_dict(),
+            "steps": len(history[i]),
+            "status": trainer.members[i].status,
+            "reason": trainer.members[i].reason,
+            "metrics": history[i],
+        }
+        for i, spec in enumerate(specs)
+    ]

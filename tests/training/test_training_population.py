@@ -1,0 +1,187 @@
+"""Population mode trains each member as a `Trainer` would train it alone.
+
+* Member i's prompts and completions equal a `Trainer`'s for candidate i (same seed, same
+  warm start, its own lr); its loss and metrics match, and so do its weights after each step
+  and its evaluation (up to float rounding: the batched forward sums in another order than the
+  prefix-tree forward).
+* A member with an unsupported objective is rejected with a ValueError that names it.
+* Independently of any trainer: Adam at lr 0 leaves a member's weights exactly as they were,
+  while its neighbour trains; a member that diverges stops and the others go on.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+
+from grape_evo.objective import ObjectiveSpec, presets
+from grape_evo.policy import Rollout
+from grape_evo.tasks import get_task
+from grape_evo.training import Trainer
+from grape_evo.training.population import PopulationTrainer, StackedGPT2, train_population
+
+trainer_module = importlib.import_module("grape_evo.training.trainer")
+
+BATCH = 16  # 2 prompts x 8 completions
+STEPS = 2
+METRICS = ("loss", "reward", "kl_to_ref", "grad_norm", "completion_length", "clip_fraction")
+
+
+def _trainer_run(
+    spec: ObjectiveSpec, task: Any, config: Any, policy: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """A Trainer's rollouts, metrics and weights after each of STEPS steps, then its eval."""
+    trainer = Trainer(spec, task, config, policy)
+    rollouts: list[Rollout] = []
+    original = trainer_module.score_rollout
+
+    def spy(policy: Any, task: Any, rollout: Rollout, need_old: bool) -> Any:
+        rollouts.append(rollout)
+        return original(policy, task, rollout, need_old)
+
+    metrics, weights = [], []
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "score_rollout", spy)
+        for step in range(STEPS):
+            metrics.append(trainer.step(step))
+            weights.append({n: p.detach().clone() for n, p in policy.hf_model.named_parameters()})
+    return {
+        "rollouts": rollouts,
+        "metrics": metrics,
+        "weights": weights,
+        "eval": trainer.evaluate(),
+    }
+
+
+def _population_run(
+    specs: list[ObjectiveSpec],
+    lrs: list[float],
+    task: Any,
+    config: Any,
+    policy: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    population = PopulationTrainer(specs, task, config, policy, lrs)
+    rollouts: list[list[Rollout]] = []
+    original = StackedGPT2.sample
+
+    def spy(self: StackedGPT2, *args: Any, **kwargs: Any) -> list[Rollout]:
+        out = original(self, *args, **kwargs)
+        rollouts.append(out)
+        return out
+
+    metrics, weights = [], []
+    with monkeypatch.context() as patch:
+        patch.setattr(StackedGPT2, "sample", spy)
+        for step in range(STEPS):
+            metrics.append(population.step(step))
+            weights.append([population.member_state(i) for i in range(len(specs))])
+    return {
+        "rollouts": rollouts,
+        "metrics": metrics,
+        "weights": weights,
+        "eval": population.evaluate(),
+    }
+
+
+def test_members_match_their_own_trainers(
+    warm_policy: Callable[..., Any], tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = get_task("addition")
+    config = tiny(batch_size=BATCH, seed=3)
+    specs = [presets.get("grpo"), presets.get("dr_grpo")]
+    lrs = [1e-3, 3e-4]
+    population = _population_run(specs, lrs, task, config, warm_policy(task), monkeypatch)
+    for i, (spec, lr) in enumerate(zip(specs, lrs, strict=True)):
+        alone = _trainer_run(spec, task, replace(config, lr=lr), warm_policy(task), monkeypatch)
+        for step in range(STEPS):
+            ours, theirs = population["rollouts"][step][i], alone["rollouts"][step]
+            assert ours.prompts == theirs.prompts
+            assert ours.texts == theirs.texts
+            assert torch.equal(ours.completion_ids, theirs.completion_ids)
+            assert torch.equal(ours.completion_mask, theirs.completion_mask)
+            torch.testing.assert_close(ours.sample_logp, theirs.sample_logp, atol=1e-5, rtol=0)
+            member = population["metrics"][step][i]
+            assert member is not None
+            for key in METRICS:
+                assert member[key] == pytest.approx(
+                    alone["metrics"][step][key], rel=1e-4, abs=1e-6
+                ), (i, step, key)
+            # Adam's first steps move each weight by about lr * sign(grad): rounding in a
+            # near-zero gradient shows up at a small fraction of lr.
+            for name, value in alone["weights"][step].items():
+                torch.testing.assert_close(
+                    population["weights"][step][i][name], value, atol=0.05 * lr, rtol=0
+                )
+        ours_eval, theirs_eval = population["eval"][i], alone["eval"]
+        assert ours_eval is not None
+        assert ours_eval.reward == pytest.approx(theirs_eval.reward, abs=1e-9)
+        assert ours_eval.accuracy == pytest.approx(theirs_eval.accuracy, abs=1e-9)
+        assert ours_eval.kl_to_ref == pytest.approx(theirs_eval.kl_to_ref, rel=1e-4, abs=1e-6)
+
+
+def _with(name: str, **changes: Any) -> ObjectiveSpec:
+    return ObjectiveSpec.from_dict({**presets.describe(name).spec, **changes})
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (lambda: presets.get("ppo"), "needs a critic"),
+        (lambda: presets.get("trpo"), "trpo"),
+        (lambda: presets.get("dpo"), "not on_policy"),
+        (lambda: presets.get("online_dpo"), "preference loss"),
+        (lambda: presets.get("sft"), "not on_policy"),
+        (lambda: _with("grpo", epochs=2), "epochs 2"),
+        (lambda: _with("grpo", group_size=4), "group_size 4"),
+    ],
+)
+def test_unsupported_member_is_named(
+    warm_policy: Callable[..., Any],
+    tiny: Callable[..., Any],
+    member: Callable[[], ObjectiveSpec],
+    message: str,
+) -> None:
+    task = get_task("addition")
+    spec = member()
+    with pytest.raises(ValueError, match=rf"member 1 \('{spec.name}'\): .*{message}"):
+        PopulationTrainer([presets.get("grpo"), spec], task, tiny(), warm_policy(task))
+
+
+def test_lr_zero_keeps_the_weights_exactly(
+    warm_policy: Callable[..., Any], tiny: Callable[..., Any]
+) -> None:
+    task = get_task("addition")
+    policy = warm_policy(task)
+    start = {n: p.detach().clone() for n, p in policy.hf_model.named_parameters()}
+    population = PopulationTrainer(
+        [presets.get("grpo")] * 2, task, tiny(batch_size=BATCH), policy, lrs=[0.0, 1e-3]
+    )
+    for step in range(STEPS):
+        metrics = population.step(step)
+        assert all(m is not None for m in metrics)
+    frozen, trained = population.member_state(0), population.member_state(1)
+    for name, value in start.items():
+        assert torch.equal(frozen[name], value), name
+    assert any(not torch.equal(trained[n], v) for n, v in start.items())
+    assert all(torch.equal(p, start[n]) for n, p in policy.hf_model.named_parameters())
+
+
+def test_a_diverged_member_stops_and_the_others_go_on(
+    warm_policy: Callable[..., Any], tiny: Callable[..., Any]
+) -> None:
+    task = get_task("addition")
+    config = tiny(batch_size=BATCH, steps=3, max_kl_to_ref=0.5)
+    summaries = train_population(
+        [presets.get("grpo"), presets.get("cispo")], task, config, warm_policy(task), [0.0, 1.0]
+    )
+    steady, wild = summaries
+    assert steady["status"] == "ok" and steady["steps"] == 3
+    assert steady["final_eval"] is not None and steady["final_eval"]["kl_to_ref"] < 1e-4
+    assert wild["status"] == "diverged" and "max_kl_to_ref" in wild["reason"]
+    assert 0 < wild["steps"] < 3 and len(wild["metrics"]) == wild["steps"]
