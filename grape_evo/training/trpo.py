@@ -72,7 +72,7 @@ def trpo_step(
     direction = conjugate_gradient(fisher_vector, -grads, cg_iters)
     curvature = direction @ fisher_vector(direction)
     old = torch.nn.utils.parameters_to_vector(params).detach().clone()
-    result = {"loss_before": float(loss), "trpo_kl": 0.0, "step_fraction": 0.0}
+    result = {"loss_before": float(loss.detach()), "trpo_kl": 0.0, "step_fraction": 0.0}
     result["loss_after"] = result["loss_before"]
     if not torch.isfinite(curvature) or curvature <= 0:
         return result
