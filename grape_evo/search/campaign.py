@@ -68,6 +68,10 @@ class CampaignError(ValueError):
     """A user-facing problem with a campaign's folder, storage or study."""
 
 
+class DuplicateTrial(RuntimeError):
+    """This process popped a trial that another worker already runs (see `Campaign._claim`)."""
+
+
 class CandidateFailed(RuntimeError):
     """A candidate diverged or failed; the trial is recorded as FAIL with this reason."""
 
@@ -328,6 +332,11 @@ class Campaign:
 
     # ---- one trial --------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if not self._claim(trial):
+            self._wait_while_running(trial)
+            raise DuplicateTrial(
+                f"trial {trial.number} was also started by another worker; this copy did not run it"
+            )
         if self._is_surplus(trial):
             trial.set_user_attr("surplus", True)
             raise CandidateFailed(
@@ -393,6 +402,28 @@ class Campaign:
         trial.set_user_attr("accuracy", _finite_or_none(result.accuracy))
         trial.set_user_attr("kl_to_ref", _finite_or_none(result.kl_to_ref))
 
+    def _claim(self, trial: optuna.Trial) -> bool:
+        """Whether this process is the first to start ``trial`` on this campaign folder.
+
+        On SQLite two workers can pop the same enqueued trial (SQLite ignores the row lock
+        Optuna asks for). An exclusive-create file per trial number decides which one runs it.
+        Workers on other hosts use a server database, whose row locks prevent the race.
+        """
+        folder = self.out_dir / ".claims"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(folder / f"{trial.number:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def _wait_while_running(self, trial: optuna.Trial) -> None:
+        """Block until the worker that runs ``trial`` has finished it (or it was failed as stale),
+        so that this copy's failed tell cannot overwrite its result."""
+        storage = trial.study._storage
+        while storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            time.sleep(min(1.0, self.heartbeat_interval))
+
     def _is_surplus(self, trial: optuna.Trial) -> bool:
         """A sampled trial (not enqueued: baselines and retries are) whose earlier trials
         already claim the whole budget: another worker took the last slot first."""
@@ -448,13 +479,18 @@ class Campaign:
         while True:
             fail_stale_trials(study)
             if waiting() or budget_claimed(study) < budget:
-                study.optimize(
-                    self.objective,
-                    n_trials=None,
-                    catch=(CandidateFailed,),
-                    callbacks=[stop_at_budget],
-                    gc_after_trial=True,
-                )
+                try:
+                    study.optimize(
+                        self.objective,
+                        n_trials=None,
+                        catch=(CandidateFailed,),
+                        callbacks=[stop_at_budget],
+                        gc_after_trial=True,
+                    )
+                except ValueError as err:
+                    # A DuplicateTrial's tell fails: the trial's first worker has recorded it.
+                    if not str(err).startswith("Cannot tell a "):
+                        raise
                 continue
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not running or not wait_for_running:

@@ -35,6 +35,7 @@ from grape_evo.search.campaign import (
     REEVAL_SEED_OFFSET,
     Campaign,
     CampaignError,
+    DuplicateTrial,
     budget_used,
     project_onto_axes,
 )
@@ -829,3 +830,19 @@ def test_baselines_are_enqueued_with_their_projected_genes(tmp_path: Path) -> No
     # Opening again (a resume) does not enqueue them twice.
     again = Campaign(space, tmp_path / "run").open(create=True)
     assert len(again.get_trials()) == 2
+
+
+def test_a_trial_popped_twice_runs_once(tmp_path: Path) -> None:
+    """On SQLite two workers can pop the same enqueued trial: only the first claim runs it; the
+    second waits for it to finish and raises without training, so its failing tell is the only
+    trace (the optimize loop ignores it)."""
+    campaign = Campaign(parse_space(TINY), tmp_path / "run")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask()
+    assert campaign._claim(trial) is True
+    assert campaign._claim(trial) is False  # a second process, same trial number
+    study.tell(trial, 0.5)  # the first worker finished it
+    with pytest.raises(DuplicateTrial, match=f"trial {trial.number} was also started"):
+        campaign.objective(trial)
+    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.5
+    assert "worker" not in study.trials[0].user_attrs  # the copy recorded nothing
