@@ -29,7 +29,7 @@ from grape_evo.experiment.config import (
     train_config,
 )
 from grape_evo.experiment.report import save_learning_curves, write_results_block
-from grape_evo.experiment.tables import fmt_ci, markdown, verdict
+from grape_evo.experiment.tables import fmt_ci, fmt_effect, markdown
 from grape_evo.objective import presets
 
 HERE = Path(__file__).parent
@@ -92,7 +92,7 @@ def results_text(cells: pd.DataFrame, effects: pd.DataFrame, config: dict, out: 
                 diff = "reference"
             elif c.label in eff.index:
                 e = eff.loc[c.label]
-                diff = f"{fmt_ci(e.effect, e.low, e.high, signed=True)} {verdict(e.low, e.high)}"
+                diff = fmt_effect(e.effect, e.low, e.high)
             else:
                 diff = "n/a"
             rows.append(

@@ -36,7 +36,7 @@ from grape_evo.experiment.config import (
     train_config,
 )
 from grape_evo.experiment.report import effects_figure, write_results_block
-from grape_evo.experiment.tables import cell_table, fmt_ci, markdown, verdict
+from grape_evo.experiment.tables import cell_table, fmt_ci, fmt_effect, markdown
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.policy import PolicyConfig
 from grape_evo.search.campaign import Campaign
@@ -96,7 +96,7 @@ def source_table(rows: list[dict[str, Any]], chosen: list, reference: str) -> pd
             pairs = [a - b for a, b in zip(r["rewards"], ref["rewards"], strict=True)]
             low, high = bootstrap_ci(pairs)
             mean = sum(pairs) / len(pairs) if pairs else math.nan
-            diff = f"{fmt_ci(mean, low, high, signed=True)} {verdict(low, high)}"
+            diff = fmt_effect(mean, low, high)
         low, high = r["reward_ci95"]
         table.append(
             {
@@ -223,7 +223,7 @@ def results_text(space, rows, chosen, finals, effects, targets, reference, compu
         for c in cells[cells["target"] == name].sort_values("reward", ascending=False).itertuples():
             if c.label in eff.index:
                 e = eff.loc[c.label]
-                diff = f"{fmt_ci(e.effect, e.low, e.high, signed=True)} {verdict(e.low, e.high)}"
+                diff = fmt_effect(e.effect, e.low, e.high)
             else:
                 diff = "reference"
             table.append(

@@ -131,6 +131,11 @@ def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool =
     return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
 
+def fmt_effect(effect: float, low: float, high: float) -> str:
+    """A paired effect with its CI and :func:`verdict`: ``+0.017 [+0.002, +0.036] better``."""
+    return f"{fmt_ci(effect, low, high, signed=True)} {verdict(low, high)}"
+
+
 def markdown(frame: pd.DataFrame) -> str:
     """A GitHub markdown table of ``frame`` (values as they are, already formatted)."""
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"

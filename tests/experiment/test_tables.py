@@ -11,6 +11,7 @@ from grape_evo.experiment.tables import (
     agreement,
     cell_table,
     fmt_ci,
+    fmt_effect,
     markdown,
     paired_effects,
     verdict,
@@ -107,5 +108,6 @@ def test_verdict_and_formatting() -> None:
     assert fmt_ci(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
     assert fmt_ci(0.05, -0.01, 0.1, signed=True) == "+0.050 [-0.010, +0.100]"
     assert fmt_ci(math.nan, 0, 0) == "n/a"
+    assert fmt_effect(0.017, 0.002, 0.036) == "+0.017 [+0.002, +0.036] better"
     table = markdown(pd.DataFrame([{"a": 1, "b": "x"}]))
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | x |"]
