@@ -6,14 +6,13 @@ trained by ``Campaign.optimize`` in three modes, side by side in one run: ``sequ
 process with every core's torch threads, as ``grape evolve`` runs by default),
 ``sequential_1_thread`` (the same on one thread: what each worker of ``jobs_2`` gets on two
 cores, which tells thread contention apart from parallelism) and ``jobs_N`` (N worker
-processes, ``cores // N`` threads each). Two more modes (unless ``--no-population``) train
-the same candidates, with the same per-trial budget and seed, all at once in this process with
-`train_population` (``population``: every core's threads; ``population_1_thread``): one
-batched forward for all P = ``--trials`` members per pass, no study, no run folders. Rounds
-alternate the modes, the order reversed every round. Each campaign measurement is a fresh study
-in a temporary folder; its wall time covers the whole ``optimize`` call, so the worker
-processes' start-up (spawn, imports) is counted. A population measurement covers loading the
-warm start from its cache, both evaluations and every step. The warm start is built (and
+processes, ``cores // N`` threads each). Two more modes (unless ``--no-population``) run the
+same campaign with ``Campaign(population=P)``, P = ``--trials`` (``grape evolve --population
+P``): every candidate trained at once in lockstep, one batched forward for all members per pass
+(``population``: every core's threads; ``population_1_thread``). Rounds alternate the modes,
+the order reversed every round. Each measurement is a fresh study in a temporary folder; its
+wall time covers the whole ``optimize`` call (trial folders, checksums, the study's records),
+so the worker processes' start-up (spawn, imports) is counted. The warm start is built (and
 cached) before timing. Re-evaluation is not part of it. Prints one JSON document and writes it
 to ``--out``.
 
@@ -40,7 +39,6 @@ from grape_evo.policy import resolve_device
 from grape_evo.search.campaign import Campaign, usable_cores
 from grape_evo.search.space import SearchSpace, parse_space
 from grape_evo.training import warm_start_policy
-from grape_evo.training.population import train_population
 
 ADVANTAGES = ("group_zscore", "group_mean", "rloo", "rank")
 SURROGATES = ("reinforce", "ppo_clip")
@@ -92,10 +90,11 @@ def mode_name(jobs: int, threads: int, kind: str = "sequential") -> str:
 
 
 def measure(
-    space: SearchSpace, trials: int, jobs: int, threads: int, device: str
+    space: SearchSpace, trials: int, jobs: int, threads: int, device: str, population: int = 1
 ) -> dict[str, Any]:
     """Time one campaign of ``trials`` fixed candidates run with ``jobs`` processes (with
-    ``jobs == 1``: in this process, with ``threads`` torch threads).
+    ``jobs == 1``: in this process, with ``threads`` torch threads), training up to
+    ``population`` candidates per process at once.
 
     ``startup_seconds`` is the time until the first trial started (worker processes' spawn and
     imports with ``jobs > 1``); ``trials_per_hour_after_startup`` leaves it out, which is what
@@ -103,7 +102,7 @@ def measure(
     """
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="grape-tph-") as folder:
-        campaign = Campaign(space, Path(folder), device=device, jobs=jobs)
+        campaign = Campaign(space, Path(folder), device=device, jobs=jobs, population=population)
         study = campaign.open(create=True)
         for point in points(trials):
             study.enqueue_trial(point)
@@ -117,8 +116,9 @@ def measure(
     startup = max(0.0, (first - started).total_seconds())
     complete = sum(t.state.name == "COMPLETE" for t in done)
     return {
-        "mode": mode_name(jobs, threads),
+        "mode": mode_name(jobs, threads, "population" if population > 1 else "sequential"),
         "jobs": jobs,
+        "population": population,
         "threads_per_process": threads,
         "seconds": seconds,
         "startup_seconds": startup,
@@ -131,45 +131,6 @@ def measure(
             for t in done
             if t.datetime_complete is not None and t.datetime_start is not None
         ),
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
-    }
-
-
-def measure_population(
-    space: SearchSpace, trials: int, threads: int, device: str
-) -> dict[str, Any]:
-    """Time `train_population` of the same ``trials`` candidates (seed 0, the budget's
-    TrainConfig) in this process with ``threads`` torch threads, from loading the cached warm
-    start to the last member's final evaluation. Every member's trial takes the whole run, so
-    ``median_trial_seconds`` is the run's wall time."""
-    torch.set_num_threads(threads)
-    task = space.tasks[0].build()
-    config = space.budget.train_config(0, device=device)
-    specs, lrs = [], []
-    for point in points(trials):
-        spec, overrides = space.to_spec(point)
-        specs.append(spec)
-        lrs.append(overrides.get("lr", config.lr))
-    load_before = load_average()
-    start = time.perf_counter()
-    policy, _ = warm_start_policy(task, space.policy, config, resolve_device(device))
-    summaries = train_population(specs, task, config, policy, lrs)
-    seconds = time.perf_counter() - start
-    complete = sum(s["status"] == "ok" for s in summaries)
-    return {
-        "mode": mode_name(1, threads, "population"),
-        "jobs": 1,
-        "threads_per_process": threads,
-        "members": len(specs),
-        "seconds": seconds,
-        "startup_seconds": 0.0,
-        "trials_complete": complete,
-        "trial_states": sorted({s["status"] for s in summaries}),
-        "trials_per_hour": 3600 * complete / seconds,
-        "trials_per_hour_after_startup": 3600 * complete / seconds,
-        "median_trial_seconds": seconds,
-        "final_eval_reward": [(s["final_eval"] or {}).get("reward") for s in summaries],
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
@@ -207,13 +168,14 @@ def main() -> None:
         *(("population", 1, t) for t in (threads if args.population else [])),
     ]
     load_start = load_average()
+    host = machine(device)  # before the modes change the thread count
     rounds = []
     for r in range(args.rounds):
         order = modes if r % 2 == 0 else modes[::-1]
         runs = [
-            measure_population(space, args.trials, t, str(device))
-            if kind == "population"
-            else measure(space, args.trials, j, t, str(device))
+            measure(
+                space, args.trials, j, t, str(device), args.trials if kind == "population" else 1
+            )
             for kind, j, t in order
         ]
         rounds.append({run["mode"]: run for run in runs})
@@ -230,7 +192,7 @@ def main() -> None:
         "group_size": presets.get("grpo").group_size,
         "per_trial_budget": space.budget.to_dict(),
         "device": str(device),
-        "machine": machine(device),
+        "machine": host,
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "rounds": [list(r.values()) for r in rounds],

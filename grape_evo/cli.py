@@ -42,6 +42,10 @@ JOBS_HELP = (
     "JOBS; on CUDA they share the GPU)."
 )
 err_console = Console(stderr=True)
+POPULATION_HELP = (
+    "Train up to P candidates of each process at once in lockstep (one batched forward for "
+    "all; GRPO-family objectives on a plain GPT-2 policy, others train alone as usual)."
+)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -169,7 +173,9 @@ def train_command(
         raise typer.Exit(1)
 
 
-def _campaign_progress(study: Any, budget: int, jobs: int) -> tuple[Progress, Callable[..., None]]:
+def _campaign_progress(
+    study: Any, budget: int, jobs: int, population: int
+) -> tuple[Progress, Callable[..., None]]:
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -178,7 +184,8 @@ def _campaign_progress(study: Any, budget: int, jobs: int) -> tuple[Progress, Ca
         TextColumn("{task.fields[status]}"),
         console=console,
     )
-    name = f"campaign {study.study_name}" + (f" ({jobs} jobs)" if jobs > 1 else "")
+    modes = [f"{jobs} jobs"] * (jobs > 1) + [f"population {population}"] * (population > 1)
+    name = f"campaign {study.study_name}" + (f" ({', '.join(modes)})" if modes else "")
     job = bar.add_task(name, total=budget, status="")
 
     def update(study: Any, _trial: Any = None) -> None:
@@ -233,6 +240,7 @@ def evolve_command(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
     jobs: int = typer.Option(1, min=1, help=JOBS_HELP),
+    population: int = typer.Option(1, min=1, help=POPULATION_HELP),
 ) -> None:
     """Run an evolution campaign over a search space, then re-evaluate the best on fresh seeds."""
     try:
@@ -240,7 +248,13 @@ def evolve_command(
         resolve_device(device)
         prepare_out_dir(out)
         campaign = Campaign(
-            space, out, storage_url=storage, device=device, heartbeat_interval=heartbeat, jobs=jobs
+            space,
+            out,
+            storage_url=storage,
+            device=device,
+            heartbeat_interval=heartbeat,
+            jobs=jobs,
+            population=population,
         )
         if campaign.exists() and not resume:
             fail(
@@ -255,7 +269,7 @@ def evolve_command(
     budget = candidates + len(space.baselines)
     study.set_user_attr("candidates", candidates)
     study.set_user_attr("budget", budget)
-    bar, update = _campaign_progress(study, budget, jobs)
+    bar, update = _campaign_progress(study, budget, jobs, population)
     with bar:
         campaign.optimize(study, budget, on_trial=update, wait_for_running=True)
         update(study)
@@ -272,12 +286,19 @@ def worker_command(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
     jobs: int = typer.Option(1, min=1, help=JOBS_HELP),
+    population: int = typer.Option(1, min=1, help=POPULATION_HELP),
 ) -> None:
     """Join a running campaign from another process or host and run trials until its budget."""
     try:
         resolve_device(device)
         campaign = load_campaign_from_storage(
-            storage, study, out, device=device, heartbeat_interval=heartbeat, jobs=jobs
+            storage,
+            study,
+            out,
+            device=device,
+            heartbeat_interval=heartbeat,
+            jobs=jobs,
+            population=population,
         )
         prepare_out_dir(campaign.out_dir)
         opened = campaign.open(create=False)
@@ -285,7 +306,7 @@ def worker_command(
         fail(str(err))
     space = campaign.space
     budget = int(opened.user_attrs.get("budget", space.search.trials + len(space.baselines)))
-    bar, update = _campaign_progress(opened, budget, jobs)
+    bar, update = _campaign_progress(opened, budget, jobs, population)
     with bar:
         # Waits for trials running elsewhere: if their worker dies, this one retries them.
         campaign.optimize(opened, budget, on_trial=update, wait_for_running=True)

@@ -42,3 +42,20 @@ def integrity(db: Path) -> str:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         con.close()
+
+
+def db_states(db: Path) -> list[tuple[int, str, Any]]:
+    """(number, state, last heartbeat or None) of every trial, read from the SQLite file."""
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(
+                "SELECT t.number, t.state, h.heartbeat FROM trials AS t "
+                "LEFT JOIN trial_heartbeats AS h ON h.trial_id = t.trial_id"
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []

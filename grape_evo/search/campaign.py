@@ -20,12 +20,18 @@
   have exited, runs whatever a dead worker left (its trial is retried on its stale heartbeat).
   Ctrl-C stops every worker (each records its trial as FAIL), and so does the death of the
   campaign's process.
+* ``population``: each process asks up to P trials per round (Optuna's ask/tell, a heartbeat
+  thread per trial) and trains the ones population mode supports together
+  (`evaluator.run_population`, grouped by group size); the others train alone in the same
+  round. Every trial keeps its own folder, reports, pruning and result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -46,22 +52,36 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.analysis.stats import bootstrap_ci
 from grape_evo.objective import ObjectiveSpec, presets
-from grape_evo.search.evaluator import CandidateResult, run_candidate, write_artifacts
+from grape_evo.search.evaluator import (
+    CandidateResult,
+    Reporter,
+    run_candidate,
+    run_population,
+    write_artifacts,
+)
 from grape_evo.search.sampler import EvolutionSampler, Gene
 from grape_evo.search.space import SearchSpace, parse_space
+from grape_evo.training import PopulationUnsupported, TrainConfig
+from grape_evo.training.population import unsupported_reason
 
 STUDY_FILE = "study.db"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REEVAL_SEED_OFFSET = 1000
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PROGRESS_SECONDS = 1.0
-"""How often a campaign with ``jobs > 1`` looks for trials its worker processes finished."""
+"""How often a campaign with ``jobs > 1`` looks for trials its worker processes finished, and
+how often a process that waits for trials running elsewhere looks at the study."""
 STOP_SECONDS = 30.0
 """After Ctrl-C, how long worker processes get to record their interrupted trials."""
+
+
+Values = float | tuple[float, float]
+"""A trial's objective values: the reward, or (reward, KL to the reference)."""
 
 
 class CampaignError(ValueError):
@@ -257,6 +277,18 @@ def budget_claimed(study: optuna.Study) -> int:
     return budget_used(study, count_running=True)
 
 
+@dataclass(frozen=True, eq=False)
+class _Candidate:
+    """An objective to train: its TrainConfigs (one per seed), its folder and, in the search,
+    its claimed trial (None when re-evaluated)."""
+
+    spec: ObjectiveSpec
+    key: str
+    configs: list[TrainConfig]
+    folder: Path
+    trial: optuna.Trial | None = None
+
+
 @dataclass
 class Campaign:
     """A search space bound to a run folder and a storage."""
@@ -268,10 +300,13 @@ class Campaign:
     heartbeat_interval: int = 10
     grace_period: int | None = None
     jobs: int = 1
+    population: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
-            raise CampaignError(f"jobs must be an integer >= 1, got {self.jobs!r}")
+        for name in ("jobs", "population"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CampaignError(f"{name} must be an integer >= 1, got {value!r}")
         self.out_dir = Path(self.out_dir)
         self.url = self.storage_url or default_storage_url(self.out_dir)
         self.budget: int | None = None  # set by optimize()
@@ -331,12 +366,26 @@ class Campaign:
         return study
 
     # ---- one trial --------------------------------------------------------------------
-    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        if not self._claim(trial):
+    def objective(self, trial: optuna.Trial) -> Values:
+        candidate = self._prepare(trial)
+        if candidate is None:
             self._wait_while_running(trial)
             raise DuplicateTrial(
                 f"trial {trial.number} was also started by another worker; this copy did not run it"
             )
+        reused = self._reuse(candidate)
+        return (
+            reused if reused is not None else self._settle(candidate, self._train_alone(candidate))
+        )
+
+    def _prepare(self, trial: optuna.Trial) -> _Candidate | None:
+        """Claim ``trial``, decide its objective and store it with the trial.
+
+        Returns None when another process already runs it (see `_claim`). Raises
+        `CandidateFailed` for a surplus trial.
+        """
+        if not self._claim(trial):
+            return None
         if self._is_surplus(trial):
             trial.set_user_attr("surplus", True)
             raise CandidateFailed(
@@ -361,16 +410,32 @@ class Campaign:
         trial.set_user_attr("key", key)
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("formula", spec.latex())
-        previous = self._find_completed(trial, key)
-        if previous is not None:
-            trial.set_user_attr("reused_from", previous.number)
-            for name in ("runs", "reward", "accuracy", "kl_to_ref", "artifacts"):
-                trial.set_user_attr(name, previous.user_attrs.get(name))
-            return self._values(previous.user_attrs["reward"], previous.user_attrs["kl_to_ref"])
         configs = [
             self.space.budget.train_config(seed, lr=overrides.get("lr"), device=self.device)
             for seed in range(self.space.budget.seeds)
         ]
+        folder = self.out_dir / "trials" / f"{trial.number:05d}"
+        return _Candidate(spec, key, configs, folder, trial)
+
+    def _reuse(self, candidate: _Candidate) -> Values | None:
+        """The values of an earlier completed trial with the same key (copied to this trial),
+        or None when there is none."""
+        trial = candidate.trial
+        assert trial is not None  # only search candidates are reused
+        previous = self._find_completed(trial, candidate.key)
+        if previous is None:
+            return None
+        trial.set_user_attr("reused_from", previous.number)
+        for name in ("runs", "reward", "accuracy", "kl_to_ref", "artifacts"):
+            trial.set_user_attr(name, previous.user_attrs.get(name))
+        return self._values(previous.user_attrs["reward"], previous.user_attrs["kl_to_ref"])
+
+    def _reporter(self, trial: optuna.Trial | None) -> Reporter | None:
+        """Reports intermediate values to ``trial`` and raises `optuna.TrialPruned` when its
+        pruner says so (single-objective studies only: Optuna cannot prune the others); None
+        without a trial."""
+        if trial is None:
+            return None
         prune = len(self.directions) == 1
 
         def report(step: int, value: float) -> None:
@@ -379,18 +444,21 @@ class Campaign:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at global step {step}: reward {value:.3f}")
 
-        trial_dir = self.out_dir / "trials" / f"{trial.number:05d}"
-        result = run_candidate(
-            spec, self.space.tasks, configs, self.space.policy, trial_dir, report=report
-        )
-        trial.set_user_attr("artifacts", write_artifacts(trial_dir, result))
+        return report
+
+    def _conclude(self, candidate: _Candidate, result: CandidateResult) -> Values:
+        """Store a finished candidate's runs and checksums with its trial; its values, or
+        `CandidateFailed` when a run did not end ``ok``."""
+        trial = candidate.trial
+        assert trial is not None  # only search candidates have a trial to store results in
+        trial.set_user_attr("artifacts", write_artifacts(candidate.folder, result))
         self._store(trial, result)
         if not result.ok:
             trial.set_user_attr("failure", result.failure)
             raise CandidateFailed(result.failure)
         return self._values(result.reward, result.kl_to_ref)
 
-    def _values(self, reward: float, kl: float) -> float | tuple[float, float]:
+    def _values(self, reward: float, kl: float) -> Values:
         if len(self.directions) == 1:
             return reward
         return reward, kl
@@ -467,25 +535,25 @@ class Campaign:
         if self.jobs > 1:
             self._run_worker_processes(study, budget, on_trial)
 
-        def waiting() -> bool:
-            return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
         def stop_at_budget(study: optuna.Study, trial: FrozenTrial) -> None:
             if on_trial is not None:
                 on_trial(study, trial)
-            if budget_claimed(study) >= budget and not waiting():
+            if budget_claimed(study) >= budget and not _waiting(study):
                 study.stop()
 
         while True:
             fail_stale_trials(study)
-            if waiting() or budget_claimed(study) < budget:
+            if _waiting(study) or budget_claimed(study) < budget:
+                if self.population > 1:
+                    self._population_round(study, budget, on_trial)
+                    continue
                 try:
                     study.optimize(
                         self.objective,
                         n_trials=None,
                         catch=(CandidateFailed,),
                         callbacks=[stop_at_budget],
-                        gc_after_trial=True,
+                        gc_after_trial=False,
                     )
                 except ValueError as err:
                     # A DuplicateTrial's tell fails: the trial's first worker has recorded it.
@@ -495,7 +563,129 @@ class Campaign:
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not running or not wait_for_running:
                 return
-            time.sleep(self.heartbeat_interval)
+            time.sleep(min(self.heartbeat_interval, PROGRESS_SECONDS))
+
+    # ---- population mode --------------------------------------------------------------
+    def _population_round(
+        self,
+        study: optuna.Study,
+        budget: int,
+        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None,
+    ) -> None:
+        """Ask up to ``population`` trials and train them at once; tell each its result.
+
+        Candidates that population mode can train together (`unsupported_reason` is None, a
+        policy without LoRA) and that share a group size form one `run_population`; any other
+        trains alone, as in `objective`. Each trial keeps its own folder, reports and pruning
+        (a pruned member leaves the population, the others go on). Trials are told as their
+        group finishes. On Ctrl-C (or any error) every trial not yet told is recorded as FAIL,
+        as `study.optimize` records its trial.
+        """
+        untold: dict[int, optuna.Trial] = {}
+
+        def tell(trial: optuna.Trial, values: Values | None, state: TrialState) -> None:
+            frozen = study.tell(trial, values, state=state)
+            del untold[trial.number]
+            if on_trial is not None:
+                on_trial(study, frozen)
+
+        with contextlib.ExitStack() as heartbeats:
+            try:
+                candidates: list[_Candidate] = []
+                while len(candidates) < self.population and (
+                    _waiting(study) or budget_claimed(study) < budget
+                ):
+                    with warnings.catch_warnings():  # heartbeats: sent below, per trial
+                        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
+                        trial = study.ask()
+                    untold[trial.number] = trial
+                    try:
+                        candidate = self._prepare(trial)
+                    except CandidateFailed:  # surplus
+                        tell(trial, None, TrialState.FAIL)
+                        continue
+                    if candidate is None:  # another worker runs it and tells it
+                        del untold[trial.number]
+                        continue
+                    heartbeats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+                    reused = self._reuse(candidate)
+                    if reused is not None:
+                        tell(trial, reused, TrialState.COMPLETE)
+                        continue
+                    candidates.append(candidate)
+                for group in self._groups(candidates):
+                    for candidate, result in zip(group, self._train_group(group), strict=True):
+                        settle = functools.partial(self._settle, candidate, result)
+                        tell(candidate.trial, *_outcome(settle))
+            except BaseException:
+                for trial in untold.values():
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+
+    def _groups(self, candidates: list[_Candidate]) -> list[list[_Candidate]]:
+        """Candidates to train together: with ``population > 1``, those population mode
+        supports, by group size, in chunks of at most ``population``; every other alone."""
+        together: dict[int, list[_Candidate]] = {}
+        alone: list[list[_Candidate]] = []
+        for candidate in candidates:
+            spec = candidate.spec.canonical()
+            if (
+                self.population == 1
+                or self.space.policy.use_lora
+                or unsupported_reason(spec) is not None
+            ):
+                alone.append([candidate])
+            else:
+                together.setdefault(spec.group_size, []).append(candidate)
+        size = self.population
+        chunks = [g[i : i + size] for g in together.values() for i in range(0, len(g), size)]
+        return [*chunks, *alone]
+
+    def _train_group(
+        self, group: list[_Candidate], reuse_existing: bool = False
+    ) -> list[CandidateResult]:
+        """Train a group: one `run_population` when it has several members (one by one if
+        population mode rejects them), else `run_candidate`. A pruner's signal is kept in a
+        result's ``stopped_by``."""
+        if len(group) > 1:
+            try:
+                return run_population(
+                    [c.spec for c in group],
+                    self.space.tasks,
+                    [c.configs for c in group],
+                    self.space.policy,
+                    [c.folder for c in group],
+                    [self._reporter(c.trial) for c in group],
+                    reuse_existing=reuse_existing,
+                )
+            except PopulationUnsupported as err:
+                warnings.warn(
+                    f"population mode cannot train these candidates ({err}); "
+                    "training them one by one",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return [self._train_alone(c, reuse_existing) for c in group]
+
+    def _train_alone(self, candidate: _Candidate, reuse_existing: bool = False) -> CandidateResult:
+        try:
+            return run_candidate(
+                candidate.spec,
+                self.space.tasks,
+                candidate.configs,
+                self.space.policy,
+                candidate.folder,
+                report=self._reporter(candidate.trial),
+                reuse_existing=reuse_existing,
+            )
+        except optuna.TrialPruned as err:
+            return CandidateResult(stopped_by=err)
+
+    def _settle(self, candidate: _Candidate, result: CandidateResult) -> Values:
+        """A trained candidate's values, or the pruner's signal its reporter raised."""
+        if result.stopped_by is not None:
+            raise result.stopped_by
+        return self._conclude(candidate, result)
 
     def _run_worker_processes(
         self,
@@ -573,23 +763,25 @@ class Campaign:
             if match:
                 chosen.append(match[0])
         seeds = range(REEVAL_SEED_OFFSET, REEVAL_SEED_OFFSET + budget.reeval_seeds)
-        rows = []
+        candidates = []
         for t in chosen:
-            spec = ObjectiveSpec.from_dict(t.user_attrs["objective"])
             overrides = t.user_attrs.get("overrides") or {}
             configs = [
                 budget.train_config(seed, lr=overrides.get("lr"), device=self.device)
                 for seed in seeds
             ]
             label = t.user_attrs.get("baseline") or f"trial-{t.number}"
-            result = run_candidate(
-                spec,
-                self.space.tasks,
-                configs,
-                self.space.policy,
-                self.out_dir / "reeval" / label,
-                reuse_existing=True,
+            spec = ObjectiveSpec.from_dict(t.user_attrs["objective"])
+            candidates.append(
+                _Candidate(spec, t.user_attrs.get("key"), configs, self.out_dir / "reeval" / label)
             )
+        results: dict[_Candidate, CandidateResult] = {}
+        for group in self._groups(candidates):
+            results.update(zip(group, self._train_group(group, reuse_existing=True), strict=True))
+        rows = []
+        for t, candidate in zip(chosen, candidates, strict=True):
+            result = results[candidate]
+            label = candidate.folder.name
             rewards = result.finals("reward")
             low, high = bootstrap_ci(rewards)
             rows.append(
@@ -614,6 +806,22 @@ class Campaign:
         tmp.write_text(json.dumps({"seeds": list(seeds), "candidates": rows}, indent=2) + "\n")
         os.replace(tmp, path)
         return rows
+
+
+def _waiting(study: optuna.Study) -> bool:
+    """Whether the study holds enqueued trials no worker has started."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _outcome(train: Callable[[], Values]) -> tuple[Values | None, TrialState]:
+    """Run ``train`` and map its result to what a trial is told, as `study.optimize` does:
+    values and COMPLETE, PRUNED on `optuna.TrialPruned`, FAIL on `CandidateFailed`."""
+    try:
+        return train(), TrialState.COMPLETE
+    except optuna.TrialPruned:
+        return None, TrialState.PRUNED
+    except CandidateFailed:
+        return None, TrialState.FAIL
 
 
 def usable_cores() -> int:

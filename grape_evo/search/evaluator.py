@@ -7,6 +7,10 @@ store them with the trial; :func:`write_artifacts` records a sha256 of every run
 changed after the trial from the one the trial produced. Intermediate values (held-out reward
 at each evaluation) are reported through ``report(global_step, value)``, where the global step
 orders (task, seed, step) the same way for every candidate, so a pruner compares like with like.
+
+`run_population` trains several candidates at once (`train_population`, one pass per
+(task, seed) for all of them) with the same run folders, reports and results as
+`run_candidate` gives each.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from grape_evo.objective import ObjectiveSpec
-from grape_evo.training import read_metrics, train
+from grape_evo.training import read_metrics, train, train_population
 
 Reporter = Callable[[int, float], None]
 
@@ -32,6 +36,8 @@ class CandidateResult:
     """What training one candidate produced (all runs, in (task, seed) order)."""
 
     runs: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: Exception | None = None
+    """What a ``report`` raised (a pruner's signal) in `run_population`; None otherwise."""
 
     @property
     def ok(self) -> bool:
@@ -100,45 +106,153 @@ def run_candidate(
     seed is read back instead of trained again.
     """
     result = CandidateResult()
+    for task_ref, task, index in _runs(tasks, train_configs):
+        config = train_configs[index.seed]
+        run_dir = out_dir / _task_label(task_ref) / f"seed{config.seed}"
+        summary = _existing(run_dir, spec, config.seed) if reuse_existing else None
+        if summary is not None:
+            curve = _curve(run_dir)
+        else:
+            curve = []
+            summary = train(
+                spec,
+                task,
+                config,
+                policy_config,
+                out_dir=run_dir,
+                progress=False,
+                step_callback=_on_step(curve, report, index.offset),
+            )
+        result.runs.append(_labelled(summary, task_ref, curve, run_dir))
+        if summary["status"] != "ok":
+            return result
+    return result
+
+
+def run_population(
+    specs: Sequence[ObjectiveSpec],
+    tasks: Sequence[Any],
+    train_configs: Sequence[Sequence[Any]],
+    policy_config: Any,
+    out_dirs: Sequence[Path],
+    reports: Sequence[Reporter | None],
+    reuse_existing: bool = False,
+) -> list[CandidateResult]:
+    """`run_candidate` for P candidates at once: one `train_population` pass per (task, seed).
+
+    ``train_configs[i]`` are candidate i's TrainConfigs (one per seed; candidates differ in
+    ``lr`` only), ``out_dirs[i]`` its folder and ``reports[i]`` its reporter, called with the
+    same global steps as in `run_candidate`. A candidate leaves the population at its first run
+    that does not end ``ok``; an exception its reporter raises (a pruner's signal) ends its
+    runs and is kept in its result's ``stopped_by`` instead of propagating. With
+    ``reuse_existing``, a candidate's run folder that `run_candidate` would read back is read
+    back, and that candidate sits out the pass.
+
+    Raises:
+        PopulationUnsupported: before anything was trained, when these candidates or this
+            policy cannot be trained as a population (train them with `run_candidate`).
+    """
+    results = [CandidateResult() for _ in specs]
+    for task_ref, task, index in _runs(tasks, train_configs[0]):
+        members: list[int] = []
+        run_dirs: list[Path] = []
+        for i, result in enumerate(results):
+            if result.stopped_by is not None or not _all_ok(result):
+                continue
+            config = train_configs[i][index.seed]
+            run_dir = out_dirs[i] / _task_label(task_ref) / f"seed{config.seed}"
+            summary = _existing(run_dir, specs[i], config.seed) if reuse_existing else None
+            if summary is None:
+                members.append(i)
+                run_dirs.append(run_dir)
+            else:
+                result.runs.append(_labelled(summary, task_ref, _curve(run_dir), run_dir))
+        if not members:
+            continue
+        curves: list[list[tuple[int, float]]] = [[] for _ in members]
+        callbacks = [
+            _on_step(curve, _keeping(results[i], reports[i]), index.offset)
+            for i, curve in zip(members, curves, strict=True)
+        ]
+        summaries = train_population(
+            [specs[i] for i in members],
+            task,
+            [train_configs[i][index.seed] for i in members],
+            policy_config,
+            out_dirs=run_dirs,
+            progress=False,
+            step_callbacks=callbacks,
+        )
+        for i, summary, curve, run_dir in zip(members, summaries, curves, run_dirs, strict=True):
+            results[i].runs.append(_labelled(summary, task_ref, curve, run_dir))
+    return results
+
+
+class _RunIndex(NamedTuple):
+    """Which seed (index into the TrainConfigs) a run is, and its first global step."""
+
+    seed: int
+    offset: int
+
+
+def _runs(
+    tasks: Sequence[Any], train_configs: Sequence[Any]
+) -> Iterator[tuple[Any, Any, _RunIndex]]:
+    """(task ref, built task, index) of every run in (task, seed) order; a run's global steps
+    start after all earlier runs' (``max(steps)`` each)."""
     steps = max(c.steps for c in train_configs)
     for t_index, task_ref in enumerate(tasks):
         task = task_ref.build()
-        for s_index, config in enumerate(train_configs):
-            offset = (t_index * len(train_configs) + s_index) * steps
-            curve: list[tuple[int, float]] = []
+        for s_index in range(len(train_configs)):
+            yield (
+                task_ref,
+                task,
+                _RunIndex(s_index, (t_index * len(train_configs) + s_index) * steps),
+            )
 
-            def on_step(
-                step: int,
-                record: dict[str, Any],
-                offset: int = offset,
-                curve: list[tuple[int, float]] = curve,
-            ) -> None:
-                if record.get("eval_reward") is not None:
-                    curve.append((step, record["eval_reward"]))
-                    if report is not None:
-                        report(offset + step, record["eval_reward"])
 
-            run_dir = out_dir / _task_label(task_ref) / f"seed{config.seed}"
-            summary = _existing(run_dir, spec, config.seed) if reuse_existing else None
-            if summary is not None:
-                curve = _curve(run_dir)
-            else:
-                summary = train(
-                    spec,
-                    task,
-                    config,
-                    policy_config,
-                    out_dir=run_dir,
-                    progress=False,
-                    step_callback=on_step,
-                )
-            summary["task"] = _task_label(task_ref)
-            summary["curve"] = curve
-            summary["out_dir"] = str(run_dir)
-            result.runs.append(summary)
-            if summary["status"] != "ok":
-                return result
-    return result
+def _on_step(
+    curve: list[tuple[int, float]], report: Reporter | None, offset: int
+) -> Callable[[int, dict[str, Any]], None]:
+    """A step callback that records each held-out evaluation in ``curve`` and reports it at
+    global step ``offset + step``."""
+
+    def on_step(step: int, record: dict[str, Any]) -> None:
+        if record.get("eval_reward") is not None:
+            curve.append((step, record["eval_reward"]))
+            if report is not None:
+                report(offset + step, record["eval_reward"])
+
+    return on_step
+
+
+def _keeping(result: CandidateResult, report: Reporter | None) -> Reporter | None:
+    """``report``, keeping what it raises in ``result.stopped_by`` (and raising it on)."""
+    if report is None:
+        return None
+
+    def keep(step: int, value: float) -> None:
+        try:
+            report(step, value)
+        except Exception as err:
+            result.stopped_by = err
+            raise
+
+    return keep
+
+
+def _all_ok(result: CandidateResult) -> bool:
+    return all(r["status"] == "ok" for r in result.runs)
+
+
+def _labelled(
+    summary: dict[str, Any], task_ref: Any, curve: list[tuple[int, float]], run_dir: Path
+) -> dict[str, Any]:
+    """A run's summary with what the search layer stores: task label, curve and folder."""
+    summary["task"] = _task_label(task_ref)
+    summary["curve"] = curve
+    summary["out_dir"] = str(run_dir)
+    return summary
 
 
 ARTIFACTS_FILE = "artifacts.json"

@@ -11,25 +11,29 @@ One step for the M live members (stacked weights ``W[m]`` [M, ...], stacked with
 from each member's own parameters, so gradients reach them)::
 
     rollouts  = lockstep KV-cache sampling, member m from W[m] with generator m   [M, B, T_m]
-    logp      = log pi_{W[m]}(completion)  (one forward of all M * B rows)         [M, B, T]
     ref_logp  = log pi_ref(completion)     (the shared frozen warm start, no grad) [M, B, T]
+    old_logp  = the sampling log-probs (one update at temperature 1), else a no-grad forward
+    then, for update k = 0 .. max_m epochs_m - 1, over the members with epochs_m > k:
+    logp      = log pi_{W[m]}(completion)  (one forward of all their rows)          [M_k, B, T]
     loss_m    = objective_m(batch_m)       (on member m's rows, its own T_m columns)
+    backward of sum_m loss_m  ->  d loss_m / d W[m] only (members share no parameters)
+    grad_m   *= min(1, max_grad_norm / ||grad_m||)   (per member, `clip_grad_norm_`)
+    Adam over P parameter groups, group m at lr_m    (= P separate Adams: Adam is elementwise;
+                                                      a member without a gradient is skipped)
 
 (T = max_m T_m; shorter completions are padded with mask 0 for the batched passes and cut back
 to T_m for the objective, whose aggregation may depend on T.) Every forward runs each distinct
 prompt once per weight set and the completion tokens on its KV cache.
-    backward of sum_m loss_m  ->  d loss_m / d W[m] only (members share no parameters)
-    grad_m   *= min(1, max_grad_norm / ||grad_m||)   (per member, `clip_grad_norm_`)
-    Adam over P parameter groups, group m at lr_m    (= P separate Adams: Adam is elementwise)
 
-Restrictions (others raise ValueError naming the member): on-policy data without a preference
-loss, no critic advantage (``gae``), no ``trpo`` surrogate, ``epochs`` 1, the same
-``group_size`` for every member; ``config.minibatches`` 1; a plain transformers GPT-2 policy
-(`fast_gpt2.supports`) with full fine-tuning (no LoRA) and no value head. Old log-probs are
-the training forward's, detached (the one-update-per-batch path of `Trainer`).
+Restrictions (others raise `PopulationUnsupported`, naming the member): on-policy data
+without a preference loss, no critic advantage (``gae``), no ``trpo`` surrogate, the same
+``group_size`` for every member (``epochs`` may differ); ``config.minibatches`` 1; a plain
+transformers GPT-2 policy (`fast_gpt2.supports`) with full fine-tuning (no LoRA) and no value
+head.
 
 A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
-``max_kl_to_ref``) stops training there; the others go on. Evaluation (`evaluate`) is greedy on
+``max_kl_to_ref``) stops training there; the others go on; so does a member stopped by the
+caller (`PopulationTrainer.stop`, e.g. pruned). Evaluation (`evaluate`) is greedy on
 the held-out prompts for every live member at once, as `Trainer.evaluate` does for one.
 
 Shapes: P members, M live members, B rows (prompts x group size), L = prompt + completion
@@ -41,7 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -309,14 +313,17 @@ def unsupported_reason(spec: ObjectiveSpec) -> str | None:
         return "surrogate 'trpo' needs its own natural-gradient step"
     if "critic" in build_objective(spec).advantage.component.tags:
         return f"advantage '{spec.advantage.name}' needs a critic"
-    if spec.epochs != 1:
-        return f"epochs {spec.epochs} (only 1 is supported)"
     return None
+
+
+class PopulationUnsupported(ValueError):
+    """Population mode cannot train these members or this policy (train them one by one)."""
 
 
 @dataclass
 class MemberState:
-    """One member's status: ``ok`` while training, else ``diverged`` with a ``reason``."""
+    """One member's status: ``ok`` while training, else why it stopped (``diverged``,
+    ``stopped``) with a ``reason``."""
 
     status: str = "ok"
     reason: str = ""
@@ -357,14 +364,16 @@ class PopulationTrainer:
             if reason is None and not (math.isfinite(lrs[i]) and lrs[i] >= 0):
                 reason = f"lr {lrs[i]!r} is not a finite number >= 0"
             if reason is not None:
-                raise ValueError(f"population member {i} ('{spec.name}'): {reason}")
+                raise PopulationUnsupported(f"population member {i} ('{spec.name}'): {reason}")
         if config.minibatches != 1:
-            raise ValueError(f"population mode needs minibatches 1, got {config.minibatches}")
+            raise PopulationUnsupported(
+                f"population mode needs minibatches 1, got {config.minibatches}"
+            )
         lm = policy.fast_lm()
         with policy.reference():
             reference = policy.fast_lm()
         if lm is None or reference is None or policy.has_value_head:
-            raise ValueError(
+            raise PopulationUnsupported(
                 "population mode needs a plain GPT-2 policy (fast_gpt2.supports), with full "
                 "fine-tuning (no LoRA), no value head, policy.fast_path on and a frozen reference"
             )
@@ -393,6 +402,10 @@ class PopulationTrainer:
         """Indices of the members still training."""
         return [i for i, member in enumerate(self.members) if member.status == "ok"]
 
+    def stop(self, i: int, status: str, reason: str) -> None:
+        """Stop training member i (it keeps its weights; later steps skip it)."""
+        self.members[i] = MemberState(status, reason)
+
     def member_state(self, i: int) -> dict[str, Tensor]:
         """A copy of member i's current weights by transformers parameter name."""
         return {
@@ -410,32 +423,44 @@ class PopulationTrainer:
         }
 
     def _reference_logp(self, prompts: SharedPrompts, ids: Tensor, mask: Tensor) -> Tensor:
-        """[M, B, T] reference log-probs: all M * B rows through the shared reference at once
-        (each distinct prompt once)."""
+        """[M, B, T] reference log-probs of the M * B rows, through the shared reference.
+
+        The reference does not depend on the member, and members that start from the same
+        warm start with equally seeded generators often draw the same completion for a row:
+        each distinct (prompt, completion, mask) row runs once, each distinct prompt once.
+        """
         m, b, t = ids.shape
+        rows = torch.cat(
+            [prompts.rows.repeat(m)[:, None], ids.view(m * b, t), mask.view(m * b, t)], 1
+        )
+        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)  # [U, 1 + 2T], [M * B]
+        shared = SharedPrompts(prompts.ids, prompts.mask, distinct[:, 0])
         with torch.no_grad():
             logp, _ = self.model.logprobs(
-                self.reference, prompts.repeat(m), ids.view(1, m * b, t), mask.view(1, m * b, t)
+                self.reference, shared, distinct[None, :, 1 : 1 + t], distinct[None, :, 1 + t :]
             )
-        return logp.view(m, b, t)
+        return logp[0, inverse].view(m, b, t)
 
     # ---- one step --------------------------------------------------------------------
     def step(self, step: int) -> list[dict[str, float] | None]:
         """One rollout-and-update step of every live member.
 
-        Returns, per member, its float metrics as `Trainer.step` reports them (``reward``,
-        ``kl_to_ref``, ``completion_length``, ``loss``, ``grad_norm`` and the objective's own),
-        or None for a member that stopped at an earlier step. A member whose metrics diverge
-        here gets them returned and stops (see `members`).
+        Every live member samples, then updates ``epochs`` times on its batch (as `Trainer`
+        does with one minibatch): update k trains, in one batched forward and backward, the
+        members whose ``epochs`` exceed k. Returns, per member, its float metrics as
+        `Trainer.step` reports them (``reward``, ``kl_to_ref``, ``completion_length``,
+        ``loss``, ``grad_norm`` and the objective's own, from its last update), or None for a
+        member that stopped at an earlier step. A member whose metrics diverge here gets them
+        returned and stops (see `members`).
         """
         live, cfg = self.live, self.config
         results: list[dict[str, float] | None] = [None] * len(self.members)
         if not live:
             return results
-        weights = self._weights(live, grad=True)
+        frozen = self._weights(live, grad=False)
         group_size = self.specs[live[0]].group_size
         rollouts = self.model.sample(
-            {k: v.detach() for k, v in weights.items()},
+            frozen,
             self.tokenizer,
             train_prompts(self.task, cfg, step, group_size),
             group_size,
@@ -444,33 +469,51 @@ class PopulationTrainer:
             cfg.temperature,
         )
         shared, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
-        logp, entropy = self.model.logprobs(weights, shared, ids, mask)
         ref_logp = self._reference_logp(shared, ids, mask)
-        losses, metrics = [], []
-        for m, (i, rollout) in enumerate(zip(live, rollouts, strict=True)):
+        epochs = [self.specs[i].epochs for i in live]
+        # As in `Trainer`: one update at temperature 1 uses the sampling log-probs as old ones
+        # (and the ratio is exactly 1); otherwise old log-probs come from a no-grad forward.
+        old_is_new = [e == 1 and cfg.temperature == 1.0 for e in epochs]
+        forward_old = None
+        if not all(old_is_new):
+            with torch.no_grad():
+                forward_old, _ = self.model.logprobs(frozen, shared, ids, mask)
+        scored: list[ScoredRollout] = []
+        for m, rollout in enumerate(rollouts):
             own = rollout.completion_ids.shape[1]  # this member's T (what its Trainer sees)
-            new = logp[m, :, :own]
-            old = rollout.sample_logp if cfg.temperature == 1.0 else new.detach()
-            scored = ScoredRollout(
-                rollout, task_rewards(self.task, rollout), old, ref_logp[m, :, :own], None
-            )
-            loss, member_metrics = self.objectives[i](
-                rollout_batch(scored, new, entropy[m, :, :own], old_is_new=True)
-            )
-            mask_m = rollout.completion_mask
-            member_metrics["reward"] = scored.rewards.mean()
-            member_metrics["kl_to_ref"] = sequence_k3(old, scored.ref_logp, mask_m).mean()
-            member_metrics["completion_length"] = mask_m.sum(-1).float().mean()
-            losses.append(loss)
-            metrics.append(member_metrics)
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
-        for i, member_metrics in zip(live, metrics, strict=True):
-            norm = torch.nn.utils.clip_grad_norm_(self.params[i], cfg.max_grad_norm or math.inf)
-            member_metrics["grad_norm"] = norm.detach()
-        self.optimizer.step()
-        for i, member_metrics in zip(live, metrics, strict=True):
-            results[i] = self._finish(i, member_metrics, step)
+            old = rollout.sample_logp if forward_old is None else forward_old[m, :, :own]
+            old = rollout.sample_logp if old_is_new[m] else old
+            reward = task_rewards(self.task, rollout)
+            scored.append(ScoredRollout(rollout, reward, old, ref_logp[m, :, :own], None))
+        metrics: list[dict[str, Tensor]] = [{} for _ in live]
+        for update in range(max(epochs)):
+            active = [m for m, e in enumerate(epochs) if e > update]
+            weights = self._weights([live[m] for m in active], grad=True)
+            logp, entropy = self.model.logprobs(weights, shared, ids[active], mask[active])
+            losses = []
+            for row, m in enumerate(active):
+                own = scored[m].rollout.completion_ids.shape[1]
+                batch = rollout_batch(
+                    scored[m], logp[row, :, :own], entropy[row, :, :own], old_is_new[m]
+                )
+                loss, metrics[m] = self.objectives[live[m]](batch)
+                losses.append(loss)
+            self.optimizer.zero_grad(set_to_none=True)  # members left out take no Adam step
+            torch.stack(losses).sum().backward()
+            for m in active:
+                norm = torch.nn.utils.clip_grad_norm_(
+                    self.params[live[m]], cfg.max_grad_norm or math.inf
+                )
+                metrics[m]["grad_norm"] = norm.detach()
+            self.optimizer.step()
+        for m, i in enumerate(live):
+            mask_m = scored[m].rollout.completion_mask
+            metrics[m]["reward"] = scored[m].rewards.mean()
+            metrics[m]["kl_to_ref"] = sequence_k3(
+                scored[m].old_logp, scored[m].ref_logp, mask_m
+            ).mean()
+            metrics[m]["completion_length"] = mask_m.sum(-1).float().mean()
+            results[i] = self._finish(i, metrics[m], step)
         return results
 
     def _finish(self, i: int, metrics: dict[str, Tensor], step: int) -> dict[str, float]:
@@ -524,47 +567,3 @@ class PopulationTrainer:
         for m, i in enumerate(live):
             reports[i] = EvalReport(results[m].reward, results[m].accuracy, kl[m])
         return reports
-
-
-def train_population(
-    specs: Sequence[ObjectiveSpec],
-    task: Task,
-    config: TrainConfig,
-    policy: Policy,
-    lrs: Sequence[float] | None = None,
-) -> list[dict[str, Any]]:
-    """Train every member for ``config.steps`` steps, evaluating before, every
-    ``eval_every`` steps and after the last, as `train` does for one candidate.
-
-    Returns one summary per member: ``objective`` (spec dict), ``objective_key``, ``lr``,
-    ``initial_eval``, ``final_eval`` (``{reward, accuracy, kl_to_ref}``; the last evaluation
-    before a member stopped), ``steps`` (steps it trained), ``status`` (``ok`` |
-    ``diverged``), ``reason`` and ``metrics`` (its per-step records; as in `train`, none for
-    the step that diverged).
-    """
-    trainer = PopulationTrainer(specs, task, config, policy, lrs)
-    evals: list[EvalReport | None] = trainer.evaluate()
-    initial = list(evals)
-    history: list[list[dict[str, float]]] = [[] for _ in specs]
-    for step in range(config.steps):
-        for i, record in enumerate(trainer.step(step)):
-            if record is not None and trainer.members[i].status == "ok":
-                history[i].append({"step": step + 1, **record})
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            for i, report in enumerate(trainer.evaluate()):
-                if report is not None:
-                    evals[i] = report
-    return [
-        {
-            "objective": spec.to_dict(),
-            "objective_key": spec.key(),
-            "lr": trainer.lrs[i],
-            "initial_eval": None if initial[i] is None else initial[i].to_dict(),
-            "final_eval": None if evals[i] is None else evals[i].to_dict(),
-            "steps": len(history[i]),
-            "status": trainer.members[i].status,
-            "reason": trainer.members[i].reason,
-            "metrics": history[i],
-        }
-        for i, spec in enumerate(specs)
-    ]

@@ -17,7 +17,6 @@ import json
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import optuna
 import pytest
-from campaign_helpers import cli_env, integrity, invoke, write_space
+from campaign_helpers import cli_env, db_states, integrity, invoke, write_space
 from optuna.trial import TrialState
 
 from grape_evo.objective import presets
@@ -127,23 +126,6 @@ def trial_snapshot(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "datetime_complete": trial.datetime_complete,
         "user_attrs": trial.user_attrs,
     }
-
-
-def db_states(db: Path) -> list[tuple[int, str, Any]]:
-    """(number, state, last heartbeat or None) of every trial, read from the SQLite file."""
-    if not db.exists():
-        return []
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute(
-                "SELECT t.number, t.state, h.heartbeat FROM trials AS t "
-                "LEFT JOIN trial_heartbeats AS h ON h.trial_id = t.trial_id"
-            ).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
 
 
 def fake_reward(spec_key: str, overrides: dict[str, Any] | None = None) -> float:

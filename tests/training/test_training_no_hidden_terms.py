@@ -37,7 +37,7 @@ def _spy(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     real_apply = trainer._apply
 
     def apply(total: torch.Tensor) -> torch.Tensor:
-        seen["totals"].append(float(total))
+        seen["totals"].append(float(total.detach()))
         out = real_apply(total)  # zero_grad, backward, clip (disabled here), step
         seen["grads"].append(
             {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
@@ -98,7 +98,7 @@ def test_grpo_batch_and_loss_are_the_objectives(warm_policy, tiny, monkeypatch) 
     torch.testing.assert_close(batch.old_logp, out.logp.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batch.mask.float(), mask)
     assert batch.group_ids.tolist() == rollout.group_ids.tolist()
-    assert float(((out.logp - ref).abs() * mask).max()) > 1e-4, "KL term would be vacuous"
+    assert float(((out.logp.detach() - ref).abs() * mask).max()) > 1e-4, "KL term would be vacuous"
 
     # The loss worked out by hand (DeepSeekMath GRPO): ratio = 1 on the first update, so
     # per token L = -A_i + coef * k3 with k3 = exp(ref - logp) - (ref - logp) - 1, averaged
@@ -123,7 +123,7 @@ def test_grpo_batch_and_loss_are_the_objectives(warm_policy, tiny, monkeypatch) 
     torch.testing.assert_close(via_objective, expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-6)
     # What the optimizer stepped on is exactly that loss.
-    assert seen["totals"] == [pytest.approx(float(expected), rel=1e-4, abs=1e-6)]
+    assert seen["totals"] == [pytest.approx(float(expected.detach()), rel=1e-4, abs=1e-6)]
     _assert_same_grads(seen["grads"][0], _grads(before, expected))
 
 
@@ -191,5 +191,5 @@ def test_ppo_adds_only_the_value_loss(warm_policy, tiny, monkeypatch) -> None:
     returns = _gae_returns(rewards, token_rewards, old_values, mask, gamma, lam)
     value_loss = 0.5 * (((out.values - returns) ** 2) * mask).sum() / mask.sum()
     total = policy_loss + cfg.value_coef * value_loss
-    assert seen["totals"] == [pytest.approx(float(total), rel=1e-4, abs=1e-5)]
+    assert seen["totals"] == [pytest.approx(float(total.detach()), rel=1e-4, abs=1e-5)]
     _assert_same_grads(seen["grads"][0], _grads(before, total))

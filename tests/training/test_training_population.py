@@ -1,29 +1,34 @@
 """Population mode trains each member as a `Trainer` would train it alone.
 
 * Member i's prompts and completions equal a `Trainer`'s for candidate i (same seed, same
-  warm start, its own lr); its loss and metrics match, and so do its weights after each step
-  and its evaluation (up to float rounding: the batched forward sums in another order than the
-  prefix-tree forward).
+  warm start, its own lr, its own number of epochs); its loss and metrics match, and so do its
+  weights after each step and its evaluation (up to float rounding: the batched forward sums
+  in another order than the prefix-tree forward).
 * A member with an unsupported objective is rejected with a ValueError that names it.
 * Independently of any trainer: Adam at lr 0 leaves a member's weights exactly as they were,
   while its neighbour trains; a member that diverges stops and the others go on.
+* `train_population` writes each member's run folder as `train` writes it for that member
+  alone; a step callback's error stops its member only; a policy population mode cannot
+  train (LoRA) raises `PopulationUnsupported` before any run folder is written.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from grape_evo.objective import ObjectiveSpec, presets
-from grape_evo.policy import Rollout
+from grape_evo.policy import PolicyConfig, Rollout
 from grape_evo.tasks import get_task
-from grape_evo.training import Trainer
-from grape_evo.training.population import PopulationTrainer, StackedGPT2, train_population
+from grape_evo.training import PopulationUnsupported, Trainer, train, train_population
+from grape_evo.training.population import PopulationTrainer, StackedGPT2
 
 trainer_module = importlib.import_module("grape_evo.training.trainer")
 
@@ -89,13 +94,28 @@ def _population_run(
     }
 
 
+@pytest.mark.parametrize(
+    ("members", "lrs", "temperature"),
+    [
+        (lambda: [presets.get("grpo"), presets.get("dr_grpo")], [1e-3, 3e-4], 1.0),
+        # Two updates per batch for one member (old log-probs from a no-grad forward; the other
+        # member sits out the second update), and the same at another sampling temperature.
+        (lambda: [_with("grpo", epochs=2), presets.get("cispo")], [1e-3, 3e-4], 1.0),
+        (lambda: [presets.get("grpo"), _with("dapo", epochs=3)], [3e-4, 1e-3], 0.7),
+    ],
+    ids=["one-update", "epochs-2", "epochs-3-temperature-0.7"],
+)
 def test_members_match_their_own_trainers(
-    warm_policy: Callable[..., Any], tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    warm_policy: Callable[..., Any],
+    tiny: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    members: Callable[[], list[ObjectiveSpec]],
+    lrs: list[float],
+    temperature: float,
 ) -> None:
     task = get_task("addition")
-    config = tiny(batch_size=BATCH, seed=3)
-    specs = [presets.get("grpo"), presets.get("dr_grpo")]
-    lrs = [1e-3, 3e-4]
+    config = tiny(batch_size=BATCH, seed=3, temperature=temperature)
+    specs = members()
     population = _population_run(specs, lrs, task, config, warm_policy(task), monkeypatch)
     for i, (spec, lr) in enumerate(zip(specs, lrs, strict=True)):
         alone = _trainer_run(spec, task, replace(config, lr=lr), warm_policy(task), monkeypatch)
@@ -137,7 +157,6 @@ def _with(name: str, **changes: Any) -> ObjectiveSpec:
         (lambda: presets.get("dpo"), "not on_policy"),
         (lambda: presets.get("online_dpo"), "preference loss"),
         (lambda: presets.get("sft"), "not on_policy"),
-        (lambda: _with("grpo", epochs=2), "epochs 2"),
         (lambda: _with("grpo", group_size=4), "group_size 4"),
     ],
 )
@@ -173,15 +192,110 @@ def test_lr_zero_keeps_the_weights_exactly(
 
 
 def test_a_diverged_member_stops_and_the_others_go_on(
-    warm_policy: Callable[..., Any], tiny: Callable[..., Any]
+    tiny: Callable[..., Any],
+    cache_dir: Path,
+    tmp_path: Path,
+    read_jsonl: Callable[[Path], list[dict[str, Any]]],
 ) -> None:
     task = get_task("addition")
     config = tiny(batch_size=BATCH, steps=3, max_kl_to_ref=0.5)
+    folders = [tmp_path / "steady", tmp_path / "wild"]
     summaries = train_population(
-        [presets.get("grpo"), presets.get("cispo")], task, config, warm_policy(task), [0.0, 1.0]
+        [presets.get("grpo"), presets.get("cispo")],
+        task,
+        [replace(config, lr=0.0), replace(config, lr=1.0)],
+        PolicyConfig(),
+        out_dirs=folders,
+        progress=False,
+        cache_dir=cache_dir,
     )
     steady, wild = summaries
     assert steady["status"] == "ok" and steady["steps"] == 3
-    assert steady["final_eval"] is not None and steady["final_eval"]["kl_to_ref"] < 1e-4
+    assert steady["final_eval"]["kl_to_ref"] < 1e-4 and steady["kl_to_ref"] < 1e-4
     assert wild["status"] == "diverged" and "max_kl_to_ref" in wild["reason"]
-    assert 0 < wild["steps"] < 3 and len(wild["metrics"]) == wild["steps"]
+    assert 0 < wild["steps"] < 3 and wild["final_eval"] is None  # as `train` reports it
+    for folder, summary in zip(folders, summaries, strict=True):
+        assert json.loads((folder / "summary.json").read_text()) == summary
+        records = read_jsonl(folder / "metrics.jsonl")
+        assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
+    assert steady["train_config"]["lr"] == 0.0 and wild["train_config"]["lr"] == 1.0
+
+
+def test_run_folders_match_train_alone(
+    tiny: Callable[..., Any],
+    cache_dir: Path,
+    tmp_path: Path,
+    read_jsonl: Callable[[Path], list[dict[str, Any]]],
+) -> None:
+    """Each member's metrics.jsonl and summary are what `train` writes for it alone."""
+    task = get_task("addition")
+    config = tiny(batch_size=BATCH, steps=STEPS, seed=5)
+    specs = [presets.get("grpo"), presets.get("dr_grpo")]
+    configs = [replace(config, lr=1e-3), replace(config, lr=3e-4)]
+    folders = [tmp_path / "population" / spec.name for spec in specs]
+    summaries = train_population(
+        specs, task, configs, out_dirs=folders, progress=False, cache_dir=cache_dir
+    )
+    for spec, member_config, folder, ours in zip(specs, configs, folders, summaries, strict=True):
+        alone_dir = tmp_path / "alone" / spec.name
+        theirs = train(
+            spec, task, member_config, out_dir=alone_dir, progress=False, cache_dir=cache_dir
+        )
+        assert ours["population"] == 2
+        for key in ("objective_key", "task", "seed", "train_config", "policy", "status", "steps"):
+            assert ours[key] == theirs[key], key
+        for key in ("initial_eval", "final_eval"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+        mine_records = read_jsonl(folder / "metrics.jsonl")
+        alone_records = read_jsonl(alone_dir / "metrics.jsonl")
+        assert len(mine_records) == len(alone_records) == STEPS
+        for mine, alone in zip(mine_records, alone_records, strict=True):
+            assert set(mine) == set(alone)
+            for key, value in alone.items():
+                if key != "seconds" and value is not None:
+                    assert mine[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_a_callback_error_stops_only_its_member(tiny: Callable[..., Any], cache_dir: Path) -> None:
+    task = get_task("addition")
+    config = tiny(batch_size=BATCH, steps=3)
+    seen: list[tuple[int, int]] = []
+
+    def record(member: int) -> Callable[[int, dict[str, Any]], None]:
+        def callback(step: int, _record: dict[str, Any]) -> None:
+            seen.append((member, step))
+            if member == 0 and step == 1:
+                raise RuntimeError("pruned here")
+
+        return callback
+
+    stopped, going = train_population(
+        [presets.get("grpo")] * 2,
+        task,
+        [config, config],
+        progress=False,
+        cache_dir=cache_dir,
+        step_callbacks=[record(0), record(1)],
+    )
+    assert stopped["status"] == "stopped" and stopped["reason"] == "RuntimeError: pruned here"
+    assert stopped["steps"] == 1 and stopped["final_eval"] is not None
+    assert stopped["kl_to_ref"] is None  # as `train` reports a stopped run
+    assert going["status"] == "ok" and going["steps"] == 3
+    assert sorted(seen) == [(0, 1), (1, 1), (1, 2), (1, 3)]
+
+
+def test_unsupported_policy_writes_nothing(
+    tiny: Callable[..., Any], cache_dir: Path, tmp_path: Path
+) -> None:
+    task = get_task("addition")
+    with pytest.raises(PopulationUnsupported, match="LoRA"):
+        train_population(
+            [presets.get("grpo")] * 2,
+            task,
+            [tiny(batch_size=BATCH)] * 2,
+            PolicyConfig(lora_rank=2),
+            out_dirs=[tmp_path / "a", tmp_path / "b"],
+            progress=False,
+            cache_dir=cache_dir,
+        )
+    assert not (tmp_path / "a" / "summary.json").exists()

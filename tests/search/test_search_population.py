@@ -1,0 +1,236 @@
+"""Population mode in a campaign (``Campaign(population=P)``, ``grape evolve --population P``).
+
+* The same trials (same seeded sampler, same enqueued baselines) get the same states, genes and
+  values as in a sequential campaign, up to float rounding; each keeps its own folder with
+  verified checksums. Members that population mode cannot train (PPO's critic) train alone.
+* A pruned member leaves the population while the others complete; Ctrl-C records every
+  trial of the round as FAIL and nothing stays RUNNING; a SIGKILLed population campaign
+  resumes, retrying each of its P trials once; a policy that population mode cannot train
+  (LoRA, or a model it rejects) trains each candidate alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from campaign_helpers import cli_env, db_states, integrity, invoke, write_space
+from optuna.trial import FrozenTrial, TrialState
+
+from grape_evo.search import campaign as campaign_module
+from grape_evo.search.campaign import Campaign, CampaignError, budget_used
+from grape_evo.search.evaluator import verify_artifacts
+from grape_evo.search.space import parse_space
+from grape_evo.training import PopulationUnsupported
+
+SPACE: dict[str, Any] = {
+    "name": "pop",
+    "tasks": ["addition"],
+    "policy": {"preset": "tiny"},
+    "budget": {
+        "steps": 2,
+        "seeds": 2,
+        "eval_every": 1,
+        "eval_prompts": 8,
+        "batch_size": 8,
+        "warm_start_steps": 5,
+        "reeval_seeds": 2,
+        "top_k": 2,
+    },
+    "base": "grpo",
+    "axes": {
+        "advantage.name": {"choices": ["group_zscore", "group_mean", "rloo"]},
+        "surrogate.name": {"choices": ["reinforce", "ppo_clip"]},
+        "optim.lr": {"low": 1e-4, "high": 3e-3, "log": True},
+    },
+    "baselines": ["grpo", "ppo"],
+    "search": {"sampler": "random", "trials": 3, "pruner": "none", "seed": 11},
+}
+BUDGET = 5  # 3 candidates + 2 baselines
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _campaign_env(campaign_env: None) -> None:
+    """Every test here runs with the shared cache and one thread (tests/conftest.py)."""
+
+
+def run(tmp_path: Path, name: str, population: int, **space: Any) -> optuna.Study:
+    campaign = Campaign(parse_space({**SPACE, **space}), tmp_path / name, population=population)
+    study = campaign.open(create=True)
+    campaign.optimize(study, BUDGET, wait_for_running=True)
+    return study
+
+
+class PruneTrial(optuna.pruners.BasePruner):
+    """Prunes one trial number at its first report; ``interrupt`` raises Ctrl-C instead."""
+
+    def __init__(self, number: int, interrupt: bool = False) -> None:
+        self.number, self.interrupt = number, interrupt
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if trial.number == self.number and self.interrupt:
+            raise KeyboardInterrupt
+        return trial.number == self.number
+
+
+def run_and_reevaluate(tmp_path: Path, name: str, population: int) -> tuple[Any, list[Any]]:
+    campaign = Campaign(parse_space(SPACE), tmp_path / name, population=population)
+    study = campaign.open(create=True)
+    campaign.optimize(study, BUDGET, wait_for_running=True)
+    return study.get_trials(), campaign.reevaluate(study)
+
+
+def test_population_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
+    sequential, sequential_rows = run_and_reevaluate(tmp_path, "sequential", population=1)
+    together, together_rows = run_and_reevaluate(tmp_path, "population", population=4)
+    assert [t.number for t in together] == [t.number for t in sequential] == list(range(BUDGET))
+    for ours, theirs in zip(together, sequential, strict=True):
+        assert ours.state == theirs.state == TrialState.COMPLETE, ours.number
+        assert ours.params == theirs.params
+        assert ours.user_attrs["key"] == theirs.user_attrs["key"]
+        assert ours.value == pytest.approx(theirs.value, abs=1e-6), ours.number
+        assert ours.intermediate_values.keys() == theirs.intermediate_values.keys()
+        for step, value in theirs.intermediate_values.items():
+            assert ours.intermediate_values[step] == pytest.approx(value, abs=1e-6)
+        folder = tmp_path / "population" / "trials" / f"{ours.number:05d}"
+        assert verify_artifacts(folder, ours.user_attrs["artifacts"]) == []
+        summary = json.loads((folder / "addition" / "seed1" / "summary.json").read_text())
+        # Round 1 asks trials 0-3: PPO (1, a critic) trains alone, 0, 2 and 3 together;
+        # round 2 has one trial left (4), which trains alone.
+        expected = {0: 3, 1: None, 2: 3, 3: 3, 4: None}[ours.number]
+        assert summary.get("population") == expected, ours.number
+    # Re-evaluation on fresh seeds: the top 2 and GRPO together, PPO alone; same numbers.
+    assert [r["label"] for r in together_rows] == [r["label"] for r in sequential_rows]
+    for ours, theirs in zip(together_rows, sequential_rows, strict=True):
+        assert ours["rewards"] == pytest.approx(theirs["rewards"], abs=1e-6), ours["label"]
+        folder = tmp_path / "population" / "reeval" / ours["label"] / "addition" / "seed1001"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary.get("population") == (None if ours["label"] == "ppo" else 3)
+    # Run again, the re-evaluation reads every run back instead of training it.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "population" / "reeval").rglob("*")}
+    campaign = Campaign(parse_space(SPACE), tmp_path / "population", population=4)
+    again = campaign.reevaluate(campaign.open(create=False))
+    assert [r["rewards"] for r in again] == [r["rewards"] for r in together_rows]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_a_pruned_member_leaves_and_the_others_complete(tmp_path: Path) -> None:
+    space = parse_space({**SPACE, "baselines": ["grpo"]})
+    campaign = Campaign(space, tmp_path / "run", population=4)
+    study = campaign.open(create=True)
+    study.pruner = PruneTrial(2)
+    campaign.optimize(study, 4, wait_for_running=True)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {
+        0: TrialState.COMPLETE,
+        1: TrialState.COMPLETE,
+        2: TrialState.PRUNED,
+        3: TrialState.COMPLETE,
+    }
+    pruned = study.trials[2]
+    assert list(pruned.intermediate_values) == [1]  # its first report (global step 1)
+    assert pruned.value == pruned.intermediate_values[1]
+    folder = tmp_path / "run" / "trials" / "00002" / "addition"
+    stopped = json.loads((folder / "seed0" / "summary.json").read_text())
+    assert stopped["status"] == "stopped" and "pruned at global step 1" in stopped["reason"]
+    assert stopped["steps"] == 1 and not (folder / "seed1").exists()
+    for n in (0, 1, 3):  # two seeds of two steps each: global steps 1, 2 and 3, 4
+        assert list(study.trials[n].intermediate_values) == [1, 2, 3, 4]
+
+
+def test_ctrl_c_fails_every_trial_of_the_round(tmp_path: Path) -> None:
+    space = parse_space({**SPACE, "baselines": ["grpo"]})
+    campaign = Campaign(space, tmp_path / "run", population=3)
+    study = campaign.open(create=True)
+    study.pruner = PruneTrial(1, interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        campaign.optimize(study, 4)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
+    for n in range(3):
+        summary = tmp_path / "run" / "trials" / f"{n:05d}" / "addition" / "seed0" / "summary.json"
+        assert json.loads(summary.read_text())["reason"] == "interrupted"
+    study.pruner = optuna.pruners.NopPruner()
+    campaign.optimize(study, 4, wait_for_running=True)  # resumes: the last slot
+    assert budget_used(study) == 4
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+
+
+def test_lora_policy_trains_each_candidate_alone(tmp_path: Path) -> None:
+    study = run(tmp_path, "lora", population=4, policy={"preset": "tiny", "lora_rank": 2})
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * BUDGET
+    for n in range(BUDGET):
+        folder = tmp_path / "lora" / "trials" / f"{n:05d}" / "addition" / "seed0"
+        assert "population" not in json.loads((folder / "summary.json").read_text())
+
+
+def test_a_rejected_population_falls_back_to_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def reject(*_args: Any, **_kwargs: Any) -> None:
+        raise PopulationUnsupported("this model is not a plain GPT-2")
+
+    monkeypatch.setattr(campaign_module, "run_population", reject)
+    with pytest.warns(RuntimeWarning, match="not a plain GPT-2.*one by one"):
+        study = run(tmp_path, "run", population=4)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * BUDGET
+
+
+def test_evolve_population_from_the_command_line(tmp_path: Path) -> None:
+    space = write_space(tmp_path, {**SPACE, "budget": {**SPACE["budget"], "reeval_seeds": 1}})
+    out = tmp_path / "run"
+    result = invoke("evolve", str(space), "--out", str(out), "--population", "4")
+    assert result.exit_code == 0, result.output
+    assert "(population 4)" in result.output and "5/5" in result.output
+    assert json.loads((out / "discoveries.json").read_text())["candidates"]
+    bad = invoke("evolve", str(space), "--out", str(tmp_path / "bad"), "--population", "0")
+    assert bad.exit_code == 2 and "Invalid value for '--population'" in bad.output
+    with pytest.raises(CampaignError, match="population must be an integer >= 1"):
+        Campaign(parse_space(SPACE), tmp_path / "x", population=0)
+
+
+def test_killed_population_campaign_resumes(tmp_path: Path, grape_cache: Path) -> None:
+    """SIGKILL while three trials train together: each sent its own heartbeats, so on
+    ``--resume`` each is failed as stale and retried once, and the retries complete."""
+    longer = {**SPACE["budget"], "steps": 8, "eval_every": 4, "batch_size": 16}
+    space = write_space(tmp_path, {**SPACE, "budget": longer, "baselines": ["grpo"]})
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "grape_evo.cli", "evolve", str(space), "--out", str(out)]
+    args += ["--population", "3", "--heartbeat", "1"]
+    proc = subprocess.Popen(
+        args, env=cli_env(grape_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            rows = db_states(out / "study.db")
+            beating = [n for n, state, beat in rows if state == "RUNNING" and beat is not None]
+            if len(beating) == 3:
+                break
+            assert proc.poll() is None, f"ended before the kill: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, f"never three trials training: {rows}"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(2.5)  # past the grace period (2 heartbeats)
+    resumed = subprocess.run(
+        [*args, "--resume"], env=cli_env(grape_cache), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="pop", storage=f"sqlite:///{out / 'study.db'}")
+    trials = study.get_trials()
+    killed = {n for n in beating}
+    assert {t.number for t in trials if t.state == TrialState.FAIL} == killed
+    retried = [t.system_attrs.get("failed_trial") for t in trials]
+    assert sorted(n for n in retried if n is not None) == sorted(killed)
+    assert all(t.state == TrialState.COMPLETE for t in trials if t.number not in killed)
+    assert budget_used(study) == 4 and integrity(out / "study.db") == "ok"
