@@ -16,7 +16,7 @@ so the worker processes' start-up (spawn, imports) is counted. The warm start is
 cached) before timing. Re-evaluation is not part of it. Prints one JSON document and writes it
 to ``--out``.
 
-    python benchmarks/trials_per_hour.py --trials 6 --steps 40 --rounds 2 --jobs 2 \\
+    python benchmarks/trials_per_hour.py --trials 6 --steps 40 --rounds 3 --jobs 2 \\
         --out benchmarks/results/trials_per_hour_cpu.json
 """
 

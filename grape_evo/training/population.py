@@ -273,7 +273,9 @@ class StackedGPT2:
                 for seq, value in zip(out[m], (tok, lp, active[m].long()), strict=True):
                     seq.append(value)
                 done[m] |= tok == eos
-                running[m] = step < max_new_tokens - 1 and not bool(done[m].all())
+            finished = done.all(dim=1).tolist()  # one host sync per decode step
+            last = step == max_new_tokens - 1
+            running = [r and not last and not f for r, f in zip(running, finished, strict=True)]
             if not any(running):
                 break
             key_mask = torch.cat([key_mask, active[:, :, None]], dim=-1)

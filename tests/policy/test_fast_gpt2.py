@@ -66,12 +66,20 @@ def _batch(tok: CharTokenizer, hole: bool = False) -> tuple[torch.Tensor, torch.
     return rollout.input_ids, mask, int(rollout.completion_ids.shape[1])
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+ATOL = {"cpu": 1e-5, "cuda": 1e-4}  # CUDA kernels (SDPA, GEMM) reduce in other orders
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ["gelu_pytorch_tanh", "gelu_new", "gelu"])
 @pytest.mark.parametrize("hole", [False, True])
-def test_logits_equal_transformers(tok: CharTokenizer, activation: str, hole: bool) -> None:
-    lm = _gpt2(activation)
+def test_logits_equal_transformers(
+    tok: CharTokenizer, activation: str, hole: bool, device: str
+) -> None:
+    lm = _gpt2(activation).to(device)
     assert fast_gpt2.supports(lm)
-    ids, mask, t = _batch(tok, hole)
+    ids, mask, t = (x.to(device) if isinstance(x, torch.Tensor) else x for x in _batch(tok, hole))
     with torch.no_grad():
         out = lm(
             input_ids=ids,
@@ -87,8 +95,9 @@ def test_logits_equal_transformers(tok: CharTokenizer, activation: str, hole: bo
     assert index.shape == real.shape
     # Shared prompts and completion prefixes are computed once: fewer positions than rows.
     assert logits.shape[0] == hidden.shape[0] == int(index.max()) + 1 < index.numel()
-    torch.testing.assert_close(logits[index][real], want_logits[real], atol=1e-5, rtol=0)
-    torch.testing.assert_close(hidden[index][real], want_hidden[real], atol=1e-5, rtol=0)
+    atol = ATOL[device]
+    torch.testing.assert_close(logits[index][real], want_logits[real], atol=atol, rtol=0)
+    torch.testing.assert_close(hidden[index][real], want_hidden[real], atol=atol, rtol=0)
 
 
 def test_single_completion_token(tok: CharTokenizer) -> None:

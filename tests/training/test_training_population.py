@@ -1,5 +1,7 @@
 """Population mode trains each member as a `Trainer` would train it alone.
 
+* The stacked forward of two weight sets gives each model's own transformers log-probs (on
+  CPU, and on CUDA where there is a device).
 * Member i's prompts and completions equal a `Trainer`'s for candidate i (same seed, same
   warm start, its own lr, its own number of epochs); its loss and metrics match, and so do its
   weights after each step and its evaluation (up to float rounding: the batched forward sums
@@ -25,12 +27,20 @@ import pytest
 import torch
 
 from grape_evo.objective import ObjectiveSpec, presets
-from grape_evo.policy import PolicyConfig, Rollout
+from grape_evo.policy import (
+    CharTokenizer,
+    PolicyConfig,
+    Rollout,
+    encode_pairs,
+    position_ids_from_mask,
+)
+from grape_evo.policy.fast_gpt2 import shared_prompts
 from grape_evo.tasks import get_task
 from grape_evo.training import PopulationUnsupported, Trainer, train, train_population
-from grape_evo.training.population import PopulationTrainer, StackedGPT2
+from grape_evo.training.population import PopulationTrainer, SharedPrompts, StackedGPT2
 
 trainer_module = importlib.import_module("grape_evo.training.trainer")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 BATCH = 16  # 2 prompts x 8 completions
 STEPS = 2
@@ -299,3 +309,45 @@ def test_unsupported_policy_writes_nothing(
             cache_dir=cache_dir,
         )
     assert not (tmp_path / "a" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "atol"), [("cpu", 1e-5), pytest.param("cuda", 1e-4, marks=CUDA)]
+)
+def test_stacked_forward_equals_each_models_own_forward(device: str, atol: float) -> None:
+    """`StackedGPT2.logprobs` over two weight sets: log_softmax of each transformers model's
+    own logits at the completion tokens (shared and unshared prompts, early-ending rows)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = CharTokenizer()
+    config = GPT2Config(
+        vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_embd=32, n_positions=64,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(GPT2LMHeadModel(config).eval().to(device))
+    pairs = [("12+34=", "46"), ("12+34=", "4"), ("7+8=", "15"), ("100+250=", "350")]
+    rollout = encode_pairs(tok, [p for p, _ in pairs], [c for _, c in pairs], device=device)
+    weights = {
+        name: torch.stack([dict(lm.named_parameters())[name].detach() for lm in models])
+        for name, _ in models[0].named_parameters()
+    }
+    prompts = SharedPrompts(*shared_prompts(rollout.prompt_ids, rollout.prompt_mask))
+    ids, mask = rollout.completion_ids, rollout.completion_mask
+    t, real = ids.shape[1], mask.bool()
+    with torch.no_grad():
+        stacked, _ = StackedGPT2.of(models[0]).logprobs(
+            weights, prompts, ids.expand(2, -1, -1), mask.expand(2, -1, -1)
+        )
+        for m, lm in enumerate(models):
+            full = rollout.attention_mask
+            logits = lm(
+                input_ids=rollout.input_ids,
+                attention_mask=full,
+                position_ids=position_ids_from_mask(full),
+            ).logits[:, -t - 1 : -1]
+            want = logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+            torch.testing.assert_close(stacked[m][real], want[real], atol=atol, rtol=0)
+    assert (stacked[0] - stacked[1]).abs().max() > 1e-3  # the two weight sets differ
