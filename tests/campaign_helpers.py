@@ -13,6 +13,18 @@ from typer.testing import CliRunner
 
 from grape_evo.cli import app
 
+TINY_BUDGET: dict[str, int] = {
+    "steps": 2,
+    "seeds": 2,
+    "eval_every": 1,
+    "eval_prompts": 8,
+    "batch_size": 8,
+    "warm_start_steps": 5,
+    "reeval_seeds": 2,
+    "top_k": 2,
+}
+"""A campaign budget whose trials take well under a second each (2 steps, 2 seeds)."""
+
 
 def write_space(folder: Path, data: dict[str, Any], filename: str = "space.yaml") -> Path:
     """``data`` as a search-space YAML file in ``folder``."""

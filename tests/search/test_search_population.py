@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 import pytest
-from campaign_helpers import cli_env, db_states, integrity, invoke, write_space
+from campaign_helpers import TINY_BUDGET, cli_env, db_states, integrity, invoke, write_space
 from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.search import campaign as campaign_module
@@ -33,16 +33,7 @@ SPACE: dict[str, Any] = {
     "name": "pop",
     "tasks": ["addition"],
     "policy": {"preset": "tiny"},
-    "budget": {
-        "steps": 2,
-        "seeds": 2,
-        "eval_every": 1,
-        "eval_prompts": 8,
-        "batch_size": 8,
-        "warm_start_steps": 5,
-        "reeval_seeds": 2,
-        "top_k": 2,
-    },
+    "budget": dict(TINY_BUDGET),
     "base": "grpo",
     "axes": {
         "advantage.name": {"choices": ["group_zscore", "group_mean", "rloo"]},
