@@ -15,7 +15,8 @@ from each member's own parameters, so gradients reach them)::
     old_logp  = the sampling log-probs (one update at temperature 1), else a no-grad forward
     then, for update k = 0 .. max_m epochs_m - 1, over the members with epochs_m > k:
     logp      = log pi_{W[m]}(completion)  (one forward of all their rows)          [M_k, B, T]
-    loss_m    = objective_m(batch_m)       (on member m's rows, its own T_m columns)
+    loss_m    = objective_m(batch_m)       (on member m's rows, its own T_m columns; a
+                                            preference loss on pairs inside its groups)
     backward of sum_m loss_m  ->  d loss_m / d W[m] only (members share no parameters)
     grad_m   *= min(1, max_grad_norm / ||grad_m||)   (per member, `clip_grad_norm_`)
     Adam over P parameter groups, group m at lr_m    (= P separate Adams: Adam is elementwise;
@@ -25,8 +26,8 @@ from each member's own parameters, so gradients reach them)::
 to T_m for the objective, whose aggregation may depend on T.) Every forward runs each distinct
 prompt once per weight set and the completion tokens on its KV cache.
 
-Restrictions (others raise `PopulationUnsupported`, naming the member): on-policy data
-without a preference loss, no critic advantage (``gae``), no ``trpo`` surrogate, the same
+Restrictions (others raise `PopulationUnsupported`, naming the member): on-policy data (RL
+or online preference pairs), no critic advantage (``gae``), no ``trpo`` surrogate, the same
 ``group_size`` for every member (``epochs`` may differ); ``config.minibatches`` 1; a plain
 transformers GPT-2 policy (`fast_gpt2.supports`) with full fine-tuning (no LoRA) and no value
 head.
@@ -59,12 +60,14 @@ from grape_evo.policy.model import position_ids_from_mask, token_logprobs
 from grape_evo.policy.sampling import build_rollout, encode_prompts, next_tokens
 from grape_evo.policy.tokenizer import TextTokenizer
 from grape_evo.tasks import Task
-from grape_evo.training.batches import ScoredRollout, task_rewards
+from grape_evo.training.batches import ScoredRollout, online_pairs, task_rewards
 from grape_evo.training.config import TrainConfig
 from grape_evo.training.trainer import (
     Diverged,
     EvalReport,
     eval_generator,
+    no_pair_metrics,
+    online_preference_loss,
     rollout_batch,
     sequence_k3,
     step_metrics,
@@ -309,8 +312,6 @@ def unsupported_reason(spec: ObjectiveSpec) -> str | None:
     spec = spec.canonical()
     if spec.data != "on_policy":
         return f"data '{spec.data}' is not on_policy"
-    if spec.preference is not None:
-        return f"preference loss '{spec.preference.name}' (online pairs) is not supported"
     if spec.surrogate.name == "trpo":
         return "surrogate 'trpo' needs its own natural-gradient step"
     if "critic" in build_objective(spec).advantage.component.tags:
@@ -487,18 +488,31 @@ class PopulationTrainer:
             old = rollout.sample_logp if old_is_new[m] else old
             reward = task_rewards(self.task, rollout)
             scored.append(ScoredRollout(rollout, reward, old, ref_logp[m, :, :own], None))
-        metrics: list[dict[str, Tensor]] = [{} for _ in live]
-        for update in range(max(epochs)):
-            active = [m for m, e in enumerate(epochs) if e > update]
+        pairs = [self._online_pairs(i, member) for i, member in zip(live, scored, strict=True)]
+        # As in `Trainer`, a preference member whose groups all tie has no pair: no update.
+        updates = [
+            0 if p is not None and p[0].numel() == 0 else e
+            for p, e in zip(pairs, epochs, strict=True)
+        ]
+        metrics: list[dict[str, Tensor]] = [
+            {} if n else no_pair_metrics(self.device) for n in updates
+        ]
+        for update in range(max(updates)):
+            active = [m for m, n in enumerate(updates) if n > update]
             weights = self._weights([live[m] for m in active], grad=True)
             logp, entropy = self.model.logprobs(weights, shared, ids[active], mask[active])
             losses = []
             for row, m in enumerate(active):
                 own = scored[m].rollout.completion_ids.shape[1]
-                batch = rollout_batch(
-                    scored[m], logp[row, :, :own], entropy[row, :, :own], old_is_new[m]
-                )
-                loss, metrics[m] = self.objectives[live[m]](batch)
+                new, new_entropy = logp[row, :, :own], entropy[row, :, :own]
+                objective, member_pairs = self.objectives[live[m]], pairs[m]
+                if member_pairs is None:
+                    batch = rollout_batch(scored[m], new, new_entropy, old_is_new[m])
+                    loss, metrics[m] = objective(batch)
+                else:
+                    _, loss, metrics[m] = online_preference_loss(
+                        objective, scored[m], new, new_entropy, *member_pairs
+                    )
                 losses.append(loss)
             self.optimizer.zero_grad(set_to_none=True)  # members left out take no Adam step
             torch.stack(losses).sum().backward()
@@ -517,6 +531,13 @@ class PopulationTrainer:
             metrics[m]["completion_length"] = mask_m.sum(-1).float().mean()
             results[i] = self._finish(i, metrics[m], step)
         return results
+
+    def _online_pairs(self, i: int, scored: ScoredRollout) -> tuple[Tensor, Tensor] | None:
+        """Member i's (chosen, rejected) rows when its objective is a preference loss."""
+        preference = self.specs[i].preference
+        if preference is None:
+            return None
+        return online_pairs(scored.rewards, scored.rollout.group_ids, preference.pairing)
 
     def _finish(self, i: int, metrics: dict[str, Tensor], step: int) -> dict[str, float]:
         """Member i's float metrics; a diverged member stops (its objective state is kept)."""

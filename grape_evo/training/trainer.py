@@ -122,6 +122,31 @@ def rollout_batch(
     )
 
 
+def online_preference_loss(
+    objective: Objective,
+    scored: ScoredRollout,
+    logp: Tensor,
+    entropy: Tensor,
+    chosen: Tensor,
+    rejected: Tensor,
+) -> tuple[PreferenceBatch, Tensor, dict[str, Tensor]]:
+    """A preference objective on pairs of one rollout's rows (``chosen`` vs ``rejected``,
+    from `online_pairs`), with the policy's log-probs ``logp`` and ``entropy`` [B, T]: the
+    pairs, the loss and its metrics plus ``entropy`` (token mean over the completions)."""
+    mask = scored.rollout.completion_mask
+    pairs = preference_batch(logp, scored.ref_logp, mask, chosen, rejected)
+    loss, metrics = objective(pairs)
+    metrics["entropy"] = masked_mean(entropy.detach(), mask)
+    metrics["pairs"] = torch.tensor(float(chosen.numel()))
+    return pairs, loss, metrics
+
+
+def no_pair_metrics(device: torch.device) -> dict[str, Tensor]:
+    """A preference step's metrics when no group has two different rewards: no update."""
+    zero = torch.zeros((), device=device)
+    return {"loss": zero, "pairs": zero, "grad_norm": zero}
+
+
 def sequence_k3(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
     """[B] per-sequence KL(pi || pi_ref) estimates: k3 summed over tokens sampled from pi."""
     return (k3(logp, ref_logp) * mask.to(logp.dtype)).sum(-1)
@@ -329,20 +354,16 @@ class Trainer:
             scored.rewards, scored.rollout.group_ids, self.spec.preference.pairing
         )
         if chosen.numel() == 0:
-            zero = torch.zeros((), device=self.device)
-            return {"loss": zero, "pairs": zero, "grad_norm": zero}
+            return no_pair_metrics(self.device)
         metrics: dict[str, Tensor] = {}
         for _ in range(self.spec.epochs):
             out = completion_logprobs(self.policy, scored.rollout)
-            pairs = preference_batch(
-                out.logp, scored.ref_logp, scored.rollout.completion_mask, chosen, rejected
+            pairs, loss, metrics = online_preference_loss(
+                self.objective, scored, out.logp, out.entropy, chosen, rejected
             )
-            loss, metrics = self.objective(pairs)
             if self.loss_hook is not None:
                 self.loss_hook(pairs, loss)
             metrics["grad_norm"] = self._apply(loss)
-            metrics["entropy"] = masked_mean(out.entropy.detach(), scored.rollout.completion_mask)
-        metrics["pairs"] = torch.tensor(float(chosen.numel()))
         return metrics
 
     def _demonstration_step(self, step: int) -> dict[str, Tensor]:
