@@ -10,7 +10,8 @@ than the prefix-tree forward of `fast_gpt2`).
 One step for the M live members (stacked weights ``W[m]`` [M, ...], stacked with `torch.stack`
 from each member's own parameters, so gradients reach them)::
 
-    rollouts  = lockstep KV-cache sampling, member m from W[m] with generator m   [M, B, T_m]
+    rollouts  = lockstep KV-cache sampling, member m from W[m] with generator m on its own
+                prompts (its group size: B / group_size_m prompts)                 [M, B, T_m]
     ref_logp  = log pi_ref(completion)     (the shared frozen warm start, no grad) [M, B, T]
     old_logp  = the sampling log-probs (one update at temperature 1), else a no-grad forward
     then, for update k = 0 .. max_m epochs_m - 1, over the members with epochs_m > k:
@@ -23,14 +24,15 @@ from each member's own parameters, so gradients reach them)::
                                                       a member without a gradient is skipped)
 
 (T = max_m T_m; shorter completions are padded with mask 0 for the batched passes and cut back
-to T_m for the objective, whose aggregation may depend on T.) Every forward runs each distinct
-prompt once per weight set and the completion tokens on its KV cache.
+to T_m for the objective, whose aggregation may depend on T; prompts are left-padded to the
+longest, `MemberPrompts`.) Every forward runs each member's distinct prompts once on its
+weights and the completion tokens on their KV cache.
 
 Restrictions (others raise `PopulationUnsupported`, naming the member): on-policy data (RL
 or online preference pairs), no critic advantage (``gae``), no ``trpo`` surrogate, the same
-``group_size`` for every member (``epochs`` may differ); ``config.minibatches`` 1; a plain
-transformers GPT-2 policy (`fast_gpt2.supports`) with full fine-tuning (no LoRA) and no value
-head.
+number of completions per step (`batch_rows`; group sizes, prompts and ``epochs`` may
+differ); ``config.minibatches`` 1; a plain transformers GPT-2 policy (`fast_gpt2.supports`)
+with full fine-tuning (no LoRA) and no value head.
 
 A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
 ``max_kl_to_ref``) stops training there; the others go on; so does a member stopped by the
@@ -81,17 +83,33 @@ KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [M * R, nh, L, 
 # ---------------------------------------------------------------------- the stacked forward
 
 
-class SharedPrompts(NamedTuple):
-    """N distinct prompts ``ids``, ``mask`` [N, P] (left-padded) and each of R rows' prompt
-    ``rows`` [R] long (as `fast_gpt2.shared_prompts` returns them)."""
+class MemberPrompts(NamedTuple):
+    """Each member's distinct prompts ``ids``, ``mask`` [M, N, P] (left-padded) and the prompt
+    of each of its R rows, ``rows`` [M, R] long (indices into its N prompts)."""
 
     ids: Tensor
     mask: Tensor
     rows: Tensor
 
-    def repeat(self, times: int) -> SharedPrompts:
-        """The same prompts for ``times`` copies of the R rows, one after another."""
-        return SharedPrompts(self.ids, self.mask, self.rows.repeat(times))
+    @classmethod
+    def stack(cls, parts: Sequence[tuple[Tensor, Tensor, Tensor]], pad_id: int) -> MemberPrompts:
+        """Stack members' (ids [N_m, P_m], mask, rows [R]) as `fast_gpt2.shared_prompts`
+        returns them: prompts are left-padded to the longest (mask 0, which changes neither
+        attention nor positions) and members with fewer prompts get fully masked ones that no
+        row reads."""
+        n = max(ids.shape[0] for ids, _, _ in parts)
+        length = max(ids.shape[1] for ids, _, _ in parts)
+        ids, masks = [], []
+        for part_ids, part_mask, _ in parts:
+            pad = (length - part_ids.shape[1], 0, 0, n - part_ids.shape[0])
+            ids.append(F.pad(part_ids, pad, value=pad_id))
+            masks.append(F.pad(part_mask, pad, value=0))
+        return cls(torch.stack(ids), torch.stack(masks), torch.stack([r for _, _, r in parts]))
+
+    def select(self, members: Sequence[int]) -> MemberPrompts:
+        """The prompts of ``members`` only (their order)."""
+        index = torch.tensor(list(members), device=self.ids.device)
+        return MemberPrompts(self.ids[index], self.mask[index], self.rows[index])
 
 
 @dataclass(frozen=True)
@@ -189,26 +207,24 @@ class StackedGPT2:
         h = self._norm(x, w, "transformer.ln_f")
         return torch.matmul(h.flatten(1, 2), head.transpose(1, 2)).view(*x.shape[:3], -1)
 
-    def prefill(
-        self, w: Weights, prompts: SharedPrompts, members: int
-    ) -> tuple[Tensor, KVCache, Tensor]:
-        """Run each distinct prompt once per member and hand every row its prompt's state.
+    def prefill(self, w: Weights, prompts: MemberPrompts) -> tuple[Tensor, KVCache, Tensor]:
+        """Run each member's distinct prompts once on its weights and hand every row its
+        prompt's state.
 
         Returns:
             (hidden state of each row's last prompt token [M, R, H] (before ``ln_f``), the
             prompt cache gathered to rows [M * R, nh, P, hd] per layer, key mask [M, R, P]).
         """
-        ids = prompts.ids.expand(members, -1, -1)  # [M, N, P]
-        mask = prompts.mask.bool().expand(members, -1, -1)
+        ids, mask = prompts.ids, prompts.mask.bool()  # [M, N, P]
         x, cache = self.hidden(w, ids, position_ids_from_mask(mask), mask)
-        n = ids.shape[1]
-        member = torch.arange(members, device=ids.device)[:, None]
+        m, n = ids.shape[:2]
+        member = torch.arange(m, device=ids.device)[:, None]
         flat_rows = (member * n + prompts.rows).flatten()  # [M * R] into the M * N prompts
         cache = [(k.index_select(0, flat_rows), v.index_select(0, flat_rows)) for k, v in cache]
-        return x[:, prompts.rows, -1], cache, mask[:, prompts.rows]
+        return x[member, prompts.rows, -1], cache, mask[member, prompts.rows]
 
     def logprobs(
-        self, w: Weights, prompts: SharedPrompts, ids: Tensor, mask: Tensor
+        self, w: Weights, prompts: MemberPrompts, ids: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Log-probs and entropies [M, R, T] of completions ids, mask [M, R, T] after the
         rows' prompts (`token_logprobs` of this forward; positions ``cumsum(mask) - 1`` along
@@ -216,7 +232,7 @@ class StackedGPT2:
         completion tokens 0 .. T - 2 run on its cache (token T - 1 predicts nothing scored).
         """
         m, r, t = ids.shape
-        last, cache, key_mask = self.prefill(w, prompts, m)
+        last, cache, key_mask = self.prefill(w, prompts)
         states = [last[:, :, None]]  # [M, R, 1, H] predicts completion token 0
         if t > 1:
             key_mask = torch.cat([key_mask, mask[:, :, : t - 1].bool()], dim=-1)
@@ -234,8 +250,8 @@ class StackedGPT2:
         self,
         w: Weights,
         tokenizer: TextTokenizer,
-        prompts: list[str],
-        group_size: int,
+        prompts: Sequence[list[str]],
+        group_sizes: Sequence[int],
         max_new_tokens: int,
         generators: Sequence[torch.Generator | None],
         temperature: float = 1.0,
@@ -243,23 +259,28 @@ class StackedGPT2:
     ) -> list[Rollout]:
         """One `Rollout` per member, as `sample` draws it from that member's policy alone.
 
-        Every member decodes the same prompts in lockstep with a KV cache; member m draws with
-        ``generators[m]`` (one uniform per row and decode step, `next_tokens`) and stops, as
-        `sample` does, at the step where all its rows have emitted EOS or at
-        ``max_new_tokens``: it draws nothing after that, so its generator advances exactly
-        as in `sample`. A stopped member feeds padding (mask 0) until all have stopped.
+        Member m samples ``group_sizes[m]`` completions of each of its ``prompts[m]``; every
+        member must get the same number of rows B. Members decode in lockstep with a KV cache;
+        member m draws with ``generators[m]`` (one uniform per row and decode step,
+        `next_tokens`) and stops, as `sample` does, at the step where all its rows have
+        emitted EOS or at ``max_new_tokens``: it draws nothing after that, so its generator
+        advances exactly as in `sample`. A stopped member feeds padding (mask 0) until all
+        have stopped.
         """
         members = len(generators)
         device = w["transformer.wte.weight"].device
-        batch = encode_prompts(
-            tokenizer, prompts, group_size, max_new_tokens, self.max_length, device
-        )
+        batches = [
+            encode_prompts(tokenizer, texts, g, max_new_tokens, self.max_length, device)
+            for texts, g in zip(prompts, group_sizes, strict=True)
+        ]
+        rows = batches[0].group_ids.shape[0]
+        if any(b.group_ids.shape[0] != rows for b in batches):
+            raise ValueError("population members must sample the same number of rows")
         pad, eos = tokenizer.pad_id, tokenizer.eos_id
-        shared = SharedPrompts(batch.distinct_ids, batch.distinct_mask, batch.group_ids)
-        last, cache, key_mask = self.prefill(w, shared, members)
+        parts = [(b.distinct_ids, b.distinct_mask, b.group_ids) for b in batches]
+        last, cache, key_mask = self.prefill(w, MemberPrompts.stack(parts, pad))
         next_logits = self.logits(w, last[:, :, None])[:, :, 0].float()  # [M, B, V]
         next_pos = key_mask.long().sum(-1)  # [M, B] position of the next token
-        rows = batch.group_ids.shape[0]
         done = torch.zeros(members, rows, dtype=torch.bool, device=device)
         running = [True] * members
         out: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = [
@@ -285,26 +306,33 @@ class StackedGPT2:
             x, cache = self.hidden(w, tokens[:, :, None], next_pos[:, :, None], key_mask, cache)
             next_logits = self.logits(w, x)[:, :, 0].float()
             next_pos = next_pos + active.long()
-        return [build_rollout(tokenizer, batch, *seqs) for seqs in out]
+        return [build_rollout(tokenizer, b, *seqs) for b, seqs in zip(batches, out, strict=True)]
 
 
 def stack_rollouts(
     rollouts: Sequence[Rollout], pad_id: int
-) -> tuple[SharedPrompts, Tensor, Tensor]:
-    """(the distinct prompts, completion ids [M, B, T], completion mask [M, B, T]) of M
-    rollouts of the same prompts, each member's completions right-padded (pad id, mask 0) to
-    the longest, T."""
+) -> tuple[MemberPrompts, Tensor, Tensor]:
+    """(each member's distinct prompts, completion ids [M, B, T], completion mask [M, B, T]) of
+    M rollouts of B rows each, each member's completions right-padded (pad id, mask 0) to the
+    longest, T."""
     t = max(r.completion_ids.shape[1] for r in rollouts)
     ids, masks = [], []
     for r in rollouts:
         extra = t - r.completion_ids.shape[1]
         ids.append(F.pad(r.completion_ids, (0, extra), value=pad_id))
         masks.append(F.pad(r.completion_mask, (0, extra), value=0))
-    prompts = SharedPrompts(*shared_prompts(rollouts[0].prompt_ids, rollouts[0].prompt_mask))
+    parts = [shared_prompts(r.prompt_ids, r.prompt_mask) for r in rollouts]
+    prompts = MemberPrompts.stack(parts, pad_id)
     return prompts, torch.stack(ids), torch.stack(masks)
 
 
 # ---------------------------------------------------------------------- the trainer
+
+
+def batch_rows(config: TrainConfig, spec: ObjectiveSpec) -> int:
+    """Completions per step: ``max(1, batch_size // group_size)`` prompts x ``group_size``
+    (`train_prompts`). Members of a population must agree on it."""
+    return max(1, config.batch_size // spec.group_size) * spec.group_size
 
 
 def unsupported_reason(spec: ObjectiveSpec) -> str | None:
@@ -359,10 +387,11 @@ class PopulationTrainer:
         self.specs = [spec.canonical() for spec in specs]
         for i, spec in enumerate(self.specs):
             reason = unsupported_reason(spec)
-            if reason is None and spec.group_size != self.specs[0].group_size:
+            if reason is None and batch_rows(config, spec) != batch_rows(config, self.specs[0]):
                 reason = (
-                    f"group_size {spec.group_size} differs from member 0's "
-                    f"{self.specs[0].group_size} (members must share their prompts)"
+                    f"group_size {spec.group_size} gives {batch_rows(config, spec)} rows per "
+                    f"batch, member 0's {batch_rows(config, self.specs[0])} (members must "
+                    "sample as many rows)"
                 )
             if reason is None and not (math.isfinite(lrs[i]) and lrs[i] >= 0):
                 reason = f"lr {lrs[i]!r} is not a finite number >= 0"
@@ -425,22 +454,33 @@ class PopulationTrainer:
             for k, name in enumerate(self.names)
         }
 
-    def _reference_logp(self, prompts: SharedPrompts, ids: Tensor, mask: Tensor) -> Tensor:
+    def _reference_logp(self, prompts: MemberPrompts, ids: Tensor, mask: Tensor) -> Tensor:
         """[M, B, T] reference log-probs of the M * B rows, through the shared reference.
 
         The reference does not depend on the member, and members that start from the same
-        warm start with equally seeded generators often draw the same completion for a row:
-        each distinct (prompt, completion, mask) row runs once, each distinct prompt once.
+        warm start with equally seeded generators often draw the same completion for the same
+        prompt: each distinct prompt runs once, and each distinct (prompt, completion, mask)
+        row once.
         """
         m, b, t = ids.shape
-        rows = torch.cat(
-            [prompts.rows.repeat(m)[:, None], ids.view(m * b, t), mask.view(m * b, t)], 1
+        n, length = prompts.ids.shape[1:]
+        texts = torch.cat([prompts.ids, prompts.mask], -1).flatten(0, 1)  # [M * N, 2P]
+        distinct_prompts, prompt_of = torch.unique(texts, dim=0, return_inverse=True)
+        member = torch.arange(m, device=ids.device)[:, None]
+        row_prompt = prompt_of[(member * n + prompts.rows).flatten()]  # [M * B]
+        keys = torch.cat([row_prompt[:, None], ids.view(m * b, t), mask.view(m * b, t)], 1)
+        distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)  # [U, 1 + 2T]
+        reference_prompts = MemberPrompts(
+            distinct_prompts[None, :, :length],
+            distinct_prompts[None, :, length:],
+            distinct[None, :, 0],
         )
-        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)  # [U, 1 + 2T], [M * B]
-        shared = SharedPrompts(prompts.ids, prompts.mask, distinct[:, 0])
         with torch.no_grad():
             logp, _ = self.model.logprobs(
-                self.reference, shared, distinct[None, :, 1 : 1 + t], distinct[None, :, 1 + t :]
+                self.reference,
+                reference_prompts,
+                distinct[None, :, 1 : 1 + t],
+                distinct[None, :, 1 + t :],
             )
         return logp[0, inverse].view(m, b, t)
 
@@ -461,18 +501,18 @@ class PopulationTrainer:
         if not live:
             return results
         frozen = self._weights(live, grad=False)
-        group_size = self.specs[live[0]].group_size
+        group_sizes = [self.specs[i].group_size for i in live]
         rollouts = self.model.sample(
             frozen,
             self.tokenizer,
-            train_prompts(self.task, cfg, step, group_size),
-            group_size,
+            [train_prompts(self.task, cfg, step, g) for g in group_sizes],
+            group_sizes,
             self.task.max_new_tokens,
             [self.generators[i] for i in live],
             cfg.temperature,
         )
-        shared, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
-        ref_logp = self._reference_logp(shared, ids, mask)
+        prompts, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
+        ref_logp = self._reference_logp(prompts, ids, mask)
         epochs = [self.specs[i].epochs for i in live]
         # As in `Trainer`: one update at temperature 1 uses the sampling log-probs as old ones
         # (and the ratio is exactly 1); otherwise old log-probs come from a no-grad forward.
@@ -480,7 +520,7 @@ class PopulationTrainer:
         forward_old = None
         if not all(old_is_new):
             with torch.no_grad():
-                forward_old, _ = self.model.logprobs(frozen, shared, ids, mask)
+                forward_old, _ = self.model.logprobs(frozen, prompts, ids, mask)
         scored: list[ScoredRollout] = []
         for m, rollout in enumerate(rollouts):
             own = rollout.completion_ids.shape[1]  # this member's T (what its Trainer sees)
@@ -500,7 +540,9 @@ class PopulationTrainer:
         for update in range(max(updates)):
             active = [m for m, n in enumerate(updates) if n > update]
             weights = self._weights([live[m] for m in active], grad=True)
-            logp, entropy = self.model.logprobs(weights, shared, ids[active], mask[active])
+            logp, entropy = self.model.logprobs(
+                weights, prompts.select(active), ids[active], mask[active]
+            )
             losses = []
             for row, m in enumerate(active):
                 own = scored[m].rollout.completion_ids.shape[1]
@@ -568,9 +610,9 @@ class PopulationTrainer:
             def run(prompts: list[str]) -> list[str]:
                 key = tuple(prompts)
                 if key not in decoded:  # the first member's call decodes all members at once
-                    nones = [None] * len(live)
+                    each, nones = [prompts] * len(live), [None] * len(live)
                     decoded[key] = self.model.sample(
-                        weights, self.tokenizer, prompts, 1, n_new, nones, greedy=True
+                        weights, self.tokenizer, each, [1] * len(live), n_new, nones, greedy=True
                     )
                 return decoded[key][m].texts
 
@@ -582,10 +624,12 @@ class PopulationTrainer:
         ]
         prompts = self.task.prompts("eval", cfg.eval_prompts, cfg.seed)
         generators = [eval_generator(cfg, self.device) for _ in live]
-        rollouts = self.model.sample(weights, self.tokenizer, prompts, 1, n_new, generators)
-        shared, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
-        logp, _ = self.model.logprobs(weights, shared, ids, mask)
-        ref_logp = self._reference_logp(shared, ids, mask)
+        rollouts = self.model.sample(
+            weights, self.tokenizer, [prompts] * len(live), [1] * len(live), n_new, generators
+        )
+        member_prompts, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
+        logp, _ = self.model.logprobs(weights, member_prompts, ids, mask)
+        ref_logp = self._reference_logp(member_prompts, ids, mask)
         kl = sequence_k3(logp, ref_logp, mask).mean(-1).tolist()
         for m, i in enumerate(live):
             reports[i] = EvalReport(results[m].reward, results[m].accuracy, kl[m])

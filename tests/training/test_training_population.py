@@ -34,10 +34,9 @@ from grape_evo.policy import (
     encode_pairs,
     position_ids_from_mask,
 )
-from grape_evo.policy.fast_gpt2 import shared_prompts
 from grape_evo.tasks import get_task
 from grape_evo.training import PopulationUnsupported, Trainer, train, train_population
-from grape_evo.training.population import PopulationTrainer, SharedPrompts, StackedGPT2
+from grape_evo.training.population import PopulationTrainer, StackedGPT2, stack_rollouts
 
 trainer_module = importlib.import_module("grape_evo.training.trainer")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -112,6 +111,12 @@ def _population_run(
         # member sits out the second update), and the same at another sampling temperature.
         (lambda: [_with("grpo", epochs=2), presets.get("cispo")], [1e-3, 3e-4], 1.0),
         (lambda: [presets.get("grpo"), _with("dapo", epochs=3)], [3e-4, 1e-3], 0.7),
+        # Members with different group sizes (so different prompts) and as many rows.
+        (
+            lambda: [presets.get("rloo"), presets.get("grpo"), _with("reinforce_pp", group_size=2)],
+            [1e-3, 1e-3, 3e-4],
+            1.0,
+        ),
         # Online preference losses (pairs inside each group) beside an RL member.
         (
             lambda: [
@@ -128,7 +133,7 @@ def _population_run(
             1.0,
         ),
     ],
-    ids=["one-update", "epochs-2", "epochs-3-temperature-0.7", "online-preference"],
+    ids=["one-update", "epochs-2", "epochs-3-temperature-0.7", "group-sizes", "online-preference"],
 )
 def test_members_match_their_own_trainers(
     warm_policy: Callable[..., Any],
@@ -181,7 +186,7 @@ def _with(name: str, **changes: Any) -> ObjectiveSpec:
         (lambda: presets.get("trpo"), "trpo"),
         (lambda: presets.get("dpo"), "not on_policy"),
         (lambda: presets.get("sft"), "not on_policy"),
-        (lambda: _with("grpo", group_size=4), "group_size 4"),
+        (lambda: _with("grpo", group_size=3), "group_size 3 gives 6 rows"),
     ],
 )
 def test_unsupported_member_is_named(
@@ -329,8 +334,9 @@ def test_unsupported_policy_writes_nothing(
     ("device", "atol"), [("cpu", 1e-5), pytest.param("cuda", 1e-4, marks=CUDA)]
 )
 def test_stacked_forward_equals_each_models_own_forward(device: str, atol: float) -> None:
-    """`StackedGPT2.logprobs` over two weight sets: log_softmax of each transformers model's
-    own logits at the completion tokens (shared and unshared prompts, early-ending rows)."""
+    """`StackedGPT2.logprobs` over two weight sets, each on its own rows: log_softmax of each
+    transformers model's own logits at its completion tokens. The members' prompts differ in
+    number and length and their completions in length (stacked as `stack_rollouts` does)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = CharTokenizer()
@@ -342,26 +348,30 @@ def test_stacked_forward_equals_each_models_own_forward(device: str, atol: float
     for seed in (0, 1):
         torch.manual_seed(seed)
         models.append(GPT2LMHeadModel(config).eval().to(device))
-    pairs = [("12+34=", "46"), ("12+34=", "4"), ("7+8=", "15"), ("100+250=", "350")]
-    rollout = encode_pairs(tok, [p for p, _ in pairs], [c for _, c in pairs], device=device)
+    member_pairs = [
+        [("12+34=", "46"), ("12+34=", "4"), ("7+8=", "15"), ("100+250=", "350")],
+        [("1+2=", "3"), ("1+2=", ""), ("1+2=", "3"), ("5+5=", "10")],
+    ]
+    rollouts = [
+        encode_pairs(tok, [p for p, _ in pairs], [c for _, c in pairs], device=device)
+        for pairs in member_pairs
+    ]
+    assert rollouts[0].prompt_ids.shape[1] != rollouts[1].prompt_ids.shape[1]
     weights = {
         name: torch.stack([dict(lm.named_parameters())[name].detach() for lm in models])
         for name, _ in models[0].named_parameters()
     }
-    prompts = SharedPrompts(*shared_prompts(rollout.prompt_ids, rollout.prompt_mask))
-    ids, mask = rollout.completion_ids, rollout.completion_mask
-    t, real = ids.shape[1], mask.bool()
+    prompts, ids, mask = stack_rollouts(rollouts, tok.pad_id)
     with torch.no_grad():
-        stacked, _ = StackedGPT2.of(models[0]).logprobs(
-            weights, prompts, ids.expand(2, -1, -1), mask.expand(2, -1, -1)
-        )
-        for m, lm in enumerate(models):
-            full = rollout.attention_mask
+        stacked, _ = StackedGPT2.of(models[0]).logprobs(weights, prompts, ids, mask)
+        for m, (lm, rollout) in enumerate(zip(models, rollouts, strict=True)):
+            own, full = rollout.completion_ids, rollout.attention_mask
+            t, real = own.shape[1], rollout.completion_mask.bool()
             logits = lm(
                 input_ids=rollout.input_ids,
                 attention_mask=full,
                 position_ids=position_ids_from_mask(full),
             ).logits[:, -t - 1 : -1]
-            want = logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
-            torch.testing.assert_close(stacked[m][real], want[real], atol=atol, rtol=0)
-    assert (stacked[0] - stacked[1]).abs().max() > 1e-3  # the two weight sets differ
+            want = logits.log_softmax(-1).gather(-1, own[..., None])[..., 0]
+            torch.testing.assert_close(stacked[m, :, :t][real], want[real], atol=atol, rtol=0)
+            assert (stacked[m, :, t:] == 0).all()  # the padding to the longer member's T
