@@ -29,10 +29,11 @@ longest, `MemberPrompts`.) Every forward runs each member's distinct prompts onc
 weights and the completion tokens on their KV cache.
 
 Restrictions (others raise `PopulationUnsupported`, naming the member): on-policy data (RL
-or online preference pairs), no critic advantage (``gae``), no ``trpo`` surrogate, the same
-number of completions per step (`batch_rows`; group sizes, prompts and ``epochs`` may
-differ); ``config.minibatches`` 1; a plain transformers GPT-2 policy (`fast_gpt2.supports`)
-with full fine-tuning (no LoRA) and no value head.
+or online preference pairs), no ``trpo`` surrogate, the same number of completions per step
+(`batch_rows`; group sizes, prompts and ``epochs`` may differ); ``config.minibatches`` 1; a
+plain transformers GPT-2 policy (`fast_gpt2.supports`) with full fine-tuning (no LoRA), and a
+value head when a member has a critic advantage (``gae``): each such member trains its own
+copy of it, with the critic loss of `Trainer`.
 
 A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
 ``max_kl_to_ref``) stops training there; the others go on; so does a member stopped by the
@@ -67,6 +68,8 @@ from grape_evo.training.config import TrainConfig
 from grape_evo.training.trainer import (
     Diverged,
     EvalReport,
+    critic_loss,
+    critic_returns,
     eval_generator,
     no_pair_metrics,
     online_preference_loss,
@@ -74,6 +77,7 @@ from grape_evo.training.trainer import (
     sequence_k3,
     step_metrics,
     train_prompts,
+    uses_critic,
 )
 
 Weights = dict[str, Tensor]  # transformers parameter name -> [M, *shape]
@@ -203,9 +207,13 @@ class StackedGPT2:
 
     def logits(self, w: Weights, x: Tensor) -> Tensor:
         """Logits [M, R, L, V] of hidden states x [M, R, L, H]: ``ln_f(x) @ head[m]^T``."""
+        return self._head(w, self._norm(x, w, "transformer.ln_f"))
+
+    @staticmethod
+    def _head(w: Weights, h: Tensor) -> Tensor:
+        """Logits [M, R, L, V] of final (normed) states h [M, R, L, H]: ``h @ head[m]^T``."""
         head = w.get("lm_head.weight", w["transformer.wte.weight"])  # [M, V, H]
-        h = self._norm(x, w, "transformer.ln_f")
-        return torch.matmul(h.flatten(1, 2), head.transpose(1, 2)).view(*x.shape[:3], -1)
+        return torch.matmul(h.flatten(1, 2), head.transpose(1, 2)).view(*h.shape[:3], -1)
 
     def prefill(self, w: Weights, prompts: MemberPrompts) -> tuple[Tensor, KVCache, Tensor]:
         """Run each member's distinct prompts once on its weights and hand every row its
@@ -224,12 +232,20 @@ class StackedGPT2:
         return x[member, prompts.rows, -1], cache, mask[member, prompts.rows]
 
     def logprobs(
-        self, w: Weights, prompts: MemberPrompts, ids: Tensor, mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Log-probs and entropies [M, R, T] of completions ids, mask [M, R, T] after the
-        rows' prompts (`token_logprobs` of this forward; positions ``cumsum(mask) - 1`` along
-        prompt then completion). Each distinct prompt runs once per member (`prefill`); the
-        completion tokens 0 .. T - 2 run on its cache (token T - 1 predicts nothing scored).
+        self,
+        w: Weights,
+        prompts: MemberPrompts,
+        ids: Tensor,
+        mask: Tensor,
+        value_head: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Log-probs, entropies and values [M, R, T] of completions ids, mask [M, R, T] after
+        the rows' prompts (`token_logprobs` of this forward; positions ``cumsum(mask) - 1``
+        along prompt then completion). Each distinct prompt runs once per member (`prefill`);
+        the completion tokens 0 .. T - 2 run on its cache (token T - 1 predicts nothing
+        scored). ``value_head`` (weight [M, H], bias [M]) gives values ``ln_f(x) . w[m] +
+        b[m]`` at the same positions (0 where the mask is 0), as `Policy`'s value head does;
+        None without it.
         """
         m, r, t = ids.shape
         last, cache, key_mask = self.prefill(w, prompts)
@@ -239,11 +255,17 @@ class StackedGPT2:
             positions = position_ids_from_mask(key_mask)[:, :, -(t - 1) :]
             x, _ = self.hidden(w, ids[:, :, : t - 1], positions, key_mask, cache)
             states.append(x)
-        logits = self.logits(w, torch.cat(states, dim=2))  # [M, R, T, V]
+        h = self._norm(torch.cat(states, dim=2), w, "transformer.ln_f")  # [M, R, T, H]
+        logits = self._head(w, h)  # [M, R, T, V]
         index = torch.arange(m * r * t, device=ids.device).view(m * r, t)
         flat = (ids.flatten(0, 1), mask.flatten(0, 1))
         logp, entropy = token_logprobs(logits.flatten(0, 2), index, *flat)
-        return logp.view(m, r, t), entropy.view(m, r, t)
+        values = None
+        if value_head is not None:
+            weight, bias = value_head
+            values = (h * weight[:, None, None]).sum(-1).float() + bias[:, None, None].float()
+            values = torch.where(mask.bool(), values, torch.zeros_like(values))
+        return logp.view(m, r, t), entropy.view(m, r, t), values
 
     @torch.no_grad()
     def sample(
@@ -342,8 +364,6 @@ def unsupported_reason(spec: ObjectiveSpec) -> str | None:
         return f"data '{spec.data}' is not on_policy"
     if spec.surrogate.name == "trpo":
         return "surrogate 'trpo' needs its own natural-gradient step"
-    if "critic" in build_objective(spec).advantage.component.tags:
-        return f"advantage '{spec.advantage.name}' needs a critic"
     return None
 
 
@@ -404,10 +424,17 @@ class PopulationTrainer:
         lm = policy.fast_lm()
         with policy.reference():
             reference = policy.fast_lm()
-        if lm is None or reference is None or policy.has_value_head:
+        if lm is None or reference is None:
             raise PopulationUnsupported(
                 "population mode needs a plain GPT-2 policy (fast_gpt2.supports), with full "
-                "fine-tuning (no LoRA), no value head, policy.fast_path on and a frozen reference"
+                "fine-tuning (no LoRA), policy.fast_path on and a frozen reference"
+            )
+        self.objectives: list[Objective] = [build_objective(spec) for spec in self.specs]
+        self.critics = [uses_critic(objective) for objective in self.objectives]
+        if any(self.critics) and policy.value_head is None:
+            raise PopulationUnsupported(
+                "members with a critic advantage need the warm start's value head "
+                "(PolicyConfig(value_head=True))"
             )
         self.task, self.config, self.lrs = task, config, lrs
         self.tokenizer = policy.tokenizer
@@ -420,13 +447,19 @@ class PopulationTrainer:
         self.reference: Weights = {
             name: p.detach().clone()[None] for name, p in reference.named_parameters()
         }
-        self.objectives: list[Objective] = [build_objective(spec) for spec in self.specs]
+        # A critic member's own copy of the value head, [weight [1, H], bias [1]].
+        self.value_params: list[list[nn.Parameter]] = [
+            [nn.Parameter(p.detach().clone()) for p in policy.value_head.parameters()]
+            if critic and policy.value_head is not None
+            else []
+            for critic in self.critics
+        ]
         self.generators = [
             torch.Generator(device=self.device).manual_seed(config.seed) for _ in specs
         ]
         self.members = [MemberState() for _ in specs]
         fused = self.device.type in ("cpu", "cuda")
-        groups = [{"params": p, "lr": lr} for p, lr in zip(self.params, lrs, strict=True)]
+        groups = [{"params": self._trainable(i), "lr": lr} for i, lr in enumerate(lrs)]
         self.optimizer = torch.optim.Adam(groups, lr=config.lr, fused=fused)
 
     @property
@@ -443,6 +476,25 @@ class PopulationTrainer:
         return {
             name: p.detach().clone() for name, p in zip(self.names, self.params[i], strict=True)
         }
+
+    def _trainable(self, i: int) -> list[nn.Parameter]:
+        """Member i's parameters: its LM's, then its value head's (critic members only)."""
+        return self.params[i] + self.value_params[i]
+
+    def _value_head(self, members: Sequence[int], grad: bool) -> tuple[Tensor, Tensor] | None:
+        """Stacked value heads (weight [M, H], bias [M]) of ``members``, zeros for a member
+        without a critic; None when none of them has one."""
+        if not any(self.critics[i] for i in members):
+            return None
+        width = self.params[members[0]][0].shape[-1]
+        zero_weight = torch.zeros(width, device=self.device)
+        zero_bias = torch.zeros((), device=self.device)
+        weights, biases = [], []
+        for i in members:
+            weight, bias = self.value_params[i] or (zero_weight, zero_bias)
+            weights.append((weight if grad else weight.detach()).reshape(width))
+            biases.append((bias if grad else bias.detach()).reshape(()))
+        return torch.stack(weights), torch.stack(biases)
 
     def _weights(self, members: Sequence[int], grad: bool) -> Weights:
         """Stacked weights [M, ...] of ``members``; with ``grad``, differentiable back to each
@@ -476,7 +528,7 @@ class PopulationTrainer:
             distinct[None, :, 0],
         )
         with torch.no_grad():
-            logp, _ = self.model.logprobs(
+            logp, _, _ = self.model.logprobs(
                 self.reference,
                 reference_prompts,
                 distinct[None, :, 1 : 1 + t],
@@ -517,17 +569,24 @@ class PopulationTrainer:
         # As in `Trainer`: one update at temperature 1 uses the sampling log-probs as old ones
         # (and the ratio is exactly 1); otherwise old log-probs come from a no-grad forward.
         old_is_new = [e == 1 and cfg.temperature == 1.0 for e in epochs]
-        forward_old = None
-        if not all(old_is_new):
+        forward_old, old_values = None, None
+        if not all(old_is_new) or any(self.critics[i] for i in live):
             with torch.no_grad():
-                forward_old, _ = self.model.logprobs(frozen, prompts, ids, mask)
+                forward_old, _, old_values = self.model.logprobs(
+                    frozen, prompts, ids, mask, self._value_head(live, grad=False)
+                )
         scored: list[ScoredRollout] = []
-        for m, rollout in enumerate(rollouts):
+        returns: list[Tensor | None] = []
+        for m, (i, rollout) in enumerate(zip(live, rollouts, strict=True)):
             own = rollout.completion_ids.shape[1]  # this member's T (what its Trainer sees)
             old = rollout.sample_logp if forward_old is None else forward_old[m, :, :own]
             old = rollout.sample_logp if old_is_new[m] else old
+            critic = self.critics[i] and old_values is not None
+            member_values = old_values[m, :, :own] if critic else None
             reward = task_rewards(self.task, rollout)
-            scored.append(ScoredRollout(rollout, reward, old, ref_logp[m, :, :own], None))
+            scored.append(ScoredRollout(rollout, reward, old, ref_logp[m, :, :own], member_values))
+            full = rollout_batch(scored[m], old, None, False)
+            returns.append(critic_returns(self.objectives[i], full) if self.critics[i] else None)
         pairs = [self._online_pairs(i, member) for i, member in zip(live, scored, strict=True)]
         # As in `Trainer`, a preference member whose groups all tie has no pair: no update.
         updates = [
@@ -539,9 +598,13 @@ class PopulationTrainer:
         ]
         for update in range(max(updates)):
             active = [m for m, n in enumerate(updates) if n > update]
-            weights = self._weights([live[m] for m in active], grad=True)
-            logp, entropy = self.model.logprobs(
-                weights, prompts.select(active), ids[active], mask[active]
+            members = [live[m] for m in active]
+            logp, entropy, values = self.model.logprobs(
+                self._weights(members, grad=True),
+                prompts.select(active),
+                ids[active],
+                mask[active],
+                self._value_head(members, grad=True),
             )
             losses = []
             for row, m in enumerate(active):
@@ -555,12 +618,18 @@ class PopulationTrainer:
                     _, loss, metrics[m] = online_preference_loss(
                         objective, scored[m], new, new_entropy, *member_pairs
                     )
+                if (target := returns[m]) is not None and values is not None:
+                    value_loss = critic_loss(
+                        values[row, :, :own], target, scored[m].rollout.completion_mask
+                    )
+                    loss = loss + cfg.value_coef * value_loss
+                    metrics[m]["value_loss"] = value_loss.detach()
                 losses.append(loss)
             self.optimizer.zero_grad(set_to_none=True)  # members left out take no Adam step
             torch.stack(losses).sum().backward()
             for m in active:
                 norm = torch.nn.utils.clip_grad_norm_(
-                    self.params[live[m]], cfg.max_grad_norm or math.inf
+                    self._trainable(live[m]), cfg.max_grad_norm or math.inf
                 )
                 metrics[m]["grad_norm"] = norm.detach()
             self.optimizer.step()
@@ -628,7 +697,7 @@ class PopulationTrainer:
             weights, self.tokenizer, [prompts] * len(live), [1] * len(live), n_new, generators
         )
         member_prompts, ids, mask = stack_rollouts(rollouts, self.tokenizer.pad_id)
-        logp, _ = self.model.logprobs(weights, member_prompts, ids, mask)
+        logp, _, _ = self.model.logprobs(weights, member_prompts, ids, mask)
         ref_logp = self._reference_logp(member_prompts, ids, mask)
         kl = sequence_k3(logp, ref_logp, mask).mean(-1).tolist()
         for m, i in enumerate(live):

@@ -40,6 +40,12 @@ def _eval_dict(report: EvalReport | None) -> dict[str, float] | None:
     return report.to_dict()
 
 
+def needs_critic(spec: ObjectiveSpec) -> bool:
+    """Whether training ``spec`` needs a value head: an RL objective with ``gae`` advantages."""
+    canonical = spec.canonical()
+    return canonical.preference is None and canonical.advantage.name == "gae"
+
+
 def _is_eval_step(config: TrainConfig, step: int) -> bool:
     """Whether the run evaluates after step ``step`` (0-based): every ``eval_every`` and last."""
     return (step + 1) % config.eval_every == 0 or step + 1 == config.steps
@@ -125,8 +131,7 @@ def train(
     canonical = spec.canonical()
     device = resolve_device(config.device)
     base_policy = policy_config or PolicyConfig()
-    needs_critic = canonical.preference is None and canonical.advantage.name == "gae"
-    policy_cfg = PolicyConfig(**{**base_policy.to_dict(), "value_head": needs_critic})
+    policy_cfg = replace(base_policy, value_head=needs_critic(spec))
     out = Path(out_dir) if out_dir is not None else None
     log = MetricsLog(out / "metrics.jsonl") if out is not None else None
     torch.manual_seed(config.seed)
@@ -226,10 +231,15 @@ def train_population(
                 f"population member {i}'s TrainConfig differs from member 0's in more than lr"
             )
     device = resolve_device(config.device)
-    policy_cfg = policy_config or PolicyConfig()
+    base_policy = policy_config or PolicyConfig()
+    critics = [needs_critic(spec) for spec in specs]
+    policy_cfg = replace(base_policy, value_head=any(critics))
     summaries = [
-        {**_new_summary(spec, task, c, policy_cfg, device), "population": count}
-        for spec, c in zip(specs, configs, strict=True)
+        {
+            **_new_summary(spec, task, c, replace(base_policy, value_head=critic), device),
+            "population": count,
+        }
+        for spec, c, critic in zip(specs, configs, critics, strict=True)
     ]
     logs: list[MetricsLog | None] = []
     torch.manual_seed(config.seed)

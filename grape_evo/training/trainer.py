@@ -122,6 +122,26 @@ def rollout_batch(
     )
 
 
+def uses_critic(objective: Objective) -> bool:
+    """Whether the objective's advantage needs critic values (a value head): ``gae``."""
+    return "critic" in objective.advantage.component.tags
+
+
+def critic_returns(objective: Objective, full: RolloutBatch) -> Tensor:
+    """[B, T] value targets A + V_old of GAE on the whole batch (``full``: old log-probs and
+    old values, rewards shaped by the objective), detached."""
+    params = objective.advantage.params
+    _, returns = gae_advantages_and_returns(
+        objective.shape_rewards(full), params["gamma"], params["lam"]
+    )
+    return returns
+
+
+def critic_loss(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """0.5 * token mean of (V - (A + V_old))^2 over ``mask``, the PPO critic loss (unclipped)."""
+    return 0.5 * masked_mean((values - returns) ** 2, mask)
+
+
 def online_preference_loss(
     objective: Objective,
     scored: ScoredRollout,
@@ -177,7 +197,7 @@ class Trainer:
         self.policy = policy
         self.device = policy.device
         self.objective: Objective = build_objective(self.spec)
-        self.uses_critic = "critic" in self.objective.advantage.component.tags
+        self.uses_critic = uses_critic(self.objective)
         self.is_trpo = self.spec.surrogate.name == "trpo" and self.spec.preference is None
         if self.uses_critic and not policy.has_value_head:
             raise ValueError(f"advantage '{self.spec.advantage.name}' needs a policy value head")
@@ -251,12 +271,7 @@ class Trainer:
     def _rollout_updates(self, scored: ScoredRollout, old_is_new: bool) -> dict[str, Tensor]:
         spec, cfg = self.spec, self.config
         full = rollout_batch(scored, scored.old_logp, None, False)
-        returns = None
-        if self.uses_critic:
-            gae_params = self.objective.advantage.params
-            _, returns = gae_advantages_and_returns(
-                self.objective.shape_rewards(full), gae_params["gamma"], gae_params["lam"]
-            )
+        returns = critic_returns(self.objective, full) if self.uses_critic else None
         if self.is_trpo:
             return self._trpo_update(scored, returns)
         # Group and batch statistics must not depend on how the batch is split.
@@ -280,17 +295,14 @@ class Trainer:
                     self.loss_hook(batch, loss)
                 total = loss
                 if returns is not None:
-                    value_loss = self._value_loss(out.values, returns[chunk], part)
+                    assert out.values is not None
+                    value_loss = critic_loss(
+                        out.values, returns[chunk], part.rollout.completion_mask
+                    )
                     total = loss + cfg.value_coef * value_loss
                     metrics["value_loss"] = value_loss.detach()
                 metrics["grad_norm"] = self._apply(total)
         return metrics
-
-    @staticmethod
-    def _value_loss(values: Tensor | None, returns: Tensor, part: ScoredRollout) -> Tensor:
-        """0.5 * token mean of (V - (A + V_old))^2, the PPO critic loss (unclipped)."""
-        assert values is not None
-        return 0.5 * masked_mean((values - returns) ** 2, part.rollout.completion_mask)
 
     def _apply(self, loss: Tensor) -> Tensor:
         assert self.optimizer is not None
@@ -332,7 +344,8 @@ class Trainer:
         metrics["loss"] = torch.tensor(result["loss_before"])
         if returns is not None and self.optimizer is not None:
             out = completion_logprobs(self.policy, rollout)
-            value_loss = self._value_loss(out.values, returns, scored)
+            assert out.values is not None
+            value_loss = critic_loss(out.values, returns, scored.rollout.completion_mask)
             self.optimizer.zero_grad(set_to_none=True)
             value_loss.backward()
             self.optimizer.step()

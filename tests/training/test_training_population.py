@@ -37,6 +37,7 @@ from grape_evo.policy import (
 from grape_evo.tasks import get_task
 from grape_evo.training import PopulationUnsupported, Trainer, train, train_population
 from grape_evo.training.population import PopulationTrainer, StackedGPT2, stack_rollouts
+from grape_evo.training.run import needs_critic
 
 trainer_module = importlib.import_module("grape_evo.training.trainer")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -117,6 +118,8 @@ def _population_run(
             [1e-3, 1e-3, 3e-4],
             1.0,
         ),
+        # PPO: a critic (its own value head and value loss), 4 epochs, group size 1.
+        (lambda: [presets.get("ppo"), presets.get("grpo")], [1e-4, 1e-3], 1.0),
         # Online preference losses (pairs inside each group) beside an RL member.
         (
             lambda: [
@@ -133,7 +136,14 @@ def _population_run(
             1.0,
         ),
     ],
-    ids=["one-update", "epochs-2", "epochs-3-temperature-0.7", "group-sizes", "online-preference"],
+    ids=[
+        "one-update",
+        "epochs-2",
+        "epochs-3-temperature-0.7",
+        "group-sizes",
+        "critic",
+        "online-preference",
+    ],
 )
 def test_members_match_their_own_trainers(
     warm_policy: Callable[..., Any],
@@ -146,9 +156,12 @@ def test_members_match_their_own_trainers(
     task = get_task("addition")
     config = tiny(batch_size=BATCH, seed=3, temperature=temperature)
     specs = members()
-    population = _population_run(specs, lrs, task, config, warm_policy(task), monkeypatch)
+    critic = [needs_critic(spec) for spec in specs]
+    policy = warm_policy(task, value_head=any(critic))
+    population = _population_run(specs, lrs, task, config, policy, monkeypatch)
     for i, (spec, lr) in enumerate(zip(specs, lrs, strict=True)):
-        alone = _trainer_run(spec, task, replace(config, lr=lr), warm_policy(task), monkeypatch)
+        own_policy = warm_policy(task, value_head=critic[i])
+        alone = _trainer_run(spec, task, replace(config, lr=lr), own_policy, monkeypatch)
         for step in range(STEPS):
             ours, theirs = population["rollouts"][step][i], alone["rollouts"][step]
             assert ours.prompts == theirs.prompts
@@ -182,7 +195,6 @@ def _with(name: str, **changes: Any) -> ObjectiveSpec:
 @pytest.mark.parametrize(
     ("member", "message"),
     [
-        (lambda: presets.get("ppo"), "needs a critic"),
         (lambda: presets.get("trpo"), "trpo"),
         (lambda: presets.get("dpo"), "not on_policy"),
         (lambda: presets.get("sft"), "not on_policy"),
@@ -259,8 +271,8 @@ def test_run_folders_match_train_alone(
     """Each member's metrics.jsonl and summary are what `train` writes for it alone."""
     task = get_task("addition")
     config = tiny(batch_size=BATCH, steps=STEPS, seed=5)
-    specs = [presets.get("grpo"), presets.get("dr_grpo")]
-    configs = [replace(config, lr=1e-3), replace(config, lr=3e-4)]
+    specs = [presets.get("grpo"), presets.get("dr_grpo"), presets.get("ppo")]
+    configs = [replace(config, lr=lr) for lr in (1e-3, 3e-4, 1e-4)]
     folders = [tmp_path / "population" / spec.name for spec in specs]
     summaries = train_population(
         specs, task, configs, out_dirs=folders, progress=False, cache_dir=cache_dir
@@ -270,7 +282,7 @@ def test_run_folders_match_train_alone(
         theirs = train(
             spec, task, member_config, out_dir=alone_dir, progress=False, cache_dir=cache_dir
         )
-        assert ours["population"] == 2
+        assert ours["population"] == 3
         for key in ("objective_key", "task", "seed", "train_config", "policy", "status", "steps"):
             assert ours[key] == theirs[key], key
         for key in ("initial_eval", "final_eval"):
@@ -335,7 +347,8 @@ def test_unsupported_policy_writes_nothing(
 )
 def test_stacked_forward_equals_each_models_own_forward(device: str, atol: float) -> None:
     """`StackedGPT2.logprobs` over two weight sets, each on its own rows: log_softmax of each
-    transformers model's own logits at its completion tokens. The members' prompts differ in
+    transformers model's own logits at its completion tokens, and each member's value head on
+    the final hidden states. The members' prompts differ in
     number and length and their completions in length (stacked as `stack_rollouts` does)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -362,16 +375,26 @@ def test_stacked_forward_equals_each_models_own_forward(device: str, atol: float
         for name, _ in models[0].named_parameters()
     }
     prompts, ids, mask = stack_rollouts(rollouts, tok.pad_id)
+    value_heads = [torch.nn.Linear(config.n_embd, 1).to(device) for _ in models]
+    value_weights = torch.stack([head.weight[0] for head in value_heads]).detach()
+    value_biases = torch.stack([head.bias[0] for head in value_heads]).detach()
     with torch.no_grad():
-        stacked, _ = StackedGPT2.of(models[0]).logprobs(weights, prompts, ids, mask)
+        stacked, _, values = StackedGPT2.of(models[0]).logprobs(
+            weights, prompts, ids, mask, (value_weights, value_biases)
+        )
+        assert values is not None
         for m, (lm, rollout) in enumerate(zip(models, rollouts, strict=True)):
             own, full = rollout.completion_ids, rollout.attention_mask
             t, real = own.shape[1], rollout.completion_mask.bool()
-            logits = lm(
+            out = lm(
                 input_ids=rollout.input_ids,
                 attention_mask=full,
                 position_ids=position_ids_from_mask(full),
-            ).logits[:, -t - 1 : -1]
-            want = logits.log_softmax(-1).gather(-1, own[..., None])[..., 0]
+                output_hidden_states=True,
+            )
+            want = out.logits[:, -t - 1 : -1].log_softmax(-1).gather(-1, own[..., None])[..., 0]
             torch.testing.assert_close(stacked[m, :, :t][real], want[real], atol=atol, rtol=0)
             assert (stacked[m, :, t:] == 0).all()  # the padding to the longer member's T
+            # Value head on the final (normed) hidden state, as `Policy` applies it.
+            want_values = value_heads[m](out.hidden_states[-1][:, -t - 1 : -1])[..., 0]
+            torch.testing.assert_close(values[m, :, :t][real], want_values[real], atol=atol, rtol=0)
