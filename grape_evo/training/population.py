@@ -569,20 +569,29 @@ class PopulationTrainer:
         # As in `Trainer`: one update at temperature 1 uses the sampling log-probs as old ones
         # (and the ratio is exactly 1); otherwise old log-probs come from a no-grad forward.
         old_is_new = [e == 1 and cfg.temperature == 1.0 for e in epochs]
-        forward_old, old_values = None, None
-        if not all(old_is_new) or any(self.critics[i] for i in live):
+        # The no-grad forward (old log-probs, critic values) of the members that need it.
+        rescored = [m for m, i in enumerate(live) if not old_is_new[m] or self.critics[i]]
+        forward_old: dict[int, tuple[Tensor, Tensor | None]] = {}
+        if rescored:
+            members = [live[m] for m in rescored]
             with torch.no_grad():
-                forward_old, _, old_values = self.model.logprobs(
-                    frozen, prompts, ids, mask, self._value_head(live, grad=False)
+                old_logp, _, old_values = self.model.logprobs(
+                    {name: w[rescored] for name, w in frozen.items()},
+                    prompts.select(rescored),
+                    ids[rescored],
+                    mask[rescored],
+                    self._value_head(members, grad=False),
                 )
+            for row, m in enumerate(rescored):
+                values = None if old_values is None else old_values[row]
+                forward_old[m] = (old_logp[row], values)
         scored: list[ScoredRollout] = []
         returns: list[Tensor | None] = []
         for m, (i, rollout) in enumerate(zip(live, rollouts, strict=True)):
             own = rollout.completion_ids.shape[1]  # this member's T (what its Trainer sees)
-            old = rollout.sample_logp if forward_old is None else forward_old[m, :, :own]
-            old = rollout.sample_logp if old_is_new[m] else old
-            critic = self.critics[i] and old_values is not None
-            member_values = old_values[m, :, :own] if critic else None
+            old, values = forward_old.get(m, (rollout.sample_logp, None))
+            old = rollout.sample_logp if old_is_new[m] else old[:, :own]
+            member_values = values[:, :own] if self.critics[i] and values is not None else None
             reward = task_rewards(self.task, rollout)
             scored.append(ScoredRollout(rollout, reward, old, ref_logp[m, :, :own], member_values))
             full = rollout_batch(scored[m], old, None, False)

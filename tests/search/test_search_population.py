@@ -2,7 +2,7 @@
 
 * The same trials (same seeded sampler, same enqueued baselines) get the same states, genes and
   values as in a sequential campaign, up to float rounding; each keeps its own folder with
-  verified checksums. PPO (a critic, group size 1) trains in the same population as GRPO.
+  verified checksums. PPO (group size 1) trains apart from the GRPO family (group size 8).
 * A pruned member leaves the population while the others complete; Ctrl-C records every
   trial of the round as FAIL and nothing stays RUNNING; a SIGKILLed population campaign
   resumes, retrying each of its P trials once; a policy that population mode cannot train
@@ -92,17 +92,17 @@ def test_population_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
         folder = tmp_path / "population" / "trials" / f"{ours.number:05d}"
         assert verify_artifacts(folder, ours.user_attrs["artifacts"]) == []
         summary = json.loads((folder / "addition" / "seed1" / "summary.json").read_text())
-        # Round 1 asks trials 0-3 (GRPO, PPO with its critic and two candidates) and trains
-        # them together; round 2 has one trial left (4), which trains alone.
-        expected = {0: 4, 1: 4, 2: 4, 3: 4, 4: None}[ours.number]
+        # Round 1 asks trials 0-3: PPO (1: group size 1) trains alone, 0, 2 and 3 (group size
+        # 8) together; round 2 has one trial left (4), which trains alone.
+        expected = {0: 3, 1: None, 2: 3, 3: 3, 4: None}[ours.number]
         assert summary.get("population") == expected, ours.number
-    # Re-evaluation on fresh seeds: the top 2, GRPO and PPO together; the same numbers.
+    # Re-evaluation on fresh seeds: the top 2 and GRPO together, PPO alone; the same numbers.
     assert [r["label"] for r in together_rows] == [r["label"] for r in sequential_rows]
     for ours, theirs in zip(together_rows, sequential_rows, strict=True):
         assert ours["rewards"] == pytest.approx(theirs["rewards"], abs=1e-6), ours["label"]
         folder = tmp_path / "population" / "reeval" / ours["label"] / "addition" / "seed1001"
         summary = json.loads((folder / "summary.json").read_text())
-        assert summary.get("population") == 4
+        assert summary.get("population") == (None if ours["label"] == "ppo" else 3)
     # Run again, the re-evaluation reads every run back instead of training it.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "population" / "reeval").rglob("*")}
     campaign = Campaign(parse_space(SPACE), tmp_path / "population", population=4)
