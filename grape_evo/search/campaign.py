@@ -433,15 +433,18 @@ class Campaign:
     def _reporter(self, trial: optuna.Trial | None) -> Reporter | None:
         """Reports intermediate values to ``trial`` and raises `optuna.TrialPruned` when its
         pruner says so (single-objective studies only: Optuna cannot prune the others); None
-        without a trial."""
+        without a trial. A baseline reports but is never pruned: it is the yardstick every
+        discovery is compared with on fresh seeds, and only completed trials are re-evaluated.
+        """
         if trial is None:
             return None
-        prune = len(self.directions) == 1
+        report_values = len(self.directions) == 1
+        prunable = report_values and not trial.user_attrs.get("baseline")
 
         def report(step: int, value: float) -> None:
-            if prune:
+            if report_values:
                 trial.report(value, step)
-                if trial.should_prune():
+                if prunable and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at global step {step}: reward {value:.3f}")
 
         return report

@@ -3,7 +3,8 @@
 * The same trials (same seeded sampler, same enqueued baselines) get the same states, genes and
   values as in a sequential campaign, up to float rounding; each keeps its own folder with
   verified checksums. PPO (group size 1) trains apart from the GRPO family (group size 8).
-* A pruned member leaves the population while the others complete; Ctrl-C records every
+* A pruned member leaves the population while the others complete; baselines are never
+  pruned (in either mode); Ctrl-C records every
   trial of the round as FAIL and nothing stays RUNNING; a SIGKILLed population campaign
   resumes, retrying each of its P trials once; a policy that population mode cannot train
   (LoRA, or a model it rejects) trains each candidate alone.
@@ -133,6 +134,30 @@ def test_a_pruned_member_leaves_and_the_others_complete(tmp_path: Path) -> None:
     assert stopped["steps"] == 1 and not (folder / "seed1").exists()
     for n in (0, 1, 3):  # two seeds of two steps each: global steps 1, 2 and 3, 4
         assert list(study.trials[n].intermediate_values) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("population", [1, 4])
+def test_baselines_are_never_pruned(tmp_path: Path, population: int) -> None:
+    """With a pruner that prunes every report, the candidates stop at their first evaluation
+    and the baselines complete (their curves are still reported), in both modes; the
+    re-evaluation has every baseline."""
+    campaign = Campaign(parse_space(SPACE), tmp_path / "run", population=population)
+    study = campaign.open(create=True)
+    study.pruner = PruneAll()
+    campaign.optimize(study, BUDGET, wait_for_running=True)
+    for trial in study.get_trials():
+        if trial.user_attrs.get("baseline"):
+            assert trial.state == TrialState.COMPLETE, trial.number
+            assert list(trial.intermediate_values) == [1, 2, 3, 4]
+        else:
+            assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    labels = {row["label"] for row in campaign.reevaluate(study)}
+    assert labels == {"grpo", "ppo"}  # no candidate completed; both baselines did
+
+
+class PruneAll(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return True
 
 
 def test_ctrl_c_fails_every_trial_of_the_round(tmp_path: Path) -> None:
