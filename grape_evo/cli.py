@@ -44,7 +44,7 @@ JOBS_HELP = (
 err_console = Console(stderr=True)
 POPULATION_HELP = (
     "Train up to P candidates of each process at once in lockstep (one batched forward for "
-    "all): on-policy objectives other than TRPO, on a plain GPT-2 policy; others "
+    "all): every objective but TRPO and SFT, on a plain GPT-2 policy; others "
     "train alone as usual."
 )
 

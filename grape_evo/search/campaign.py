@@ -627,14 +627,15 @@ class Campaign:
 
     def _groups(self, candidates: list[_Candidate]) -> list[list[_Candidate]]:
         """Candidates to train together: with ``population > 1``, those population mode
-        supports, by group size, in chunks of at most ``population``; every other alone.
+        supports, by data (on-policy: by group size; offline pairs), in chunks of at most
+        ``population``; every other alone.
 
         Population mode can mix group sizes (`batch_rows` equal), but then every member's
         forward runs as many prompts as the member with the most (group size 1: one prompt
         per row). Measured on the quickstart space (CPU, no pruner): PPO (group size 1) with
         the GRPO candidates made the search 31% slower than PPO alone beside them.
         """
-        together: dict[tuple[int, int], list[_Candidate]] = {}
+        together: dict[tuple[str | int, ...], list[_Candidate]] = {}
         alone: list[list[_Candidate]] = []
         for candidate in candidates:
             spec = candidate.spec.canonical()
@@ -645,7 +646,10 @@ class Campaign:
             ):
                 alone.append([candidate])
             else:
-                key = (batch_rows(candidate.configs[0], spec), spec.group_size)
+                rows = batch_rows(candidate.configs[0], spec)
+                key = (
+                    (spec.data, rows, spec.group_size) if spec.data == "on_policy" else (spec.data,)
+                )
                 together.setdefault(key, []).append(candidate)
         size = self.population
         chunks = [g[i : i + size] for g in together.values() for i in range(0, len(g), size)]

@@ -28,12 +28,14 @@ to T_m for the objective, whose aggregation may depend on T; prompts are left-pa
 longest, `MemberPrompts`.) Every forward runs each member's distinct prompts once on its
 weights and the completion tokens on their KV cache.
 
-Restrictions (others raise `PopulationUnsupported`, naming the member): on-policy data (RL
-or online preference pairs), no ``trpo`` surrogate, the same number of completions per step
-(`batch_rows`; group sizes, prompts and ``epochs`` may differ); ``config.minibatches`` 1; a
-plain transformers GPT-2 policy (`fast_gpt2.supports`) with full fine-tuning (no LoRA), and a
-value head when a member has a critic advantage (``gae``): each such member trains its own
-copy of it, with the critic loss of `Trainer`.
+Restrictions (others raise `PopulationUnsupported`, naming the member): one kind of data for
+all: on-policy (RL or online preference pairs; no ``trpo`` surrogate; the same number of
+completions per step, `batch_rows`: group sizes, prompts and ``epochs`` may differ) or
+offline preference pairs (every member on the same pairs and reference sums, drawn per step
+as `Trainer` draws them); ``config.minibatches`` 1; a plain transformers GPT-2 policy
+(`fast_gpt2.supports`) with full fine-tuning (no LoRA), and a value head when a member has a
+critic advantage (``gae``): each such member trains its own copy of it, with the critic loss
+of `Trainer`.
 
 A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
 ``max_kl_to_ref``) stops training there; the others go on; so does a member stopped by the
@@ -56,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grape_evo.objective import Objective, build_objective
+from grape_evo.objective.aggregation import masked_mean
 from grape_evo.objective.spec import ObjectiveSpec
 from grape_evo.policy import Policy, Rollout
 from grape_evo.policy.fast_gpt2 import GELU_APPROXIMATE, or_self, shared_prompts
@@ -63,7 +66,7 @@ from grape_evo.policy.model import position_ids_from_mask, token_logprobs
 from grape_evo.policy.sampling import build_rollout, encode_prompts, next_tokens
 from grape_evo.policy.tokenizer import TextTokenizer
 from grape_evo.tasks import Task
-from grape_evo.training.batches import ScoredRollout, online_pairs, task_rewards
+from grape_evo.training.batches import OfflinePairs, ScoredRollout, online_pairs, task_rewards
 from grape_evo.training.config import TrainConfig
 from grape_evo.training.trainer import (
     Diverged,
@@ -72,7 +75,10 @@ from grape_evo.training.trainer import (
     critic_returns,
     eval_generator,
     no_pair_metrics,
+    offline_pairs_rollout,
+    offline_preference_batch,
     online_preference_loss,
+    reference_pair_logps,
     rollout_batch,
     sequence_k3,
     step_metrics,
@@ -82,6 +88,7 @@ from grape_evo.training.trainer import (
 
 Weights = dict[str, Tensor]  # transformers parameter name -> [M, *shape]
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [M * R, nh, L, hd]
+MemberLoss = Callable[[int, Tensor, Tensor, Tensor | None], tuple[Tensor, dict[str, Tensor]]]
 
 
 # ---------------------------------------------------------------------- the stacked forward
@@ -360,9 +367,9 @@ def batch_rows(config: TrainConfig, spec: ObjectiveSpec) -> int:
 def unsupported_reason(spec: ObjectiveSpec) -> str | None:
     """Why population mode cannot train ``spec`` (None when it can)."""
     spec = spec.canonical()
-    if spec.data != "on_policy":
-        return f"data '{spec.data}' is not on_policy"
-    if spec.surrogate.name == "trpo":
+    if spec.data not in ("on_policy", "preference_pairs"):
+        return f"data '{spec.data}' (only on_policy and preference_pairs)"
+    if spec.preference is None and spec.surrogate.name == "trpo":
         return "surrogate 'trpo' needs its own natural-gradient step"
     return None
 
@@ -389,6 +396,9 @@ class PopulationTrainer:
         policy: the warm start with its frozen reference (as `warm_start_policy` returns it);
             its weights are copied, never changed.
         lrs: a learning rate per member, or None for ``config.lr`` for all.
+        offline_pairs: the labelled pairs of members with ``data: preference_pairs``
+            (`sample_offline_pairs` of the warm start, as `train` draws them); all members of
+            a population share their ``data``.
     """
 
     def __init__(
@@ -398,6 +408,7 @@ class PopulationTrainer:
         config: TrainConfig,
         policy: Policy,
         lrs: Sequence[float] | None = None,
+        offline_pairs: OfflinePairs | None = None,
     ) -> None:
         if not specs:
             raise ValueError("a population needs at least one member")
@@ -407,7 +418,13 @@ class PopulationTrainer:
         self.specs = [spec.canonical() for spec in specs]
         for i, spec in enumerate(self.specs):
             reason = unsupported_reason(spec)
-            if reason is None and batch_rows(config, spec) != batch_rows(config, self.specs[0]):
+            if reason is None and spec.data != self.specs[0].data:
+                reason = f"data '{spec.data}' differs from member 0's '{self.specs[0].data}'"
+            if (
+                reason is None
+                and spec.data == "on_policy"
+                and batch_rows(config, spec) != batch_rows(config, self.specs[0])
+            ):
                 reason = (
                     f"group_size {spec.group_size} gives {batch_rows(config, spec)} rows per "
                     f"batch, member 0's {batch_rows(config, self.specs[0])} (members must "
@@ -436,6 +453,18 @@ class PopulationTrainer:
                 "members with a critic advantage need the warm start's value head "
                 "(PolicyConfig(value_head=True))"
             )
+        offline = self.specs[0].data == "preference_pairs"
+        if offline and offline_pairs is None:
+            raise PopulationUnsupported(
+                "members with data 'preference_pairs' need the offline pairs "
+                "(offline_pairs=sample_offline_pairs(policy, task, config))"
+            )
+        self.offline_pairs = offline_pairs if offline else None
+        self._offline_ref = (
+            reference_pair_logps(policy, offline_pairs)
+            if offline and offline_pairs is not None
+            else None
+        )
         self.task, self.config, self.lrs = task, config, lrs
         self.tokenizer = policy.tokenizer
         self.device = policy.device
@@ -538,20 +567,30 @@ class PopulationTrainer:
 
     # ---- one step --------------------------------------------------------------------
     def step(self, step: int) -> list[dict[str, float] | None]:
-        """One rollout-and-update step of every live member.
+        """One step of every live member: sample (on-policy) or draw the step's offline pairs,
+        then update ``epochs`` times on that batch (as `Trainer` does with one minibatch).
 
-        Every live member samples, then updates ``epochs`` times on its batch (as `Trainer`
-        does with one minibatch): update k trains, in one batched forward and backward, the
-        members whose ``epochs`` exceed k. Returns, per member, its float metrics as
-        `Trainer.step` reports them (``reward``, ``kl_to_ref``, ``completion_length``,
-        ``loss``, ``grad_norm`` and the objective's own, from its last update), or None for a
-        member that stopped at an earlier step. A member whose metrics diverge here gets them
-        returned and stops (see `members`).
+        Update k trains, in one batched forward and backward, the members whose ``epochs``
+        exceed k. Returns, per member, its float metrics as `Trainer.step` reports them (the
+        objective's own from its last update, ``loss``, ``grad_norm``; on-policy also
+        ``reward``, ``kl_to_ref``, ``completion_length``), or None for a member that stopped
+        at an earlier step. A member whose metrics diverge here gets them returned and stops
+        (see `members`).
         """
-        live, cfg = self.live, self.config
+        live = self.live
         results: list[dict[str, float] | None] = [None] * len(self.members)
         if not live:
             return results
+        if self.offline_pairs is not None:
+            metrics = self._offline_pairs_step(step, live)
+        else:
+            metrics = self._on_policy_step(step, live)
+        for m, i in enumerate(live):
+            results[i] = self._finish(i, metrics[m], step)
+        return results
+
+    def _on_policy_step(self, step: int, live: list[int]) -> list[dict[str, Tensor]]:
+        cfg = self.config
         frozen = self._weights(live, grad=False)
         group_sizes = [self.specs[i].group_size for i in live]
         rollouts = self.model.sample(
@@ -597,14 +636,82 @@ class PopulationTrainer:
             full = rollout_batch(scored[m], old, None, False)
             returns.append(critic_returns(self.objectives[i], full) if self.critics[i] else None)
         pairs = [self._online_pairs(i, member) for i, member in zip(live, scored, strict=True)]
+
+        def member_loss(
+            m: int, logp: Tensor, entropy: Tensor, values: Tensor | None
+        ) -> tuple[Tensor, dict[str, Tensor]]:
+            own = scored[m].rollout.completion_ids.shape[1]
+            new, new_entropy = logp[:, :own], entropy[:, :own]
+            objective, member_pairs = self.objectives[live[m]], pairs[m]
+            if member_pairs is None:
+                batch = rollout_batch(scored[m], new, new_entropy, old_is_new[m])
+                loss, metrics = objective(batch)
+            else:
+                _, loss, metrics = online_preference_loss(
+                    objective, scored[m], new, new_entropy, *member_pairs
+                )
+            if (target := returns[m]) is not None and values is not None:
+                value_loss = critic_loss(values[:, :own], target, scored[m].rollout.completion_mask)
+                loss = loss + cfg.value_coef * value_loss
+                metrics["value_loss"] = value_loss.detach()
+            return loss, metrics
+
         # As in `Trainer`, a preference member whose groups all tie has no pair: no update.
         updates = [
             0 if p is not None and p[0].numel() == 0 else e
             for p, e in zip(pairs, epochs, strict=True)
         ]
-        metrics: list[dict[str, Tensor]] = [
-            {} if n else no_pair_metrics(self.device) for n in updates
-        ]
+        metrics = self._update(live, updates, prompts, ids, mask, member_loss)
+        for m, member in enumerate(scored):
+            if not updates[m]:
+                metrics[m] = no_pair_metrics(self.device)
+            mask_m = member.rollout.completion_mask
+            metrics[m]["reward"] = member.rewards.mean()
+            metrics[m]["kl_to_ref"] = sequence_k3(member.old_logp, member.ref_logp, mask_m).mean()
+            metrics[m]["completion_length"] = mask_m.sum(-1).float().mean()
+        return metrics
+
+    def _offline_pairs_step(self, step: int, live: list[int]) -> list[dict[str, Tensor]]:
+        """The step's offline pairs (the same for every member, as each `Trainer` draws them)
+        through every member; the reference sums were computed once."""
+        assert self.offline_pairs is not None and self._offline_ref is not None
+        rollout, index = offline_pairs_rollout(
+            self.tokenizer, self.offline_pairs, self.config, step, self.device
+        )
+        ref_chosen, ref_rejected = (r[index].to(self.device) for r in self._offline_ref)
+        count, mask = len(live), rollout.completion_mask
+        part = shared_prompts(rollout.prompt_ids, rollout.prompt_mask)
+        prompts = MemberPrompts.stack([part] * count, self.tokenizer.pad_id)
+
+        def member_loss(
+            m: int, logp: Tensor, entropy: Tensor, _values: Tensor | None
+        ) -> tuple[Tensor, dict[str, Tensor]]:
+            batch = offline_preference_batch(logp, mask, ref_chosen, ref_rejected)
+            loss, metrics = self.objectives[live[m]](batch)
+            metrics["entropy"] = masked_mean(entropy.detach(), mask)
+            return loss, metrics
+
+        ids = rollout.completion_ids.expand(count, -1, -1)
+        epochs = [self.specs[i].epochs for i in live]
+        return self._update(live, epochs, prompts, ids, mask.expand(count, -1, -1), member_loss)
+
+    def _update(
+        self,
+        live: list[int],
+        updates: list[int],
+        prompts: MemberPrompts,
+        ids: Tensor,
+        mask: Tensor,
+        member_loss: MemberLoss,
+    ) -> list[dict[str, Tensor]]:
+        """``max(updates)`` batched updates of the live members on their rows ``ids``,
+        ``mask`` [M, B, T] after ``prompts``: update k trains the members m with
+        ``updates[m] > k`` (one forward and backward for them; a member left out has no
+        gradient and takes no Adam step). ``member_loss(m, logp, entropy, values)`` gets member
+        m's [B, T] rows and gives its loss and metrics. Returns each member's metrics from its
+        last update, with ``grad_norm`` (``{}`` for a member without one)."""
+        cfg = self.config
+        metrics: list[dict[str, Tensor]] = [{} for _ in live]
         for update in range(max(updates)):
             active = [m for m, n in enumerate(updates) if n > update]
             members = [live[m] for m in active]
@@ -617,24 +724,10 @@ class PopulationTrainer:
             )
             losses = []
             for row, m in enumerate(active):
-                own = scored[m].rollout.completion_ids.shape[1]
-                new, new_entropy = logp[row, :, :own], entropy[row, :, :own]
-                objective, member_pairs = self.objectives[live[m]], pairs[m]
-                if member_pairs is None:
-                    batch = rollout_batch(scored[m], new, new_entropy, old_is_new[m])
-                    loss, metrics[m] = objective(batch)
-                else:
-                    _, loss, metrics[m] = online_preference_loss(
-                        objective, scored[m], new, new_entropy, *member_pairs
-                    )
-                if (target := returns[m]) is not None and values is not None:
-                    value_loss = critic_loss(
-                        values[row, :, :own], target, scored[m].rollout.completion_mask
-                    )
-                    loss = loss + cfg.value_coef * value_loss
-                    metrics[m]["value_loss"] = value_loss.detach()
+                member_values = None if values is None else values[row]
+                loss, metrics[m] = member_loss(m, logp[row], entropy[row], member_values)
                 losses.append(loss)
-            self.optimizer.zero_grad(set_to_none=True)  # members left out take no Adam step
+            self.optimizer.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
             for m in active:
                 norm = torch.nn.utils.clip_grad_norm_(
@@ -642,15 +735,7 @@ class PopulationTrainer:
                 )
                 metrics[m]["grad_norm"] = norm.detach()
             self.optimizer.step()
-        for m, i in enumerate(live):
-            mask_m = scored[m].rollout.completion_mask
-            metrics[m]["reward"] = scored[m].rewards.mean()
-            metrics[m]["kl_to_ref"] = sequence_k3(
-                scored[m].old_logp, scored[m].ref_logp, mask_m
-            ).mean()
-            metrics[m]["completion_length"] = mask_m.sum(-1).float().mean()
-            results[i] = self._finish(i, metrics[m], step)
-        return results
+        return metrics
 
     def _online_pairs(self, i: int, scored: ScoredRollout) -> tuple[Tensor, Tensor] | None:
         """Member i's (chosen, rejected) rows when its objective is a preference loss."""

@@ -248,7 +248,12 @@ def train_population(
             job = bar.add_task(f"{count} candidates on {task.name}", total=config.steps, status="")
             bar.update(job, status="warm start")
             policy, cache = warm_start_policy(task, policy_cfg, config, device, cache_dir)
-            trainer = PopulationTrainer(specs, task, config, policy, [c.lr for c in configs])
+            pairs = None
+            if any(spec.canonical().data == "preference_pairs" for spec in specs):
+                bar.update(job, status="labelling preference pairs")
+                pairs = sample_offline_pairs(policy, task, config)
+            lrs = [c.lr for c in configs]
+            trainer = PopulationTrainer(specs, task, config, policy, lrs, offline_pairs=pairs)
             logs = [None if o is None else MetricsLog(o / "metrics.jsonl") for o in outs]
             last_evals = trainer.evaluate()
             for summary, initial in zip(summaries, last_evals, strict=True):

@@ -39,6 +39,7 @@ from grape_evo.objective.aggregation import masked_mean
 from grape_evo.objective.kl import k3
 from grape_evo.objective.spec import ObjectiveSpec
 from grape_evo.policy import Policy, Rollout, completion_logprobs, encode_pairs, sample
+from grape_evo.policy.tokenizer import TextTokenizer
 from grape_evo.tasks import Task
 from grape_evo.training.batches import (
     OfflinePairs,
@@ -412,30 +413,16 @@ class Trainer:
         pairs = self.offline_pairs
         assert pairs is not None
         if self._offline_ref is None:
-            self._offline_ref = self._reference_pair_logps(pairs)
-        n = min(max(1, self.config.batch_size // 2), len(pairs))
-        index = torch.randperm(
-            len(pairs),
-            generator=torch.Generator().manual_seed(_step_seed(self.config.seed, step, 3)),
-        )[:n]
-        rows = index.tolist()
-        prompts = [pairs.prompts[i] for i in rows]
-        texts = [pairs.chosen[i] for i in rows] + [pairs.rejected[i] for i in rows]
-        rollout = encode_pairs(self.policy.tokenizer, prompts + prompts, texts, device=self.device)
-        chosen = torch.arange(n)
-        rejected = torch.arange(n, 2 * n)
-        metrics: dict[str, Tensor] = {}
+            self._offline_ref = reference_pair_logps(self.policy, pairs)
+        rollout, index = offline_pairs_rollout(
+            self.policy.tokenizer, pairs, self.config, step, self.device
+        )
         ref_chosen, ref_rejected = (r[index].to(self.device) for r in self._offline_ref)
+        metrics: dict[str, Tensor] = {}
         for _ in range(self.spec.epochs):
             out = completion_logprobs(self.policy, rollout)
-            seq, length = sequence_sums(out.logp, rollout.completion_mask)
-            batch = PreferenceBatch(
-                chosen_logp=seq[chosen],
-                rejected_logp=seq[rejected],
-                ref_chosen_logp=ref_chosen,
-                ref_rejected_logp=ref_rejected,
-                chosen_len=length[chosen],
-                rejected_len=length[rejected],
+            batch = offline_preference_batch(
+                out.logp, rollout.completion_mask, ref_chosen, ref_rejected
             )
             loss, metrics = self.objective(batch)
             if self.loss_hook is not None:
@@ -443,24 +430,6 @@ class Trainer:
             metrics["grad_norm"] = self._apply(loss)
             metrics["entropy"] = masked_mean(out.entropy.detach(), rollout.completion_mask)
         return metrics
-
-    @torch.no_grad()
-    def _reference_pair_logps(self, pairs: OfflinePairs) -> tuple[Tensor, Tensor]:
-        """Reference log-prob sums of every chosen and rejected completion, computed once."""
-        out: list[Tensor] = []
-        for texts in (pairs.chosen, pairs.rejected):
-            sums = []
-            for start in range(0, len(texts), 256):
-                rollout = encode_pairs(
-                    self.policy.tokenizer,
-                    pairs.prompts[start : start + 256],
-                    texts[start : start + 256],
-                    device=self.device,
-                )
-                logp = completion_logprobs(self.policy, rollout, reference=True).logp
-                sums.append(sequence_sums(logp, rollout.completion_mask)[0].cpu())
-            out.append(torch.cat(sums))
-        return out[0], out[1]
 
     # ---- evaluation ------------------------------------------------------------------
     @torch.no_grad()
@@ -479,6 +448,63 @@ class Trainer:
         kl = float(sequence_kl_to_ref(self.policy, rollout).mean())
         self.policy.train()
         return EvalReport(reward=result.reward, accuracy=result.accuracy, kl_to_ref=kl)
+
+
+@torch.no_grad()
+def reference_pair_logps(policy: Policy, pairs: OfflinePairs) -> tuple[Tensor, Tensor]:
+    """Reference log-prob sums [N] of every chosen and rejected completion (on the CPU),
+    computed once per run in chunks of 256."""
+    out: list[Tensor] = []
+    for texts in (pairs.chosen, pairs.rejected):
+        sums = []
+        for start in range(0, len(texts), 256):
+            rollout = encode_pairs(
+                policy.tokenizer,
+                pairs.prompts[start : start + 256],
+                texts[start : start + 256],
+                device=policy.device,
+            )
+            logp = completion_logprobs(policy, rollout, reference=True).logp
+            sums.append(sequence_sums(logp, rollout.completion_mask)[0].cpu())
+        out.append(torch.cat(sums))
+    return out[0], out[1]
+
+
+def offline_pairs_rollout(
+    tokenizer: TextTokenizer,
+    pairs: OfflinePairs,
+    config: TrainConfig,
+    step: int,
+    device: torch.device,
+) -> tuple[Rollout, Tensor]:
+    """Step ``step``'s n = ``min(max(1, batch_size // 2), len(pairs))`` pairs (a seeded draw
+    without replacement): their rows [2n] (the n chosen completions, then the n rejected
+    ones, after their prompts) and their indices [n] into ``pairs``."""
+    n = min(max(1, config.batch_size // 2), len(pairs))
+    index = torch.randperm(
+        len(pairs), generator=torch.Generator().manual_seed(_step_seed(config.seed, step, 3))
+    )[:n]
+    rows = index.tolist()
+    prompts = [pairs.prompts[i] for i in rows]
+    texts = [pairs.chosen[i] for i in rows] + [pairs.rejected[i] for i in rows]
+    return encode_pairs(tokenizer, prompts + prompts, texts, device=device), index
+
+
+def offline_preference_batch(
+    logp: Tensor, mask: Tensor, ref_chosen: Tensor, ref_rejected: Tensor
+) -> PreferenceBatch:
+    """The `PreferenceBatch` of `offline_pairs_rollout`'s rows: per-token ``logp`` and
+    ``mask`` [2n, T] (chosen rows first), reference sums ``ref_chosen``, ``ref_rejected`` [n]."""
+    n = ref_chosen.shape[0]
+    seq, length = sequence_sums(logp, mask)
+    return PreferenceBatch(
+        chosen_logp=seq[:n],
+        rejected_logp=seq[n:],
+        ref_chosen_logp=ref_chosen,
+        ref_rejected_logp=ref_rejected,
+        chosen_len=length[:n],
+        rejected_len=length[n:],
+    )
 
 
 def sample_offline_pairs(policy: Policy, task: Task, config: TrainConfig) -> OfflinePairs:

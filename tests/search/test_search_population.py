@@ -112,6 +112,27 @@ def test_population_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_offline_preference_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
+    """A DPO-family space (offline pairs): the same trial values as a sequential campaign, and
+    the first round's four trials trained as one population."""
+    offline = {
+        "base": "dpo",
+        "axes": {
+            "preference.name": {"choices": ["sigmoid", "ipo", "hinge", "robust"]},
+            "preference.beta": {"low": 0.05, "high": 0.5, "log": True},
+        },
+        "baselines": ["dpo", "ipo"],
+    }
+    sequential = run(tmp_path, "sequential", population=1, **offline).get_trials()
+    together = run(tmp_path, "population", population=4, **offline).get_trials()
+    for ours, theirs in zip(together, sequential, strict=True):
+        assert ours.state == theirs.state == TrialState.COMPLETE, ours.number
+        assert ours.params == theirs.params
+        assert ours.value == pytest.approx(theirs.value, abs=1e-6), ours.number
+    folder = tmp_path / "population" / "trials" / "00000" / "addition" / "seed0"
+    assert json.loads((folder / "summary.json").read_text())["population"] == 4
+
+
 def test_a_pruned_member_leaves_and_the_others_complete(tmp_path: Path) -> None:
     space = parse_space({**SPACE, "baselines": ["grpo"]})
     campaign = Campaign(space, tmp_path / "run", population=4)

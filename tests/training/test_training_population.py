@@ -196,8 +196,8 @@ def _with(name: str, **changes: Any) -> ObjectiveSpec:
     ("member", "message"),
     [
         (lambda: presets.get("trpo"), "trpo"),
-        (lambda: presets.get("dpo"), "not on_policy"),
-        (lambda: presets.get("sft"), "not on_policy"),
+        (lambda: presets.get("dpo"), "data 'preference_pairs' differs from member 0's"),
+        (lambda: presets.get("sft"), r"data 'demonstrations' \(only on_policy"),
         (lambda: _with("grpo", group_size=3), "group_size 3 gives 6 rows"),
     ],
 )
@@ -262,16 +262,23 @@ def test_a_diverged_member_stops_and_the_others_go_on(
     assert steady["train_config"]["lr"] == 0.0 and wild["train_config"]["lr"] == 1.0
 
 
+@pytest.mark.parametrize(
+    "names",
+    [("grpo", "dr_grpo", "ppo"), ("dpo", "ipo", "simpo")],
+    ids=["on-policy-with-critic", "offline-pairs"],
+)
 def test_run_folders_match_train_alone(
     tiny: Callable[..., Any],
     cache_dir: Path,
     tmp_path: Path,
     read_jsonl: Callable[[Path], list[dict[str, Any]]],
+    names: tuple[str, ...],
 ) -> None:
-    """Each member's metrics.jsonl and summary are what `train` writes for it alone."""
+    """Each member's metrics.jsonl and summary are what `train` writes for it alone: GRPO,
+    Dr. GRPO and PPO (its critic); DPO, IPO and SimPO on the same offline pairs."""
     task = get_task("addition")
     config = tiny(batch_size=BATCH, steps=STEPS, seed=5)
-    specs = [presets.get("grpo"), presets.get("dr_grpo"), presets.get("ppo")]
+    specs = [presets.get(name) for name in names]
     configs = [replace(config, lr=lr) for lr in (1e-3, 3e-4, 1e-4)]
     folders = [tmp_path / "population" / spec.name for spec in specs]
     summaries = train_population(
