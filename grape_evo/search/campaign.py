@@ -185,7 +185,9 @@ def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers
         genes = [Gene(a.path, a.distribution(), a.when) for a in space.axes]
         return EvolutionSampler(genes, population_size=settings.population_size, seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        with warnings.catch_warnings():  # `multivariate` and `group` are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=settings.population_size, seed=seed)
     if name == "cmaes":
