@@ -108,13 +108,10 @@ def run_candidate(
     result = CandidateResult()
     for task_ref, task, index in _runs(tasks, train_configs):
         config = train_configs[index.seed]
-        run_dir = out_dir / _task_label(task_ref) / f"seed{config.seed}"
-        summary = _existing(run_dir, spec, config.seed) if reuse_existing else None
-        if summary is not None:
-            curve = _curve(run_dir)
-        else:
-            curve = []
-            summary = train(
+        run_dir, summary = _run_folder(out_dir, task_ref, spec, config.seed, reuse_existing)
+        if summary is None:
+            curve: list[tuple[int, float]] = []
+            trained = train(
                 spec,
                 task,
                 config,
@@ -123,7 +120,8 @@ def run_candidate(
                 progress=False,
                 step_callback=_on_step(curve, report, index.offset),
             )
-        result.runs.append(_labelled(summary, task_ref, curve, run_dir))
+            summary = _labelled(trained, task_ref, curve, run_dir)
+        result.runs.append(summary)
         if summary["status"] != "ok":
             return result
     return result
@@ -159,14 +157,13 @@ def run_population(
         for i, result in enumerate(results):
             if result.stopped_by is not None or not _all_ok(result):
                 continue
-            config = train_configs[i][index.seed]
-            run_dir = out_dirs[i] / _task_label(task_ref) / f"seed{config.seed}"
-            summary = _existing(run_dir, specs[i], config.seed) if reuse_existing else None
+            seed = train_configs[i][index.seed].seed
+            run_dir, summary = _run_folder(out_dirs[i], task_ref, specs[i], seed, reuse_existing)
             if summary is None:
                 members.append(i)
                 run_dirs.append(run_dir)
             else:
-                result.runs.append(_labelled(summary, task_ref, _curve(run_dir), run_dir))
+                result.runs.append(summary)
         if not members:
             continue
         curves: list[list[tuple[int, float]]] = [[] for _ in members]
@@ -239,6 +236,18 @@ def _keeping(result: CandidateResult, report: Reporter | None) -> Reporter | Non
             raise
 
     return keep
+
+
+def _run_folder(
+    out_dir: Path, task_ref: Any, spec: ObjectiveSpec, seed: int, reuse_existing: bool
+) -> tuple[Path, dict[str, Any] | None]:
+    """A run's folder, and (with ``reuse_existing``) its labelled summary and curve read back
+    when it finished ``ok`` for the same objective and seed; None when it must be trained."""
+    run_dir = out_dir / _task_label(task_ref) / f"seed{seed}"
+    summary = _existing(run_dir, spec, seed) if reuse_existing else None
+    if summary is None:
+        return run_dir, None
+    return run_dir, _labelled(summary, task_ref, _curve(run_dir), run_dir)
 
 
 def _all_ok(result: CandidateResult) -> bool:

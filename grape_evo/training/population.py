@@ -71,6 +71,7 @@ from grape_evo.training.config import TrainConfig
 from grape_evo.training.trainer import (
     Diverged,
     EvalReport,
+    adam,
     critic_loss,
     critic_returns,
     eval_generator,
@@ -78,6 +79,7 @@ from grape_evo.training.trainer import (
     offline_pairs_rollout,
     offline_preference_batch,
     online_preference_loss,
+    prompts_per_step,
     reference_pair_logps,
     rollout_batch,
     sequence_k3,
@@ -359,9 +361,9 @@ def stack_rollouts(
 
 
 def batch_rows(config: TrainConfig, spec: ObjectiveSpec) -> int:
-    """Completions per step: ``max(1, batch_size // group_size)`` prompts x ``group_size``
-    (`train_prompts`). Members of a population must agree on it."""
-    return max(1, config.batch_size // spec.group_size) * spec.group_size
+    """Completions per step: `prompts_per_step` x ``group_size``. Members of a population
+    must agree on it."""
+    return prompts_per_step(config, spec.group_size) * spec.group_size
 
 
 def unsupported_reason(spec: ObjectiveSpec) -> str | None:
@@ -465,7 +467,7 @@ class PopulationTrainer:
             if offline and offline_pairs is not None
             else None
         )
-        self.task, self.config, self.lrs = task, config, lrs
+        self.task, self.config = task, config
         self.tokenizer = policy.tokenizer
         self.device = policy.device
         self.model = StackedGPT2.of(lm)
@@ -487,9 +489,8 @@ class PopulationTrainer:
             torch.Generator(device=self.device).manual_seed(config.seed) for _ in specs
         ]
         self.members = [MemberState() for _ in specs]
-        fused = self.device.type in ("cpu", "cuda")
         groups = [{"params": self._trainable(i), "lr": lr} for i, lr in enumerate(lrs)]
-        self.optimizer = torch.optim.Adam(groups, lr=config.lr, fused=fused)
+        self.optimizer = adam(groups, config.lr, self.device)
 
     @property
     def live(self) -> list[int]:

@@ -19,11 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from grape_evo.objective import ObjectiveSpec
-from grape_evo.policy import PolicyConfig, resolve_device
+from grape_evo.policy import Policy, PolicyConfig, resolve_device
 from grape_evo.tasks import Task
+from grape_evo.training.batches import OfflinePairs
 from grape_evo.training.config import TrainConfig
 from grape_evo.training.population import PopulationTrainer, PopulationUnsupported
 from grape_evo.training.run_log import MetricsLog, write_json_atomic
@@ -99,6 +107,28 @@ def _failure_reason(err: Exception) -> str:
     return f"{type(err).__name__}: {err} (at {Path(last.filename).name}:{last.lineno})"
 
 
+def _start(
+    task: Task,
+    policy_cfg: PolicyConfig,
+    config: TrainConfig,
+    device: torch.device,
+    cache_dir: Path | None,
+    specs: Sequence[ObjectiveSpec],
+    bar: Progress,
+    job: TaskID,
+) -> tuple[Policy, Path, OfflinePairs | None]:
+    """The cached warm start (policy and its cache folder) and, when one of ``specs`` trains
+    on offline preference pairs, the pairs sampled from it (right after loading it, so a run
+    draws the same pairs alone or in a population)."""
+    bar.update(job, status="warm start")
+    policy, cache = warm_start_policy(task, policy_cfg, config, device, cache_dir)
+    pairs = None
+    if any(spec.canonical().data == "preference_pairs" for spec in specs):
+        bar.update(job, status="labelling preference pairs")
+        pairs = sample_offline_pairs(policy, task, config)
+    return policy, cache, pairs
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -128,7 +158,6 @@ def train(
     stops the run (status ``stopped``) and is re-raised after the outputs are written.
     """
     start = time.perf_counter()
-    canonical = spec.canonical()
     device = resolve_device(config.device)
     base_policy = policy_config or PolicyConfig()
     policy_cfg = replace(base_policy, value_head=needs_critic(spec))
@@ -140,13 +169,10 @@ def train(
     try:
         with _progress(progress) as bar:
             job = bar.add_task(f"{spec.name} on {task.name}", total=config.steps, status="")
-            bar.update(job, status="warm start")
-            policy, cache = warm_start_policy(task, policy_cfg, config, device, cache_dir)
+            policy, cache, pairs = _start(
+                task, policy_cfg, config, device, cache_dir, [spec], bar, job
+            )
             summary["warm_start_cache"] = str(cache)
-            pairs = None
-            if canonical.data == "preference_pairs":
-                bar.update(job, status="labelling preference pairs")
-                pairs = sample_offline_pairs(policy, task, config)
             trainer = Trainer(spec, task, config, policy, offline_pairs=pairs)
             initial = trainer.evaluate()
             summary["initial_eval"] = _eval_dict(initial)
@@ -246,12 +272,9 @@ def train_population(
     try:
         with _progress(progress) as bar:
             job = bar.add_task(f"{count} candidates on {task.name}", total=config.steps, status="")
-            bar.update(job, status="warm start")
-            policy, cache = warm_start_policy(task, policy_cfg, config, device, cache_dir)
-            pairs = None
-            if any(spec.canonical().data == "preference_pairs" for spec in specs):
-                bar.update(job, status="labelling preference pairs")
-                pairs = sample_offline_pairs(policy, task, config)
+            policy, cache, pairs = _start(
+                task, policy_cfg, config, device, cache_dir, specs, bar, job
+            )
             lrs = [c.lr for c in configs]
             trainer = PopulationTrainer(specs, task, config, policy, lrs, offline_pairs=pairs)
             logs = [None if o is None else MetricsLog(o / "metrics.jsonl") for o in outs]

@@ -74,11 +74,22 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % (2**31 - 1)
 
 
+def prompts_per_step(config: TrainConfig, group_size: int) -> int:
+    """On-policy prompts per step: ``max(1, batch_size // group_size)``."""
+    return max(1, config.batch_size // group_size)
+
+
 def train_prompts(task: Task, config: TrainConfig, step: int, group_size: int) -> list[str]:
-    """The ``max(1, batch_size // group_size)`` training prompts of on-policy step ``step``
-    (the same for every objective with the same group size and seed)."""
-    n_prompts = max(1, config.batch_size // group_size)
+    """The `prompts_per_step` training prompts of on-policy step ``step`` (the same for every
+    objective with the same group size and seed)."""
+    n_prompts = prompts_per_step(config, group_size)
     return task.prompts("train", n_prompts, _step_seed(config.seed, step, 1))
+
+
+def adam(params: Any, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over ``params`` (parameters or parameter groups) at ``lr``; the fused kernel on
+    CPU and CUDA (one kernel for all parameters instead of a loop of small ops per one)."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
 def eval_generator(config: TrainConfig, device: torch.device) -> torch.Generator:
@@ -210,17 +221,11 @@ class Trainer:
         value_ids = {id(p) for p in value_params}
         self.policy_params = [p for p in policy.trainable_parameters() if id(p) not in value_ids]
         if self.is_trpo:
-            self.optimizer = self._adam(value_params) if value_params else None
+            self.optimizer = adam(value_params, config.lr, self.device) if value_params else None
         else:
-            self.optimizer = self._adam(policy.trainable_parameters())
+            self.optimizer = adam(policy.trainable_parameters(), config.lr, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.loss_hook: LossHook | None = None
-
-    def _adam(self, params: list[torch.nn.Parameter]) -> torch.optim.Adam:
-        """Adam at ``config.lr``; the fused kernel on CPU and CUDA (one kernel for all
-        parameters instead of a loop of small ops per parameter)."""
-        fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(params, lr=self.config.lr, fused=fused)
 
     # ---- one step --------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:

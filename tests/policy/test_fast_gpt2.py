@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from model_helpers import tiny_gpt2
 
 from grape_evo.policy import (
     CharTokenizer,
@@ -39,25 +40,6 @@ PAIRS = [
 ]
 
 
-def _gpt2(activation: str, seed: int = 0) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tok = CharTokenizer()
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=tok.vocab_size,
-        n_layer=2,
-        n_head=4,
-        n_embd=32,
-        n_positions=64,
-        activation_function=activation,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    return GPT2LMHeadModel(config).eval()
-
-
 def _batch(tok: CharTokenizer, hole: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
     rollout = encode_pairs(tok, [p for p, _ in PAIRS], [c for _, c in PAIRS])
     mask = rollout.attention_mask.clone()
@@ -77,7 +59,7 @@ ATOL = {"cpu": 1e-5, "cuda": 1e-4}  # CUDA kernels (SDPA, GEMM) reduce in other 
 def test_logits_equal_transformers(
     tok: CharTokenizer, activation: str, hole: bool, device: str
 ) -> None:
-    lm = _gpt2(activation).to(device)
+    lm = tiny_gpt2(activation=activation).to(device)
     assert fast_gpt2.supports(lm)
     ids, mask, t = (x.to(device) if isinstance(x, torch.Tensor) else x for x in _batch(tok, hole))
     with torch.no_grad():
@@ -101,7 +83,7 @@ def test_logits_equal_transformers(
 
 
 def test_single_completion_token(tok: CharTokenizer) -> None:
-    lm = _gpt2("gelu_pytorch_tanh")
+    lm = tiny_gpt2(activation="gelu_pytorch_tanh")
     ids, mask, _ = _batch(tok)
     with torch.no_grad():
         want = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import torch
+from model_helpers import tiny_gpt2
 
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.policy import (
@@ -357,17 +358,8 @@ def test_stacked_forward_equals_each_models_own_forward(device: str, atol: float
     transformers model's own logits at its completion tokens, and each member's value head on
     the final hidden states. The members' prompts differ in
     number and length and their completions in length (stacked as `stack_rollouts` does)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     tok = CharTokenizer()
-    config = GPT2Config(
-        vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_embd=32, n_positions=64,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        models.append(GPT2LMHeadModel(config).eval().to(device))
+    models = [tiny_gpt2(seed).to(device) for seed in (0, 1)]
     member_pairs = [
         [("12+34=", "46"), ("12+34=", "4"), ("7+8=", "15"), ("100+250=", "350")],
         [("1+2=", "3"), ("1+2=", ""), ("1+2=", "3"), ("5+5=", "10")],
@@ -382,7 +374,7 @@ def test_stacked_forward_equals_each_models_own_forward(device: str, atol: float
         for name, _ in models[0].named_parameters()
     }
     prompts, ids, mask = stack_rollouts(rollouts, tok.pad_id)
-    value_heads = [torch.nn.Linear(config.n_embd, 1).to(device) for _ in models]
+    value_heads = [torch.nn.Linear(lm.config.n_embd, 1).to(device) for lm in models]
     value_weights = torch.stack([head.weight[0] for head in value_heads]).detach()
     value_biases = torch.stack([head.bias[0] for head in value_heads]).detach()
     with torch.no_grad():
