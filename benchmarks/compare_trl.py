@@ -1,4 +1,4 @@
-"""GRPO steps/s of our Trainer against TRL's GRPOTrainer, side by side in one process.
+"""GRPO steps/s of our engine (one member) against TRL's GRPOTrainer, side by side in one process.
 
 The same task (addition), the same warm-started tiny GPT-2 policy (TRL gets a copy of our
 ``policy.hf_model`` and, as its reference, the same weights), the same batch (32 prompts x 8
@@ -7,7 +7,7 @@ advantages with eps 1e-4, clip 0.2, k3 KL 0.04 in the loss, per-sequence token m
 update per batch, Adam lr 1e-4 constant, grad norm 1.0, temperature 1.0). After a warm-up
 of each, the two alternate ``--rounds`` times, ``--steps`` optimizer steps each.
 
-Timing: ours, wall time of ``Trainer.step``; TRL, the intervals between consecutive
+Timing: ours, wall time of ``Engine.step``; TRL, the intervals between consecutive
 ``on_step_end`` callbacks of one ``trainer.train()`` call with ``max_steps = steps + 1``, so
 the per-call setup of ``train()`` (dataloader, accelerate) is not counted but everything
 inside a step cycle is (generation, scoring, reward, loss, backward, optimizer, callbacks).
@@ -39,8 +39,9 @@ from common import emit, load_average, machine
 
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.policy import CharTokenizer, Policy, PolicyConfig, resolve_device
+from grape_evo.policy.stacked_gpt2 import StackedGPT2
 from grape_evo.tasks import Task, get_task
-from grape_evo.training import TrainConfig, Trainer, warm_start_policy
+from grape_evo.training import Engine, Member, TrainConfig, warm_start_policy
 
 PROMPTS, GROUP = 32, 8
 LR, BETA, CLIP, ADV_EPS = 1e-4, 0.04, 0.2, 1e-4
@@ -64,11 +65,11 @@ SETTINGS_DIFFERENCES = [
     "forwards (a side experiment, not in this script) its KL stays near ours at the same "
     "speed.",
     "forward passes: TRL runs transformers' GPT-2 forward on every row. Ours runs the same "
-    "function through grape_evo.policy.fast_gpt2 (plain tensor ops on the same parameters), "
+    "function through grape_evo.policy.stacked_gpt2 (plain tensor ops on the same parameters), "
     "once per distinct prefix: the 8 rows of a group share one prompt pass, and completion "
     "tokens that extend the same prefix share one position (a prefix tree): a scoring "
     "forward here runs about 32 x 7 prompt and 150 completion positions instead of 256 x 11. "
-    "Same outputs within 1e-5 (tests/policy/test_fast_gpt2.py).",
+    "Same outputs within 1e-5 (tests/policy/test_stacked_gpt2.py).",
     "log-probs: TRL computes them with its fused LM head (chunked, no full logits); ours with "
     "a float32 log_softmax over each distinct scored position. Both compute per-token "
     "entropy too.",
@@ -96,7 +97,7 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------- ours
 
 
-def build_ours(task: Task, policy: Policy, seed: int) -> Trainer:
+def build_ours(task: Task, policy: Policy, seed: int) -> Engine:
     config = TrainConfig(
         batch_size=PROMPTS * GROUP,
         lr=LR,
@@ -105,19 +106,21 @@ def build_ours(task: Task, policy: Policy, seed: int) -> Trainer:
         seed=seed,
         device=str(policy.device),
     )
-    return Trainer(ObjectiveSpec.from_dict({"name": "grpo", **SPEC}), task, config, policy)
+    spec = ObjectiveSpec.from_dict({"name": "grpo", **SPEC})
+    return Engine([Member(spec, config.lr)], task, config, policy)
 
 
-def time_ours(trainer: Trainer, first_step: int, steps: int) -> tuple[list[float], dict]:
+def time_ours(engine: Engine, first_step: int, steps: int) -> tuple[list[float], dict]:
     seconds: list[float] = []
     lengths: list[float] = []
     rewards: list[float] = []
     kls: list[float] = []
     for step in range(first_step, first_step + steps):
-        _sync(trainer.device)
+        _sync(engine.device)
         start = time.perf_counter()
-        metrics = trainer.step(step)
-        _sync(trainer.device)
+        metrics = engine.step(step)[0]
+        assert metrics is not None
+        _sync(engine.device)
         seconds.append(time.perf_counter() - start)
         lengths.append(metrics["completion_length"])
         rewards.append(metrics["reward"])
@@ -290,7 +293,7 @@ def _quiet() -> None:
 
 
 def compare(
-    ours: Trainer, trl_trainer: Any, clock: StepClock, args: argparse.Namespace, first_step: int
+    ours: Engine, trl_trainer: Any, clock: StepClock, args: argparse.Namespace, first_step: int
 ) -> tuple[dict[str, Any], int]:
     """Warm-up, then ``args.rounds`` alternating rounds; returns the figures and the next step."""
     time_ours(ours, first_step, args.warmup)  # first calls allocate and pick kernels
@@ -397,7 +400,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lr": LR,
             "max_grad_norm": 1.0,
             "dtype": "float32",
-            "ours_fast_gpt2_forward": policy.fast_lm() is not None,
+            "ours_stacked_gpt2_forward": isinstance(ours.forward, StackedGPT2),
             "trl": {
                 "use_cpu": device.type == "cpu",
                 "use_vllm": False,

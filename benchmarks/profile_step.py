@@ -1,27 +1,27 @@
 """Where one GRPO training step's time goes: sampling, scoring, reward, loss, backward, optimizer.
 
 The addition task, the tiny policy from the cached warm start, 32 prompts x 8 completions per
-step (as ``train_throughput.py``). The trainer is not modified: the functions it calls are
-wrapped, for the duration of the measurement, by timers that charge wall time to the innermost
-running phase (so the phases add up to the step time):
+step (as ``train_throughput.py``), the engine with one member. The engine is not modified: the
+functions it calls are wrapped, for the duration of the measurement, by timers that charge wall
+time to the innermost running phase (so the phases add up to the step time):
 
 ==================  ===================================================================
 phase               what is timed
 ==================  ===================================================================
 prompts             ``task.prompts`` (drawing the step's prompts)
-sampling            ``sample`` (KV-cache generation of the 256 completions)
-old_ref_logprobs    the no-grad forwards inside ``score_rollout`` (reference; old only
-                    when the single-update fast path does not apply)
+sampling            ``decode`` (prefix-tree generation of the 256 completions)
+old_ref_logprobs    ``Engine._fix``: the no-grad forwards (reference; old only when the
+                    single-update fast path does not apply) and metrics
 reward              ``task_rewards`` (the task's reward on the decoded completions)
-policy_forward      the training forward (``completion_logprobs`` with grad)
-loss                the objective (advantages, ratios, clip, KL, aggregation)
+policy_forward      the training forward (``forward.score`` with grad)
+loss                the member's loss (advantages, ratios, clip, KL, aggregation)
 backward            ``torch.autograd.backward``
 grad_clip           ``clip_grad_norm_``
 optimizer_step      ``optimizer.step``
-other               the rest of ``Trainer.step``: metrics, host syncs, Python
+other               the rest of ``Engine.step``: metrics, host syncs, Python
 ==================  ===================================================================
 
-``Trainer.evaluate`` (greedy held-out accuracy and a sampled KL, ``eval_prompts`` prompts) is
+``Engine.evaluate`` (greedy held-out accuracy and a sampled KL, ``eval_prompts`` prompts) is
 timed on its own and amortised over ``eval_every`` steps (``share_with_eval``); ``groups`` sums
 the phases into sampling, old/ref log-probs, reward, loss forward + backward, optimizer step,
 other and eval. A short ``torch.profiler`` pass lists the operators with the most self CPU
@@ -49,7 +49,7 @@ from common import emit, load_average, machine
 from grape_evo.objective import presets
 from grape_evo.policy import PolicyConfig, resolve_device
 from grape_evo.tasks import get_task
-from grape_evo.training import TrainConfig, Trainer, warm_start_policy
+from grape_evo.training import Engine, Member, TrainConfig, warm_start_policy
 
 # The phases grouped as the issue asks: loss forward + backward, optimizer step (with clipping).
 GROUPS = {
@@ -115,38 +115,24 @@ class PhaseTimer:
         return timed
 
 
-class _TimedObjective:
-    """Delegates to the trainer's objective; times its ``__call__`` as ``loss``."""
-
-    def __init__(self, objective: Any, timer: PhaseTimer) -> None:
-        self._objective = objective
-        self._call = timer.wrap("loss", objective.__call__)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._objective, name)
-
-
 @contextlib.contextmanager
-def instrumented(trainer: Trainer, timer: PhaseTimer) -> Iterator[None]:
-    """Wrap what ``trainer`` calls with ``timer``; everything is restored on exit."""
-    trainer_mod = importlib.import_module("grape_evo.training.trainer")
+def instrumented(engine: Engine, timer: PhaseTimer) -> Iterator[None]:
+    """Wrap what ``engine`` calls with ``timer``; everything is restored on exit."""
+    engine_mod = importlib.import_module("grape_evo.training.engine")
     batches_mod = importlib.import_module("grape_evo.training.batches")
+    score = engine.forward.score
+
+    def timed_score(*args: Any, **kwargs: Any) -> Any:
+        inside_fix = timer.stack and timer.stack[-1] == "old_ref_logprobs"
+        return timer.wrap("old_ref_logprobs" if inside_fix else "policy_forward", score)(
+            *args, **kwargs
+        )
+
     patches: list[tuple[Any, str, Any]] = [
-        (trainer_mod, "sample", timer.wrap("sampling", trainer_mod.sample)),
-        (
-            trainer_mod,
-            "completion_logprobs",
-            timer.wrap("policy_forward", trainer_mod.completion_logprobs),
-        ),
-        (
-            batches_mod,
-            "completion_logprobs",
-            timer.wrap("old_ref_logprobs", batches_mod.completion_logprobs),
-        ),
+        (batches_mod, "decode", timer.wrap("sampling", batches_mod.decode)),
         (batches_mod, "task_rewards", timer.wrap("reward", batches_mod.task_rewards)),
+        (engine_mod, "member_loss", timer.wrap("loss", engine_mod.member_loss)),
+        (Engine, "_fix", timer.wrap("old_ref_logprobs", Engine._fix)),
         (torch.autograd, "backward", timer.wrap("backward", torch.autograd.backward)),
         (
             torch.nn.utils,
@@ -155,20 +141,18 @@ def instrumented(trainer: Trainer, timer: PhaseTimer) -> Iterator[None]:
         ),
     ]
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    objective, task = trainer.objective, trainer.task
-    assert trainer.optimizer is not None
-    optimizer = trainer.optimizer
+    task, optimizer = engine.task, engine.optimizer
     try:
         for obj, name, new in patches:
             setattr(obj, name, new)
-        trainer.objective = _TimedObjective(objective, timer)  # type: ignore[assignment]
+        engine.forward.score = timed_score  # type: ignore[method-assign]
         task.prompts = timer.wrap("prompts", task.prompts)  # type: ignore[method-assign]
         optimizer.step = timer.wrap("optimizer_step", optimizer.step)  # type: ignore[method-assign]
         yield
     finally:
         for obj, name, old in originals:
             setattr(obj, name, old)
-        trainer.objective = objective
+        del engine.forward.score
         del task.prompts
         del optimizer.step
 
@@ -178,39 +162,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_steps(trainer: Trainer, first: int, steps: int) -> list[float]:
+def plain_steps(engine: Engine, first: int, steps: int) -> list[float]:
     seconds = []
     for step in range(first, first + steps):
-        _sync(trainer.device)
+        _sync(engine.device)
         start = time.perf_counter()
-        trainer.step(step)
-        _sync(trainer.device)
+        engine.step(step)
+        _sync(engine.device)
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def profiled_steps(trainer: Trainer, first: int, steps: int) -> tuple[PhaseTimer, float]:
-    timer = PhaseTimer(trainer.device)
+def profiled_steps(engine: Engine, first: int, steps: int) -> tuple[PhaseTimer, float]:
+    timer = PhaseTimer(engine.device)
     start = time.perf_counter()
-    with instrumented(trainer, timer):
+    with instrumented(engine, timer):
         for step in range(first, first + steps):
             timer.push("other")
             try:
-                trainer.step(step)
+                engine.step(step)
             finally:
                 timer.pop()
     return timer, time.perf_counter() - start
 
 
-def top_ops(trainer: Trainer, first: int, steps: int, k: int) -> list[dict[str, Any]]:
+def top_ops(engine: Engine, first: int, steps: int, k: int) -> list[dict[str, Any]]:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
-    if trainer.device.type == "cuda":
+    if engine.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
         for step in range(first, first + steps):
-            trainer.step(step)
+            engine.step(step)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:k]
@@ -244,24 +228,24 @@ def main() -> None:
     task = get_task("addition")
     config = TrainConfig(batch_size=256, device=str(device), warm_start_steps=400)
     policy, _ = warm_start_policy(task, PolicyConfig(preset=args.policy), config, device)
-    trainer = Trainer(presets.get("grpo"), task, config, policy)
+    engine = Engine([Member(presets.get("grpo"), config.lr)], task, config, policy)
 
-    plain_steps(trainer, 0, args.warmup)
+    plain_steps(engine, 0, args.warmup)
     step = args.warmup
-    plain = plain_steps(trainer, step, args.steps)
+    plain = plain_steps(engine, step, args.steps)
     step += args.steps
-    timer, profiled_total = profiled_steps(trainer, step, args.steps)
+    timer, profiled_total = profiled_steps(engine, step, args.steps)
     step += args.steps
 
     eval_seconds = []
     for _ in range(args.eval_calls):
         _sync(device)
         start = time.perf_counter()
-        trainer.evaluate()
+        engine.evaluate()
         _sync(device)
         eval_seconds.append(time.perf_counter() - start)
 
-    ops = top_ops(trainer, step, args.profiler_steps, args.top) if args.profiler_steps else []
+    ops = top_ops(engine, step, args.profiler_steps, args.top) if args.profiler_steps else []
 
     step_total = sum(timer.seconds.values())
     per_step = step_total / args.steps

@@ -1,15 +1,16 @@
-"""Does ``torch.compile`` pay for population mode? Eager vs compiled steps, one process.
+"""Does ``torch.compile`` pay for the engine? Eager vs compiled steps, one process.
 
-Population mode's stacked GPT-2 forward (`StackedGPT2.hidden`: every layer of M weight sets,
-used for sampling, the training forward and the reference pass) is the regular, batched part
-of a step, so it is where compilation could pay. This script trains the same 6 GRPO-family
-candidates as ``trials_per_hour.py`` (`PopulationTrainer`, the tiny policy, 64 completions per
-step) from the cached warm start:
+The stacked GPT-2 forward's blocks (`StackedGPT2._layers`: every layer of M weight sets, used
+for sampling, the training forward and the reference pass) are the regular, batched part of a
+step, so they are where compilation could pay. This script trains the same 6 GRPO-family
+candidates as ``trials_per_hour.py`` (one `Engine` with 6 members, the tiny policy, 64
+completions per step) from the cached warm start:
 
-1. ``eager``: ``--rounds`` runs of ``--steps`` steps each, a fresh trainer per run;
-2. ``compiled``: the same after ``torch.compile(StackedGPT2.hidden, dynamic=True)`` (inductor):
+1. ``eager``: ``--rounds`` runs of ``--steps`` steps each, a fresh engine per run;
+2. ``compiled``: the same after ``torch.compile(StackedGPT2._layers, dynamic=True)`` (inductor):
    the first run pays compilation and every recompilation its new shapes (prompt and
-   completion lengths change from step to step) trigger; later runs show the steady state.
+   completion lengths, prefix-tree widths change from step to step) trigger; later runs show
+   the steady state.
 
 A campaign trial trains for about a second, so compilation pays only if its one-off cost is
 recovered within a campaign. Prints one JSON document and writes it to ``--out``.
@@ -32,22 +33,22 @@ from common import emit, load_average, machine
 from trials_per_hour import make_space, points
 
 from grape_evo.policy import resolve_device
-from grape_evo.training import warm_start_policy
-from grape_evo.training.population import PopulationTrainer, StackedGPT2
+from grape_evo.policy.stacked_gpt2 import StackedGPT2
+from grape_evo.training import Engine, Member, warm_start_policy
 
 MEMBERS = 6
 
 
 def timed_run(space: Any, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` steps of a fresh 6-member population (warm start load excluded)."""
+    """Seconds for ``steps`` steps of a fresh 6-member engine (warm start load excluded)."""
     task = space.tasks[0].build()
     config = space.budget.train_config(0, device=str(device))
     specs = [space.to_spec(p)[0] for p in points(MEMBERS)]
     policy, _ = warm_start_policy(task, space.policy, config, device)
-    trainer = PopulationTrainer(specs, task, config, policy)
+    engine = Engine([Member(spec, config.lr) for spec in specs], task, config, policy)
     start = time.perf_counter()
     for step in range(steps):
-        trainer.step(step)
+        engine.step(step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -68,13 +69,13 @@ def main() -> None:
     load_start = load_average()
     timed_run(space, 2, device)  # builds and caches the warm start, warms up the kernels
     eager = [timed_run(space, args.steps, device) for _ in range(args.rounds)]
-    StackedGPT2.hidden = torch.compile(StackedGPT2.hidden, dynamic=True)  # type: ignore[method-assign]
+    StackedGPT2._layers = torch.compile(StackedGPT2._layers, dynamic=True)  # type: ignore[method-assign]
     compiled = [timed_run(space, args.steps, device) for _ in range(args.rounds + 1)]
     steady = statistics.median(compiled[1:])
     result = {
         "benchmark": "torch_compile",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "what": "population mode, 6 members, StackedGPT2.hidden compiled with dynamic=True",
+        "what": "engine, 6 members, StackedGPT2._layers compiled with dynamic=True",
         "steps_per_run": args.steps,
         "device": str(device),
         "machine": machine(device),

@@ -19,22 +19,22 @@ from common import emit, machine
 from grape_evo.objective import presets
 from grape_evo.policy import PolicyConfig, resolve_device
 from grape_evo.tasks import get_task
-from grape_evo.training import TrainConfig, Trainer, warm_start_policy
+from grape_evo.training import Engine, Member, TrainConfig, warm_start_policy
 
 
 def measure(policy_preset: str, device: torch.device, steps: int, warmup: int) -> dict:
     task = get_task("addition")
     config = TrainConfig(steps=steps, batch_size=256, device=str(device), warm_start_steps=400)
     policy, _ = warm_start_policy(task, PolicyConfig(preset=policy_preset), config, device)
-    trainer = Trainer(presets.get("grpo"), task, config, policy)
+    engine = Engine([Member(presets.get("grpo"), config.lr)], task, config, policy)
     for step in range(warmup):
-        trainer.step(step)
+        engine.step(step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     tokens = 0.0
     start = time.perf_counter()
     for step in range(warmup, warmup + steps):
-        metrics = trainer.step(step)
+        metrics = engine.step(step)[0]
         tokens += metrics["completion_length"] * config.batch_size
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -43,9 +43,8 @@ JOBS_HELP = (
 )
 err_console = Console(stderr=True)
 POPULATION_HELP = (
-    "Train up to P candidates of each process at once in lockstep (one batched forward for "
-    "all): every objective but TRPO and SFT, on a plain GPT-2 policy; others "
-    "train alone as usual."
+    "Train up to P candidates of each process at once in lockstep (one batched forward and "
+    "backward for all of them; any objectives, any policy)."
 )
 
 
@@ -157,20 +156,20 @@ def train_command(
     except (ObjectiveError, ValueError, OSError) as err:
         fail(str(err))
     summary = train(spec, task_obj, config, policy_config, out_dir=out)
-    initial, final = summary["initial_eval"] or {}, summary["final_eval"] or {}
+    initial, final = summary.initial_eval, summary.final_eval
     console.print(
-        f"[bold]{spec.name}[/] on {task}: status [bold]{summary['status']}[/] "
-        f"{summary['reason']}".rstrip()
+        f"[bold]{spec.name}[/] on {task}: status [bold]{summary.status}[/] "
+        f"{escape(summary.reason)}".rstrip()
     )
-    if final:
+    if final is not None and initial is not None:
         console.print(
-            f"held-out accuracy {initial.get('accuracy', 0):.3f} -> {final['accuracy']:.3f}, "
-            f"reward {initial.get('reward', 0):.3f} -> {final['reward']:.3f}, "
-            f"KL to reference {final['kl_to_ref']:.3f} nats/sequence, "
-            f"{summary['wall_seconds']:.0f} s"
+            f"held-out accuracy {initial.accuracy:.3f} -> {final.accuracy:.3f}, "
+            f"reward {initial.reward:.3f} -> {final.reward:.3f}, "
+            f"KL to reference {final.kl_to_ref:.3f} nats/sequence, "
+            f"{summary.wall_seconds:.0f} s"
         )
     console.print(f"outputs: {out / 'metrics.jsonl'}, {out / 'summary.json'}", markup=False)
-    if summary["status"] != "ok":
+    if not summary.ok:
         raise typer.Exit(1)
 
 

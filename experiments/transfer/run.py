@@ -40,7 +40,7 @@ from grape_evo.experiment.tables import cell_table, fmt_ci, fmt_effect, markdown
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.policy import PolicyConfig
 from grape_evo.search.campaign import Campaign
-from grape_evo.search.space import SearchSpace, SpaceError, _load_yaml, parse_space
+from grape_evo.search.space import SearchSpace, SpaceError, load_yaml_text, parse_space
 
 HERE = Path(__file__).parent
 
@@ -50,7 +50,7 @@ def campaign_space(config: dict[str, Any], path: Path) -> SearchSpace:
     (a mapping is updated key by key, anything else replaced)."""
     space_path = (path.parent / field(config, "space", str, path)).resolve()
     try:
-        data = _load_yaml(space_path.read_text(), str(space_path))
+        data = load_yaml_text(space_path.read_text(), str(space_path))
     except OSError as err:
         raise ExperimentConfigError(f"{path}: space: cannot read {space_path}") from err
     overrides = config.get("space_overrides") or {}

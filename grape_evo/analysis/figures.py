@@ -83,7 +83,7 @@ def learning_curves_figure(
 ) -> Figure:
     """One line (mean over seeds) and one shaded 95% CI band per label.
 
-    ``curves`` is a :func:`~grape_evo.analysis.frames.curve_summary` frame (columns ``label``,
+    ``curves`` is a :func:`~grape_evo.analysis.summaries.curve_summary` frame (columns ``label``,
     ``step``, ``n``, ``mean``, ``ci_low``, ``ci_high``) for one task. Baselines are dashed.
     Bands are cut to ``value_range`` (rewards are rubric scores in [0, 1]; a t interval over
     few seeds can reach past them). ``comparison`` draws many objectives side by side (an
@@ -321,7 +321,7 @@ def history_figure(
 ) -> Figure:
     """Every trial's value against its number, the best so far, pruned and failed trials.
 
-    ``trials`` is a trials frame, ``best`` :func:`~grape_evo.analysis.frames.best_so_far`.
+    ``trials`` is a trials frame, ``best`` :func:`~grape_evo.analysis.summaries.best_so_far`.
     Artists: ``lines[0]`` best so far; collections, each only when non-empty: complete
     candidates, complete baselines, pruned and failed (both on the bottom edge: neither has a
     final value).

@@ -24,18 +24,16 @@ from grape_evo.analysis.diff import fmt_value, nearest_baseline_diff
 from grape_evo.analysis.frames import (
     RunRef,
     artifact_problems,
-    best_so_far,
-    curve_summary,
     curves_from_trials,
     discoveries_frame,
     find_run_folders,
     load_study,
-    param_importances,
     runs_frame,
     steps_frame,
     trials_frame,
 )
 from grape_evo.analysis.pareto import pareto_mask
+from grape_evo.analysis.summaries import best_so_far, curve_summary, param_importances
 from grape_evo.objective import ObjectiveSpec, presets
 
 CURVE_BASELINES = ("ppo", "grpo", "dpo")

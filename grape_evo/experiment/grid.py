@@ -27,7 +27,7 @@ from grape_evo.objective import ObjectiveSpec
 from grape_evo.policy import PolicyConfig, resolve_device
 from grape_evo.tasks import get_task
 from grape_evo.training import TrainConfig, train, warm_start_policy
-from grape_evo.training.run_log import read_metrics
+from grape_evo.training.records import read_metrics
 
 FINISHED_STATUSES = ("ok", "diverged")
 
@@ -151,7 +151,7 @@ def _run_plan(plan: RunPlan, root: Path, cache_dir: Path | None, threads: int) -
         progress=False,
         cache_dir=cache_dir,
     )
-    return float(summary["wall_seconds"])
+    return summary.wall_seconds
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from grape_evo.analysis import figures
-from grape_evo.analysis.frames import curve_summary
+from grape_evo.analysis.summaries import curve_summary
 from grape_evo.experiment.grid import RunResult
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"

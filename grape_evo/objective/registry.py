@@ -143,7 +143,8 @@ class Registry:
         arguments are state (see module docstring). ``check(**params)`` may return a message
         for a combination of parameter values that bounds alone cannot reject. ``tags`` are
         facts the spec and builder need: ``group_relative`` (needs group_size >= 2),
-        ``token_rewards`` (consumes per-token rewards itself), ``critic`` (needs a value head).
+        ``token_rewards`` (consumes per-token rewards itself), ``critic`` (needs a value head),
+        ``trust_region`` (the trainer takes a natural-gradient step instead of Adam's).
         """
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -367,7 +367,7 @@ class ObjectiveSpec:
             if self.data == "preference_pairs":
                 preference = PreferenceSpec(preference.loss, "best_worst")
                 group_size = 1
-        if surrogate.name == "trpo":
+        if "trust_region" in SURROGATES.get(surrogate.name).tags:
             epochs = 1
         return ObjectiveSpec(
             name=self.name,

@@ -211,6 +211,7 @@ def sapo(
     symbolic=lambda A, max_kl, damping: -S.ratio * A,
     bounds={"max_kl": (1e-6, 1.0), "damping": (0.0, 10.0)},
     log=("max_kl",),
+    tags=("trust_region",),
     reference="Schulman et al. 2015 (TRPO)",
 )
 def trpo(

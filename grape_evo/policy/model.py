@@ -26,28 +26,24 @@ import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from grape_evo.policy import fast_gpt2
 from grape_evo.policy.config import POLICY_PRESETS, PolicyConfig
 from grape_evo.policy.device import resolve_device
 from grape_evo.policy.tokenizer import TextTokenizer, tokenizer_for
 
 __all__ = [
     "POLICY_PRESETS",
-    "LogProbOutput",
     "Policy",
     "PolicyConfig",
     "build_policy",
     "position_ids_from_mask",
     "resolve_device",
-    "token_logprobs",
 ]
 
 _WEIGHTS_FILE = "policy.pt"
@@ -56,57 +52,9 @@ _CONFIG_FILE = "policy_config.json"
 _GPT2_LORA_TARGETS = ["c_attn", "c_proj"]
 
 
-@dataclass(frozen=True)
-class LogProbOutput:
-    """Per-token outputs for the last T tokens of each sequence.
-
-    Attributes:
-        logp: [B, T] float32, log-prob of each completion token given its prefix; 0 where masked.
-        entropy: [B, T] float32, entropy of the full next-token distribution at the position
-            predicting that token; 0 where masked.
-        values: [B, T] float32 value-head outputs at the positions predicting those tokens
-            (0 where masked), or None when there is no value head or under `Policy.reference`.
-    """
-
-    logp: torch.Tensor
-    entropy: torch.Tensor
-    values: torch.Tensor | None = None
-
-
-def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values[index]`` for 1-D values [K] and a long index of any shape."""
-    return values.index_select(0, index.flatten()).view(index.shape)
-
-
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids [B, L] = cumsum(mask) - 1 clamped at 0, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logprobs(
-    logits: torch.Tensor, index: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs and entropies [B, T] float32 of the last T tokens from per-position logits.
-
-    Args:
-        logits: [K, V], one row per distinct scored position; row ``index[b, t]`` predicts
-            ``input_ids[b, L - T + t]``.
-        index: [B, T] long.
-        input_ids, attention_mask: [B, L].
-
-    ``logp = log_softmax(logits)[index, token]`` (in float32) and ``entropy = -sum_v p log p``
-    of that row, both 0 where ``attention_mask[:, -T:]`` is 0.
-    """
-    t = index.shape[1]
-    logp_all = F.log_softmax(logits.float(), dim=-1)
-    floor = torch.finfo(logp_all.dtype).min
-    entropy_all = -(logp_all.exp() * logp_all.clamp_min(floor)).sum(-1)  # [K]
-    flat_targets = index * logp_all.shape[-1] + input_ids[:, -t:]  # into logp_all.flatten()
-    logp = _take(logp_all.flatten(), flat_targets)
-    entropy = _take(entropy_all, index)
-    keep = attention_mask[:, -t:].bool()
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return torch.where(keep, logp, zero), torch.where(keep, entropy, zero)
 
 
 @contextmanager
@@ -118,15 +66,6 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def _cache_of(out: Any) -> Any:
-    """The KV cache of a model output: field ``cache`` (transformers >= 5.2x) or the older
-    ``past_key_values``."""
-    try:
-        return out["cache"]
-    except KeyError:
-        return out.past_key_values
 
 
 def _forward_params(model: nn.Module) -> set[str]:
@@ -143,7 +82,7 @@ class Policy(nn.Module):
         value_head: ``Linear(H, 1)`` on the final hidden state, or None.
         config: the `PolicyConfig` it was built from.
         tokenizer: the tokenizer whose ids the LM uses.
-        fast_path: run scoring and sampling through `fast_gpt2` whenever it supports the
+        fast_path: run scoring and sampling through `stacked_gpt2` whenever it supports the
             active LM (default True); False always uses the transformers forward, which is
             the reference implementation.
     """
@@ -168,13 +107,9 @@ class Policy(nn.Module):
         self._n_folds = 0
         self.fast_path = True
         params = _forward_params(self.hf_model)
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        if "logits_to_keep" in params:
-            self._keep_kwarg: str | None = "logits_to_keep"
-        elif "num_logits_to_keep" in params:
-            self._keep_kwarg = "num_logits_to_keep"
-        else:
-            self._keep_kwarg = None
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        keep = [k for k in ("logits_to_keep", "num_logits_to_keep") if k in params]
+        self.keep_kwarg: str | None = keep[0] if keep else None
 
     # ------------------------------------------------------------------ properties
 
@@ -304,118 +239,37 @@ class Policy(nn.Module):
         finally:
             self._use_reference = False
 
-    def _active_lm(self) -> nn.Module:
+    def active_lm(self) -> nn.Module:
+        """The LM a forward runs: the frozen reference copy inside `reference()` (full
+        fine-tuning), else `lm` (with LoRA, `reference()` disables its adapter)."""
         if self._use_reference and not self.config.use_lora:
             assert self._reference_lm is not None
             return self._reference_lm
         return self.lm
 
-    def fast_lm(self) -> nn.Module | None:
-        """The active LM (the reference one inside `reference()`) when `fast_path` is on and
-        `fast_gpt2.supports` it, else None (LoRA, other architectures: use `run_lm`)."""
-        lm = self._active_lm()
-        return lm if self.fast_path and fast_gpt2.supports(lm) else None
+    @property
+    def reference_lm(self) -> nn.Module | None:
+        """The frozen reference copy (full fine-tuning, after `freeze_reference`), else None."""
+        return self._reference_lm
 
-    # ------------------------------------------------------------------ forward passes
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """`trainable_parameters` by name: the LM's names (relative to `lm`), then
+        ``value_head.weight`` and ``value_head.bias``."""
+        named = [(n, p) for n, p in self.lm.named_parameters() if p.requires_grad]
+        if not self.config.use_lora:
+            named = list(self.lm.named_parameters())
+        if self.value_head is not None:
+            named += [(f"value_head.{n}", p) for n, p in self.value_head.named_parameters()]
+        return named
 
-    def run_lm(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache: Any = None,
-        use_cache: bool = False,
-        logits_to_keep: int = 0,
-        output_hidden: bool = False,
-    ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
-        """One forward pass of the active LM (the reference one inside `reference()`).
-
-        Args:
-            input_ids: [B, L_new] new tokens (all tokens when `cache` is None).
-            attention_mask: [B, L_past + L_new], 1 on real tokens.
-            position_ids: [B, L_new].
-            cache: a KV cache returned by a previous call, or None.
-            logits_to_keep: if > 0, only the logits of the last this-many positions are computed.
-            output_hidden: also return the final hidden states.
-
-        Returns:
-            (logits [B, K, V] in the model dtype, new cache or None, hidden [B, L_new, H] or None)
-            where K = logits_to_keep or L_new.
-        """
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "use_cache": use_cache,
-        }
-        if cache is not None:
-            kwargs[self._cache_kwarg] = cache
-        if logits_to_keep > 0 and self._keep_kwarg is not None:
-            kwargs[self._keep_kwarg] = logits_to_keep
-        if output_hidden:
-            kwargs["output_hidden_states"] = True
-        out = self._active_lm()(**kwargs)
-        logits = out.logits
-        if logits_to_keep > 0 and logits.shape[1] > logits_to_keep:
-            logits = logits[:, -logits_to_keep:]
-        new_cache = _cache_of(out) if use_cache else None
-        hidden = out.hidden_states[-1] if output_hidden else None
-        return logits, new_cache, hidden
-
-    def forward_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int
-    ) -> LogProbOutput:
-        """Log-probs, entropies and values of the last `n_completion` tokens of each sequence.
-
-        Args:
-            input_ids: [B, L] prompt (left-padded) followed by completion (right-padded).
-            attention_mask: [B, L], 1 on real tokens. Positions are cumsum(mask) - 1, so left
-                padding is handled exactly.
-            n_completion: T, with 0 < T < L.
-
-        With `fast_lm` available, runs `fast_gpt2.completion_logits`, which computes each
-        distinct prefix once, and takes the log-softmax, entropy and value of each distinct
-        scored position once; otherwise the transformers forward.
-
-        Returns:
-            `LogProbOutput` with ``logp``, ``entropy`` [B, T] float32 (log_softmax in float32)
-            and ``values`` [B, T] or None; all are 0 where ``attention_mask[:, -T:]`` is 0.
-        """
-        seq_len = input_ids.shape[1]
-        t = int(n_completion)
-        if not 0 < t < seq_len:
-            raise ValueError(f"n_completion must be in [1, {seq_len - 1}], got {n_completion}")
-        want_values = self.value_head is not None and not self._use_reference
-        fast = self.fast_lm()
-        if fast is not None:
-            logits, hidden, index = fast_gpt2.completion_logits(fast, input_ids, attention_mask, t)
-        else:
-            logits, _, hidden = self.run_lm(
-                input_ids,
-                attention_mask,
-                position_ids_from_mask(attention_mask),
-                logits_to_keep=t + 1,
-                output_hidden=want_values,
-            )
-            logits = logits[:, :-1].flatten(0, 1)  # [B * T, V] predicting the last T tokens
-            if hidden is not None:
-                hidden = hidden[:, seq_len - t - 1 : seq_len - 1].flatten(0, 1)
-            index = torch.arange(logits.shape[0], device=logits.device).view(-1, t)
-        logp, entropy = token_logprobs(logits, index, input_ids, attention_mask)
-        values = None
-        if want_values:
-            assert hidden is not None and self.value_head is not None
-            h = hidden.to(self.value_head.weight.dtype)
-            values = _take(self.value_head(h).squeeze(-1).float(), index)
-            keep = attention_mask[:, -t:].bool()
-            values = torch.where(keep, values, torch.zeros_like(values))
-        return LogProbOutput(logp=logp, entropy=entropy, values=values)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int
-    ) -> LogProbOutput:
-        """Same as `forward_logprobs`."""
-        return self.forward_logprobs(input_ids, attention_mask, n_completion)
+    @staticmethod
+    def cache_of(out: Any) -> Any:
+        """The KV cache of a model output: field ``cache`` (transformers >= 5.2x) or the older
+        ``past_key_values``."""
+        try:
+            return out["cache"]
+        except KeyError:
+            return out.past_key_values
 
     # ------------------------------------------------------------------ persistence
 

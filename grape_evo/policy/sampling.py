@@ -1,30 +1,39 @@
-"""Batched group sampling with a KV cache, and token log-probs of (prompt, completion) batches.
+"""Sampling M members' completions in lockstep, and the row tensors scoring consumes.
 
-Shapes: N prompts, G completions per prompt, B = N * G rows (the G rows of one prompt are
-contiguous), P prompt tokens (left-padded), T completion tokens (right-padded).
+Shapes: M members, N prompts, G completions per prompt, B = N * G rows (the G rows of one prompt
+are contiguous), P prompt tokens (left-padded), T completion tokens (right-padded), V vocabulary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from grape_evo.policy.fast_gpt2 import PrefixTreeDecoder
-from grape_evo.policy.model import LogProbOutput, Policy, position_ids_from_mask
+from grape_evo.policy.forward import (
+    Forward,
+    MemberPrompts,
+    MemberRows,
+    TokenOutputs,
+    Weights,
+    forward_for,
+    policy_weights,
+)
+from grape_evo.policy.model import Policy
+from grape_evo.policy.streams import uniforms
 from grape_evo.policy.tokenizer import TextTokenizer
 
 __all__ = [
     "PromptBatch",
     "Rollout",
-    "build_rollout",
-    "completion_logprobs",
+    "decode",
     "encode_pairs",
     "encode_prompts",
-    "next_tokens",
+    "rows_of",
     "sample",
+    "score",
 ]
 
 
@@ -55,10 +64,6 @@ class Rollout:
     prompts: list[str]
 
     @property
-    def batch_size(self) -> int:
-        return int(self.completion_ids.shape[0])
-
-    @property
     def input_ids(self) -> torch.Tensor:
         """[B, P + T] prompt then completion."""
         return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
@@ -67,11 +72,6 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         """[B, P + T] prompt mask then completion mask."""
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """[B] number of completion tokens (including EOS)."""
-        return self.completion_mask.sum(-1)
 
     def to(self, device: str | torch.device) -> Rollout:
         """A copy with every tensor on `device`."""
@@ -98,47 +98,35 @@ def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
     return ids, real.long()
 
 
-def _draw(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None, greedy: bool
-) -> torch.Tensor:
-    """Next tokens [B] from float32 logits [B, V].
-
-    Inverse-CDF sampling from softmax(logits / temperature): one uniform u per row; the token is
-    the first index whose cumulative probability exceeds u * total (kept below the total, so a
-    token of probability 0 is never drawn). The distribution is that of ``torch.multinomial``,
-    from B random numbers instead of its B * V exponentials, which dominated sampling on CPU.
-    The uniforms are drawn where the generator lives, so a seeded CPU generator reproduces on
-    any device. Non-finite logits raise ValueError.
-    """
-    if greedy:
-        return logits.argmax(dim=-1)
-    cdf = F.softmax(logits / temperature, dim=-1).cumsum(dim=-1)  # [B, V]
-    total = cdf[:, -1:]
-    if not bool(torch.isfinite(total).all()):
-        raise ValueError("cannot sample: the next-token distribution has inf or nan entries")
-    gen_device = generator.device if generator is not None else logits.device
-    u = torch.rand(total.shape, generator=generator, device=gen_device).to(logits.device)
-    below_total = torch.nextafter(total, torch.zeros_like(total))
-    return torch.searchsorted(cdf, torch.minimum(u * total, below_total), right=True)[:, 0]
-
-
 def next_tokens(
     logits: torch.Tensor,
     active: torch.Tensor,
     pad_id: int,
     temperature: float,
-    generator: torch.Generator | None,
-    greedy: bool,
+    keys: torch.Tensor | None,
+    position: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step of B rows: (tokens [B] long, temperature-1 log-probs [B] float32).
+    """One decode step of M members' B rows: (tokens [M, B] long, temperature-1 log-probs
+    [M, B] float32); rows not ``active`` [M, B] get ``pad_id`` and log-prob 0.
 
-    Draws from float32 ``logits`` [B, V] with `_draw` (which consumes one uniform per row,
-    finished rows included); rows not ``active`` [B] get ``pad_id`` and log-prob 0.
+    Inverse-CDF sampling from softmax(logits / temperature) with the counter-based uniform
+    ``uniforms(keys, B, position)[m, b]``: the token is the first index whose cumulative
+    probability exceeds u * total (kept below the total, so a token of probability 0 is never
+    drawn). ``keys`` None: greedy (argmax). Non-finite logits raise ValueError.
     """
-    drawn = _draw(logits, temperature, generator, greedy)
-    tok = torch.where(active, drawn, torch.full_like(drawn, pad_id))
-    lp = F.log_softmax(logits, dim=-1).gather(-1, tok[:, None])[:, 0]
-    return tok, torch.where(active, lp, torch.zeros_like(lp))
+    if keys is None:
+        drawn = logits.argmax(dim=-1)
+    else:
+        cdf = F.softmax(logits / temperature, dim=-1).cumsum(dim=-1)  # [M, B, V]
+        total = cdf[..., -1:]
+        if not bool(torch.isfinite(total).all()):
+            raise ValueError("cannot sample: the next-token distribution has inf or nan entries")
+        u = uniforms(keys, logits.shape[1], position)[..., None].to(logits.device)
+        below_total = torch.nextafter(total, torch.zeros_like(total))
+        drawn = torch.searchsorted(cdf, torch.minimum(u * total, below_total), right=True)[..., 0]
+    tokens = torch.where(active, drawn, torch.full_like(drawn, pad_id))
+    logp = F.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]
+    return tokens, torch.where(active, logp, torch.zeros_like(logp))
 
 
 @dataclass(frozen=True)
@@ -189,144 +177,146 @@ def encode_prompts(
     )
 
 
-def build_rollout(
+def _rollout(
     tokenizer: TextTokenizer,
     batch: PromptBatch,
-    tokens: list[torch.Tensor],
-    logps: list[torch.Tensor],
-    masks: list[torch.Tensor],
+    tokens: torch.Tensor,
+    logps: torch.Tensor,
+    masks: torch.Tensor,
 ) -> Rollout:
-    """The `Rollout` of a sampling loop: per step, ``tokens`` [B] long, ``logps`` [B] float32
-    and ``masks`` [B] long (1 where the row was still generating); T = len(tokens)."""
-    completion_ids = torch.stack(tokens, dim=1)
-    completion_mask = torch.stack(masks, dim=1)
+    """The `Rollout` of one member's decode: ``tokens`` [B, T] long, ``logps`` [B, T] float32,
+    ``masks`` [B, T] long (1 where the row was still generating)."""
     return Rollout(
         prompt_ids=batch.distinct_ids[batch.group_ids],
         prompt_mask=batch.distinct_mask[batch.group_ids],
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        sample_logp=torch.stack(logps, dim=1),
+        completion_ids=tokens,
+        completion_mask=masks,
+        sample_logp=logps,
         group_ids=batch.group_ids,
-        texts=_decode_completions(tokenizer, completion_ids, completion_mask),
+        texts=_decode_completions(tokenizer, tokens, masks),
         prompts=list(batch.prompts),
     )
 
 
-class _Decoder(Protocol):
-    """Incremental decoding: `prefill` runs the prompts, `step` feeds one token per row."""
-
-    def prefill(self) -> torch.Tensor:
-        """Next-token logits [B, V] after the prompts."""
-        ...
-
-    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Feed tokens [B] (real where ``active`` [B] bool); next-token logits [B, V]."""
-        ...
-
-
-class _TransformersDecoder:
-    """`_Decoder` on transformers' forward and cache: the attention mask grows by a column of
-    ``active`` per step and only active rows advance their position (the reference path)."""
-
-    def __init__(self, policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
-        self.policy = policy
-        self.prompt_ids = prompt_ids
-        self.attn = prompt_mask  # [B, P + steps so far]
-        self.next_pos = prompt_mask.sum(-1, keepdim=True)  # [B, 1] position of the next token
-        self.cache: Any = None
-
-    def prefill(self) -> torch.Tensor:
-        logits, self.cache, _ = self.policy.run_lm(
-            self.prompt_ids,
-            self.attn,
-            position_ids_from_mask(self.attn),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return logits[:, -1]
-
-    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        real = active.long()[:, None]
-        self.attn = torch.cat([self.attn, real], dim=1)
-        logits, self.cache, _ = self.policy.run_lm(
-            tokens[:, None],
-            self.attn,
-            self.next_pos,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.next_pos = self.next_pos + real
-        return logits[:, -1]
-
-
-def _decoder(
-    policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: torch.Tensor
-) -> _Decoder:
-    """A decoder for B rows whose prompts are rows ``rows`` [B] of the N distinct prompts
-    [N, P]: `PrefixTreeDecoder` (one pass per distinct prefix) when `Policy.fast_lm` is
-    available, else `_TransformersDecoder` on all B rows."""
-    lm = policy.fast_lm()
-    if lm is None:
-        return _TransformersDecoder(policy, prompt_ids[rows], prompt_mask[rows])
-    return PrefixTreeDecoder(lm, prompt_ids, prompt_mask, rows)
-
-
 @torch.no_grad()
+def decode(
+    forward: Forward,
+    weights: Sequence[Weights] | None,
+    tokenizer: TextTokenizer,
+    prompts: Sequence[list[str]],
+    group_sizes: Sequence[int],
+    max_new_tokens: int,
+    keys: Sequence[int] | None,
+    temperature: float = 1.0,
+    max_length: int | None = None,
+    device: torch.device | str = "cpu",
+) -> list[Rollout]:
+    """One `Rollout` per member: member m samples ``group_sizes[m]`` completions of each of its
+    ``prompts[m]`` with its ``weights[m]`` (``weights`` None: the reference, one member).
+
+    Members decode in lockstep over [M, B] (B: the most rows of any member; a member with fewer
+    gets padding rows that start finished). Token j of row b of member m is drawn with the
+    uniform of (``keys[m]``, b, j) (`grape_evo.policy.streams`), or greedily when ``keys`` is
+    None; a row that emitted EOS emits padding (mask 0) afterwards. Member m stops at the step
+    where all its rows have finished, or after ``max_new_tokens``, so its T_m <= max_new_tokens.
+    `Rollout.sample_logp` is the temperature-1 log-prob of each drawn token.
+    """
+    if keys is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (or sample greedily), got {temperature}")
+    batches = [
+        encode_prompts(tokenizer, texts, g, max_new_tokens, max_length, device)
+        for texts, g in zip(prompts, group_sizes, strict=True)
+    ]
+    members = len(batches)
+    rows = max(b.group_ids.shape[0] for b in batches)
+    padded = torch.stack(
+        [
+            F.pad(torch.ones_like(b.group_ids, dtype=torch.bool), (0, rows - b.group_ids.shape[0]))
+            for b in batches
+        ]
+    )
+    parts = [
+        (b.distinct_ids, b.distinct_mask, F.pad(b.group_ids, (0, rows - b.group_ids.shape[0])))
+        for b in batches
+    ]
+    decoder = forward.decoder(MemberPrompts.stack(parts, tokenizer.pad_id), weights)
+    key_tensor = (
+        None if keys is None else torch.tensor(list(keys), dtype=torch.int64, device=device)
+    )
+    logits = decoder.prefill()
+    done = ~padded.to(logits.device)
+    running = torch.ones(members, dtype=torch.bool, device=logits.device)
+    lengths = [max_new_tokens] * members
+    tokens, logps, masks = [], [], []
+    for step in range(max_new_tokens):
+        active = ~done & running[:, None]
+        tok, lp = next_tokens(logits, active, tokenizer.pad_id, temperature, key_tensor, step)
+        tokens.append(tok)
+        logps.append(lp)
+        masks.append(active.long())
+        done = done | (tok == tokenizer.eos_id)
+        finished = done.all(dim=1) & running
+        if bool(finished.any()):  # one host sync per decode step
+            for m in finished.nonzero()[:, 0].tolist():
+                lengths[m] = step + 1
+            running = running & ~finished
+        if step == max_new_tokens - 1 or not bool(running.any()):
+            break
+        logits = decoder.step(tok, active)
+    stacked = [torch.stack(x, dim=2) for x in (tokens, logps, masks)]  # [M, B, T]
+    return [
+        _rollout(
+            tokenizer, batch, *(x[m, : batch.group_ids.shape[0], : lengths[m]] for x in stacked)
+        )
+        for m, batch in enumerate(batches)
+    ]
+
+
+def rows_of(rollouts: Sequence[Rollout], pad_id: int) -> MemberRows:
+    """The `MemberRows` of one rollout per member."""
+    return MemberRows.stack(
+        [(r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask) for r in rollouts],
+        pad_id,
+    )
+
+
 def sample(
     policy: Policy,
-    tokenizer: TextTokenizer,
     prompts: list[str],
     group_size: int,
     max_new_tokens: int,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    greedy: bool = False,
+    key: int | None = 0,
+    reference: bool = False,
 ) -> Rollout:
-    """Sample `group_size` completions for each prompt with a KV cache.
+    """`decode` of one policy (its current weights, or its reference with ``reference``):
+    ``group_size`` completions per prompt drawn with stream ``key`` (None: greedy)."""
+    weights = None if reference else [policy_weights(policy)]
+    return decode(
+        forward_for(policy),
+        weights,
+        policy.tokenizer,
+        [prompts],
+        [group_size],
+        max_new_tokens,
+        None if key is None else [key],
+        temperature,
+        policy.max_length,
+        policy.device,
+    )[0]
 
-    One forward over the (left-padded) prompts with a KV cache, then one token per step for all
-    B rows at once, extending the attention mask and position ids (with `Policy.fast_lm`: a
-    `PrefixTreeDecoder`, which runs each distinct prefix once). Rows that emitted EOS emit pad
-    (mask 0) afterwards; the loop stops when every row is done or after `max_new_tokens` steps,
-    so T <= max_new_tokens. Tokens are drawn from softmax(logits / temperature) by inverse CDF
-    with one ``torch.rand(..., generator=generator)`` per row and step (argmax when `greedy`);
-    `Rollout.sample_logp` is always the temperature-1 log-prob. Runs in eval mode under
-    ``no_grad`` (the caller's train/eval mode is restored). Inside ``policy.reference()`` it
-    samples from the reference policy.
-    """
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (or use greedy=True), got {temperature}")
-    device = policy.device
-    batch = encode_prompts(
-        tokenizer, prompts, group_size, max_new_tokens, policy.max_length, device
+
+def score(
+    policy: Policy, rollout: Rollout, reference: bool = False, full: bool = False
+) -> TokenOutputs:
+    """Per-token outputs [B, T] of one policy on a rollout's completions (with gradients unless
+    the caller disables them)."""
+    out = forward_for(policy).score(
+        rows_of([rollout], policy.tokenizer.pad_id),
+        None if reference else [policy_weights(policy)],
+        full,
     )
-    pad, eos = tokenizer.pad_id, tokenizer.eos_id
-    n_rows = batch.group_ids.shape[0]
-
-    was_training = policy.training
-    policy.eval()
-    try:
-        decoder = _decoder(policy, batch.distinct_ids, batch.distinct_mask, batch.group_ids)
-        next_logits = decoder.prefill().float()
-        done = torch.zeros(n_rows, dtype=torch.bool, device=device)
-        tokens: list[torch.Tensor] = []
-        logps: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
-        for step in range(max_new_tokens):
-            active = ~done
-            tok, lp = next_tokens(next_logits, active, pad, temperature, generator, greedy)
-            tokens.append(tok)
-            logps.append(lp)
-            masks.append(active.long())
-            done = done | (tok == eos)
-            if step == max_new_tokens - 1 or bool(done.all()):
-                break
-            next_logits = decoder.step(tok, active).float()
-    finally:
-        policy.train(was_training)
-
-    return build_rollout(tokenizer, batch, tokens, logps, masks)
+    return TokenOutputs(*(None if x is None else x[0] for x in out))
 
 
 def _decode_completions(
@@ -346,19 +336,6 @@ def _decode_completions(
     return texts
 
 
-def completion_logprobs(policy: Policy, rollout: Rollout, reference: bool = False) -> LogProbOutput:
-    """Per-token log-probs/entropies/values [B, T] of the rollout's completions.
-
-    Runs `Policy.forward_logprobs` on prompt + completion (under ``policy.reference()`` when
-    `reference`). Gradients flow unless the caller wraps this in ``torch.no_grad()``.
-    """
-    n_completion = int(rollout.completion_ids.shape[1])
-    if reference:
-        with policy.reference():
-            return policy.forward_logprobs(rollout.input_ids, rollout.attention_mask, n_completion)
-    return policy.forward_logprobs(rollout.input_ids, rollout.attention_mask, n_completion)
-
-
 def encode_pairs(
     tokenizer: TextTokenizer,
     prompts: list[str],
@@ -372,7 +349,7 @@ def encode_pairs(
     ``encode(completion) + [eos]`` (right-padded). If a row is longer than `max_len`, the
     completion keeps at most ``max_len - 1`` tokens (cut on the right, possibly losing EOS)
     and the prompt keeps its last ``max_len - len(completion)`` tokens. `sample_logp` is
-    zeros, `group_ids` is ``arange(B)``, so `completion_logprobs` works on the result.
+    zeros, `group_ids` is ``arange(B)``, so `score` works on the result.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")

@@ -1,16 +1,14 @@
-"""Evaluate one candidate objective: train it on every task of a space for every seed.
+"""Evaluate candidate objectives: train each on every task of a space for every seed.
 
-The value of a candidate is the mean final held-out reward over (task, seed); its KL is the
-mean final KL to the reference. Per-run summaries and curves are kept so the search layer can
-store them with the trial; :func:`write_artifacts` records a sha256 of every run file
-(``summary.json``, ``metrics.jsonl``) in ``artifacts.json`` so a report can tell a file that
-changed after the trial from the one the trial produced. Intermediate values (held-out reward
-at each evaluation) are reported through ``report(global_step, value)``, where the global step
-orders (task, seed, step) the same way for every candidate, so a pruner compares like with like.
-
-`run_population` trains several candidates at once (`train_population`, one pass per
-(task, seed) for all of them) with the same run folders, reports and results as
-`run_candidate` gives each.
+`run_candidates` trains any number of candidates: one lockstep batch of the training engine per
+(task, seed) holds every candidate still going (one candidate is the batch of one). A
+candidate's value is the mean final held-out reward over (task, seed); its KL the mean final KL
+to the reference. Intermediate values (held-out reward at each evaluation) are reported through
+``report(global_step, value)``, where the global step orders (task, seed, step) the same way for
+every candidate, so a pruner compares like with like; a reporter that returns a reason stops
+its candidate (pruning is a value, not an exception). :func:`write_artifacts` records a sha256
+of every run file in ``artifacts.json`` so a report can tell a file that changed after the
+trial from the one the trial produced.
 """
 
 from __future__ import annotations
@@ -21,247 +19,192 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from grape_evo.objective import ObjectiveSpec
-from grape_evo.training import read_metrics, train, train_population
+from grape_evo.policy import PolicyConfig
+from grape_evo.search.records import RunResult
+from grape_evo.training import Member, RunSummary, StepRecord, TrainConfig, read_metrics
+from grape_evo.training import train_members as _train_members
 
-Reporter = Callable[[int, float], None]
+Reporter = Callable[[int, float], str | None]
+"""``report(global_step, value)``: a returned reason stops the candidate (e.g. pruned)."""
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateRun:
+    """A candidate to train: its spec, its TrainConfigs (one per seed; candidates trained
+    together differ in ``lr`` only), its folder and its reporter."""
+
+    spec: ObjectiveSpec
+    configs: Sequence[TrainConfig]
+    folder: Path
+    report: Reporter | None = None
 
 
 @dataclass
 class CandidateResult:
-    """What training one candidate produced (all runs, in (task, seed) order)."""
+    """What training one candidate produced (its runs in (task, seed) order), and the reason
+    its reporter stopped it, if it did."""
 
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    stopped_by: Exception | None = None
-    """What a ``report`` raised (a pruner's signal) in `run_population`; None otherwise."""
+    runs: list[RunResult] = field(default_factory=list)
+    stopped: str | None = None
 
     @property
     def ok(self) -> bool:
-        return bool(self.runs) and all(r["status"] == "ok" for r in self.runs)
+        return bool(self.runs) and all(r.ok for r in self.runs)
+
+    @property
+    def going(self) -> bool:
+        """Still to be trained on further runs: not stopped and no run failed."""
+        return self.stopped is None and all(r.ok for r in self.runs)
 
     @property
     def failure(self) -> str:
         """The first non-ok run's status and reason ('' when every run is ok)."""
         for r in self.runs:
-            if r["status"] != "ok":
-                return f"{r['task']} seed {r['seed']}: {r['status']}: {r['reason']}"
+            if not r.ok:
+                return f"{r.task} seed {r.seed}: {r.status}: {r.reason}"
         return ""
 
+    @property
+    def trained_with(self) -> int:
+        """The most members any of its runs was trained with."""
+        return max((r.trained_with for r in self.runs), default=1)
+
     def finals(self, key: str) -> list[float]:
-        return [r["final_eval"][key] for r in self.runs if r.get("final_eval")]
+        return [r.final_eval[key] for r in self.runs if r.final_eval]
+
+    def _mean(self, key: str) -> float:
+        values = self.finals(key)
+        return statistics.fmean(values) if values else math.nan
 
     @property
     def reward(self) -> float:
-        values = self.finals("reward")
-        return statistics.fmean(values) if values else math.nan
+        return self._mean("reward")
 
     @property
     def accuracy(self) -> float:
-        values = self.finals("accuracy")
-        return statistics.fmean(values) if values else math.nan
+        return self._mean("accuracy")
 
     @property
     def kl_to_ref(self) -> float:
-        values = self.finals("kl_to_ref")
-        return statistics.fmean(values) if values else math.nan
-
-    def attrs(self) -> dict[str, Any]:
-        """Compact per-run records for storage with a trial (JSON-serialisable)."""
-        return {
-            "runs": [
-                {
-                    "task": r["task"],
-                    "seed": r["seed"],
-                    "status": r["status"],
-                    "reason": r["reason"],
-                    "final_eval": r["final_eval"],
-                    "initial_eval": r["initial_eval"],
-                    "curve": r["curve"],
-                    "wall_seconds": r["wall_seconds"],
-                    "out_dir": r["out_dir"],
-                }
-                for r in self.runs
-            ]
-        }
+        return self._mean("kl_to_ref")
 
 
-def run_candidate(
-    spec: ObjectiveSpec,
+def run_candidates(
+    candidates: Sequence[CandidateRun],
     tasks: Sequence[Any],
-    train_configs: Sequence[Any],
-    policy_config: Any,
-    out_dir: Path,
-    report: Reporter | None = None,
-    reuse_existing: bool = False,
-) -> CandidateResult:
-    """Train ``spec`` on each task (``TaskRef``) with each TrainConfig (one per seed).
-
-    Stops at the first run that does not end ``ok`` (a diverged candidate is not worth more
-    seeds). An exception raised by ``report`` (a pruner's signal) propagates. With
-    ``reuse_existing``, a run folder whose summary is ``ok`` for the same objective key and
-    seed is read back instead of trained again.
-    """
-    result = CandidateResult()
-    for task_ref, task, index in _runs(tasks, train_configs):
-        config = train_configs[index.seed]
-        run_dir, summary = _run_folder(out_dir, task_ref, spec, config.seed, reuse_existing)
-        if summary is None:
-            curve: list[tuple[int, float]] = []
-            trained = train(
-                spec,
-                task,
-                config,
-                policy_config,
-                out_dir=run_dir,
-                progress=False,
-                step_callback=_on_step(curve, report, index.offset),
-            )
-            summary = _labelled(trained, task_ref, curve, run_dir)
-        result.runs.append(summary)
-        if summary["status"] != "ok":
-            return result
-    return result
-
-
-def run_population(
-    specs: Sequence[ObjectiveSpec],
-    tasks: Sequence[Any],
-    train_configs: Sequence[Sequence[Any]],
-    policy_config: Any,
-    out_dirs: Sequence[Path],
-    reports: Sequence[Reporter | None],
+    policy_config: PolicyConfig,
     reuse_existing: bool = False,
 ) -> list[CandidateResult]:
-    """`run_candidate` for P candidates at once: one `train_population` pass per (task, seed).
+    """Train every candidate on each task (a ``TaskRef``) with each of its TrainConfigs.
 
-    ``train_configs[i]`` are candidate i's TrainConfigs (one per seed; candidates differ in
-    ``lr`` only), ``out_dirs[i]`` its folder and ``reports[i]`` its reporter, called with the
-    same global steps as in `run_candidate`. A candidate leaves the population at its first run
-    that does not end ``ok``; an exception its reporter raises (a pruner's signal) ends its
-    runs and is kept in its result's ``stopped_by`` instead of propagating. With
-    ``reuse_existing``, a candidate's run folder that `run_candidate` would read back is read
-    back, and that candidate sits out the pass.
-
-    Raises:
-        PopulationUnsupported: before anything was trained, when these candidates or this
-            policy cannot be trained as a population (train them with `run_candidate`).
+    A candidate stops at its first run that does not end ``ok`` (a diverged candidate is not
+    worth more seeds) or when its reporter returns a reason. With ``reuse_existing``, a run
+    folder whose summary is ``ok`` for the same objective key and seed is read back instead of
+    trained again.
     """
-    results = [CandidateResult() for _ in specs]
-    for task_ref, task, index in _runs(tasks, train_configs[0]):
+    results = [CandidateResult() for _ in candidates]
+    seeds = len(candidates[0].configs) if candidates else 0
+    for task_ref, task, seed_index, offset in _runs(tasks, candidates, seeds):
         members: list[int] = []
-        run_dirs: list[Path] = []
-        for i, result in enumerate(results):
-            if result.stopped_by is not None or not _all_ok(result):
+        for i, (candidate, result) in enumerate(zip(candidates, results, strict=True)):
+            if not result.going:
                 continue
-            seed = train_configs[i][index.seed].seed
-            run_dir, summary = _run_folder(out_dirs[i], task_ref, specs[i], seed, reuse_existing)
-            if summary is None:
+            config = candidate.configs[seed_index]
+            run_dir = candidate.folder / task_ref.slug / f"seed{config.seed}"
+            done = _existing(run_dir, candidate.spec, config.seed) if reuse_existing else None
+            if done is None:
                 members.append(i)
-                run_dirs.append(run_dir)
             else:
-                result.runs.append(summary)
+                result.runs.append(RunResult.of(done, task_ref.slug, _curve(run_dir), str(run_dir)))
         if not members:
             continue
-        curves: list[list[tuple[int, float]]] = [[] for _ in members]
-        callbacks = [
-            _on_step(curve, _keeping(results[i], reports[i]), index.offset)
-            for i, curve in zip(members, curves, strict=True)
+        chosen = [candidates[i] for i in members]
+        configs = [c.configs[seed_index] for c in chosen]
+        shared = _shared_config(configs)
+        folders = [
+            c.folder / task_ref.slug / f"seed{cfg.seed}"
+            for c, cfg in zip(chosen, configs, strict=True)
         ]
-        summaries = train_population(
-            [specs[i] for i in members],
+        curves: list[list[tuple[int, float]]] = [[] for _ in members]
+        hooks = [
+            _hook(curve, c.report, results[i], offset)
+            for i, c, curve in zip(members, chosen, curves, strict=True)
+        ]
+        summaries = _train_members(
+            [Member(c.spec, cfg.lr) for c, cfg in zip(chosen, configs, strict=True)],
             task,
-            [train_configs[i][index.seed] for i in members],
+            shared,
             policy_config,
-            out_dirs=run_dirs,
+            folders,
             progress=False,
-            step_callbacks=callbacks,
+            on_steps=hooks,
         )
-        for i, summary, curve, run_dir in zip(members, summaries, curves, run_dirs, strict=True):
-            results[i].runs.append(_labelled(summary, task_ref, curve, run_dir))
+        for i, summary, curve, folder in zip(members, summaries, curves, folders, strict=True):
+            results[i].runs.append(RunResult.of(summary, task_ref.slug, curve, str(folder)))
     return results
 
 
-class _RunIndex(NamedTuple):
-    """Which seed (index into the TrainConfigs) a run is, and its first global step."""
-
-    seed: int
-    offset: int
+def _shared_config(configs: Sequence[TrainConfig]) -> TrainConfig:
+    """The TrainConfig candidates trained together share (each keeps its own ``lr``)."""
+    base = configs[0]
+    for config in configs[1:]:
+        if replace(config, lr=base.lr) != base:
+            raise ValueError("candidates trained together must differ in lr only")
+    return base
 
 
 def _runs(
-    tasks: Sequence[Any], train_configs: Sequence[Any]
-) -> Iterator[tuple[Any, Any, _RunIndex]]:
-    """(task ref, built task, index) of every run in (task, seed) order; a run's global steps
-    start after all earlier runs' (``max(steps)`` each)."""
-    steps = max(c.steps for c in train_configs)
+    tasks: Sequence[Any], candidates: Sequence[CandidateRun], seeds: int
+) -> Iterator[tuple[Any, Any, int, int]]:
+    """(task ref, built task, seed index, first global step) of every run in (task, seed)
+    order; a run's global steps start after all earlier runs' (``max(steps)`` each)."""
+    steps = max((c.steps for cand in candidates for c in cand.configs), default=0)
     for t_index, task_ref in enumerate(tasks):
         task = task_ref.build()
-        for s_index in range(len(train_configs)):
-            yield (
-                task_ref,
-                task,
-                _RunIndex(s_index, (t_index * len(train_configs) + s_index) * steps),
-            )
+        for s_index in range(seeds):
+            yield task_ref, task, s_index, (t_index * seeds + s_index) * steps
 
 
-def _on_step(
-    curve: list[tuple[int, float]], report: Reporter | None, offset: int
-) -> Callable[[int, dict[str, Any]], None]:
-    """A step callback that records each held-out evaluation in ``curve`` and reports it at
-    global step ``offset + step``."""
+def _hook(
+    curve: list[tuple[int, float]], report: Reporter | None, result: CandidateResult, offset: int
+) -> Callable[[StepRecord], str | None]:
+    """A step hook that records each held-out evaluation in ``curve``, reports it at global
+    step ``offset + step`` and keeps a returned stop reason in ``result.stopped``."""
 
-    def on_step(step: int, record: dict[str, Any]) -> None:
-        if record.get("eval_reward") is not None:
-            curve.append((step, record["eval_reward"]))
-            if report is not None:
-                report(offset + step, record["eval_reward"])
+    def on_step(record: StepRecord) -> str | None:
+        value = record.eval_reward
+        if value is None:
+            return None
+        curve.append((record.step, value))
+        reason = None if report is None else report(offset + record.step, value)
+        if reason:
+            result.stopped = reason
+        return reason
 
     return on_step
 
 
-def _keeping(result: CandidateResult, report: Reporter | None) -> Reporter | None:
-    """``report``, keeping what it raises in ``result.stopped_by`` (and raising it on)."""
-    if report is None:
+def _existing(run_dir: Path, spec: ObjectiveSpec, seed: int) -> RunSummary | None:
+    """The run's summary when it finished ``ok`` for the same objective key and seed."""
+    try:
+        summary = RunSummary.read(run_dir / "summary.json")
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-
-    def keep(step: int, value: float) -> None:
-        try:
-            report(step, value)
-        except Exception as err:
-            result.stopped_by = err
-            raise
-
-    return keep
+    same = summary.objective_key == spec.key() and summary.seed == seed
+    return summary if same and summary.ok else None
 
 
-def _run_folder(
-    out_dir: Path, task_ref: Any, spec: ObjectiveSpec, seed: int, reuse_existing: bool
-) -> tuple[Path, dict[str, Any] | None]:
-    """A run's folder, and (with ``reuse_existing``) its labelled summary and curve read back
-    when it finished ``ok`` for the same objective and seed; None when it must be trained."""
-    run_dir = out_dir / _task_label(task_ref) / f"seed{seed}"
-    summary = _existing(run_dir, spec, seed) if reuse_existing else None
-    if summary is None:
-        return run_dir, None
-    return run_dir, _labelled(summary, task_ref, _curve(run_dir), run_dir)
-
-
-def _all_ok(result: CandidateResult) -> bool:
-    return all(r["status"] == "ok" for r in result.runs)
-
-
-def _labelled(
-    summary: dict[str, Any], task_ref: Any, curve: list[tuple[int, float]], run_dir: Path
-) -> dict[str, Any]:
-    """A run's summary with what the search layer stores: task label, curve and folder."""
-    summary["task"] = _task_label(task_ref)
-    summary["curve"] = curve
-    summary["out_dir"] = str(run_dir)
-    return summary
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    return [
+        (r["step"], r["eval_reward"])
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if r.get("eval_reward") is not None
+    ]
 
 
 ARTIFACTS_FILE = "artifacts.json"
@@ -285,9 +228,8 @@ def write_artifacts(out_dir: Path, result: CandidateResult) -> dict[str, str]:
     out_dir = Path(out_dir)
     sums: dict[str, str] = {}
     for run in result.runs:
-        run_dir = Path(run["out_dir"])
         for name in RUN_FILES:
-            path = run_dir / name
+            path = Path(run.out_dir) / name
             if path.is_file():
                 key = (
                     path.relative_to(out_dir).as_posix()
@@ -324,29 +266,3 @@ def verify_artifacts(out_dir: Path, expected: dict[str, str]) -> list[str]:
         elif sha256_file(path) != digest:
             problems.append(f"{rel}: checksum mismatch (changed after the trial)")
     return problems
-
-
-def _existing(run_dir: Path, spec: ObjectiveSpec, seed: int) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    same = summary.get("objective_key") == spec.key() and summary.get("seed") == seed
-    return summary if same and summary.get("status") == "ok" else None
-
-
-def _curve(run_dir: Path) -> list[tuple[int, float]]:
-    return [
-        (r["step"], r["eval_reward"])
-        for r in read_metrics(run_dir / "metrics.jsonl")
-        if r.get("eval_reward") is not None
-    ]
-
-
-def _task_label(task_ref: Any) -> str:
-    if not task_ref.kwargs:
-        return task_ref.name
-    return task_ref.name + "-" + "-".join(f"{k}{v}" for k, v in sorted(task_ref.kwargs.items()))

@@ -1,23 +1,30 @@
-"""Training: the SFT warm start (cached reference), the trainer loop, run outputs and the
-population mode (several objectives trained in lockstep)."""
+"""Training: the SFT warm start (cached reference), the engine that trains M >= 1 members in
+lockstep (a single run is M = 1), and typed run records."""
 
 from grape_evo.training.config import TrainConfig
-from grape_evo.training.population import PopulationTrainer, PopulationUnsupported
-from grape_evo.training.run import train, train_population
-from grape_evo.training.run_log import read_metrics
-from grape_evo.training.trainer import Diverged, EvalReport, Trainer
+from grape_evo.training.engine import Engine, Member
+from grape_evo.training.records import (
+    EvalReport,
+    RunStatus,
+    RunSummary,
+    StepRecord,
+    read_metrics,
+)
+from grape_evo.training.run import StepHook, train, train_members
 from grape_evo.training.warm_start import cache_root, warm_start_policy
 
 __all__ = [
-    "Diverged",
+    "Engine",
     "EvalReport",
-    "PopulationTrainer",
-    "PopulationUnsupported",
+    "Member",
+    "RunStatus",
+    "RunSummary",
+    "StepHook",
+    "StepRecord",
     "TrainConfig",
-    "Trainer",
     "cache_root",
     "read_metrics",
     "train",
-    "train_population",
+    "train_members",
     "warm_start_policy",
 ]

@@ -1,21 +1,59 @@
-"""From sampled or given text to the tensors an objective consumes.
+"""What a member trains on in one step, for each kind of data.
 
-The trainer samples a :class:`Rollout`, scores it once (rewards, old/reference log-probs,
-critic values) into a :class:`ScoredRollout`, then builds :class:`RolloutBatch` or
-:class:`PreferenceBatch` objects from fresh forward passes for each update.
+* ``on_policy``: ``prompts_per_step`` prompts x ``group_size`` completions sampled from the
+  member's own weights (all on-policy members decode in lockstep, `sample_members`);
+* ``demonstrations``: ``batch_size`` gold (prompt, completion) pairs (`demonstration_batch`);
+* ``preference_pairs``: ``batch_size // 2`` pairs drawn from a fixed set sampled once from the
+  reference policy and labelled by the task's hidden Bradley-Terry preference
+  (`offline_pair_batch`).
+
+Each becomes a `MemberBatch`: rows [B, T] with everything that stays fixed during the step's
+updates. Prompt and sampling streams depend only on (seed, step), so members with the same
+seed see the same prompts and the same random numbers (common random numbers).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
 
 from grape_evo.objective import PreferenceBatch
-from grape_evo.policy import Policy, Rollout, completion_logprobs
+from grape_evo.objective.spec import ObjectiveSpec
+from grape_evo.policy import (
+    Forward,
+    Policy,
+    Rollout,
+    Weights,
+    decode,
+    encode_pairs,
+    sample,
+    stream_key,
+)
+from grape_evo.policy.tokenizer import TextTokenizer
 from grape_evo.tasks import Task
+from grape_evo.training.config import TrainConfig
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """The seed of a data stream (1: prompts, 2: demonstrations, 3: offline pairs, 4: the
+    prompts the offline pairs are sampled for) at ``step``."""
+    return (seed * 1_000_003 + step * 7_919 + stream) % (2**31 - 1)
+
+
+def prompts_per_step(config: TrainConfig, group_size: int) -> int:
+    """On-policy prompts per step: ``max(1, batch_size // group_size)``."""
+    return max(1, config.batch_size // group_size)
+
+
+def train_prompts(task: Task, config: TrainConfig, step: int, group_size: int) -> list[str]:
+    """The training prompts of on-policy step ``step`` (the same for every member with the same
+    group size and seed)."""
+    n_prompts = prompts_per_step(config, group_size)
+    return task.prompts("train", n_prompts, step_seed(config.seed, step, 1))
 
 
 def slice_rollout(rollout: Rollout, index: Tensor) -> Rollout:
@@ -31,27 +69,34 @@ def slice_rollout(rollout: Rollout, index: Tensor) -> Rollout:
     return replace(rollout, **changes)
 
 
-@dataclass(frozen=True)
-class ScoredRollout:
-    """A rollout with everything that stays fixed during its updates (all [B] or [B, T])."""
+@dataclass
+class MemberBatch:
+    """One member's rows for one step and what stays fixed during its updates.
+
+    ``rewards`` [B]; ``old_logp``, ``ref_logp``, ``old_values``, ``returns``, ``advantages``
+    [B, T]; ``pairs``: (chosen, rejected) row indices [n] of a preference loss;
+    ``ref_pair_sums``: the reference's log-prob sums (chosen, rejected) [n] of offline pairs;
+    ``old_is_new``: the update's own detached log-probs are the old ones (one update per batch
+    at temperature 1: the ratio is exactly 1); ``updates``: the rows of each gradient update
+    (None: all rows); ``metrics``: the step's data metrics.
+    """
 
     rollout: Rollout
     rewards: Tensor
     old_logp: Tensor
-    ref_logp: Tensor
-    old_values: Tensor | None
+    ref_logp: Tensor | None = None
+    old_values: Tensor | None = None
+    returns: Tensor | None = None
+    advantages: Tensor | None = None
+    pairs: tuple[Tensor, Tensor] | None = None
+    ref_pair_sums: tuple[Tensor, Tensor] | None = None
+    old_is_new: bool = False
+    updates: list[Tensor | None] = field(default_factory=list)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
 
-    def select(self, index: Tensor) -> ScoredRollout:
-        def pick(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[index.to(t.device)]
-
-        return ScoredRollout(
-            rollout=slice_rollout(self.rollout, index),
-            rewards=pick(self.rewards),
-            old_logp=pick(self.old_logp),
-            ref_logp=pick(self.ref_logp),
-            old_values=pick(self.old_values),
-        )
+    @property
+    def mask(self) -> Tensor:
+        return self.rollout.completion_mask
 
 
 def task_rewards(task: Task, rollout: Rollout) -> Tensor:
@@ -64,69 +109,44 @@ def task_rewards(task: Task, rollout: Rollout) -> Tensor:
     return rewards
 
 
-@torch.no_grad()
-def score_rollout(policy: Policy, task: Task, rollout: Rollout, need_old: bool) -> ScoredRollout:
-    """Rewards, and under no_grad the old (if ``need_old``; else the sampling log-probs) and
-    reference log-probs and the critic values."""
-    old_logp, old_values = rollout.sample_logp, None
-    if need_old or policy.has_value_head:
-        out = completion_logprobs(policy, rollout)
-        old_logp = out.logp if need_old else old_logp
-        old_values = out.values
-    ref_logp = completion_logprobs(policy, rollout, reference=True).logp
-    return ScoredRollout(rollout, task_rewards(task, rollout), old_logp, ref_logp, old_values)
-
-
-def online_pairs(rewards: Tensor, group_ids: Tensor, pairing: str) -> tuple[Tensor, Tensor]:
-    """Indices (chosen, rejected) of preference pairs formed inside each group.
-
-    ``best_worst``: the group's highest- and lowest-reward members (first in case of ties);
-    ``all_pairs``: every ordered pair with a strictly higher reward. Groups whose rewards are
-    all equal give no pair.
-    """
-    r = rewards.tolist()
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(group_ids.tolist()):
-        groups.setdefault(g, []).append(i)
-    chosen: list[int] = []
-    rejected: list[int] = []
-    for members in groups.values():
-        if pairing == "best_worst":
-            best = max(members, key=lambda i: r[i])
-            worst = min(members, key=lambda i: r[i])
-            if r[best] > r[worst]:
-                chosen.append(best)
-                rejected.append(worst)
-        else:
-            for i in members:
-                for j in members:
-                    if r[i] > r[j]:
-                        chosen.append(i)
-                        rejected.append(j)
-    return torch.tensor(chosen, dtype=torch.long), torch.tensor(rejected, dtype=torch.long)
-
-
-def sequence_sums(logp: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sequence sums of token log-probs and token counts, both [B] float32."""
-    m = mask.to(logp.dtype)
-    return (logp * m).sum(-1), m.sum(-1)
-
-
-def preference_batch(
-    logp: Tensor, ref_logp: Tensor, mask: Tensor, chosen: Tensor, rejected: Tensor
-) -> PreferenceBatch:
-    """Pairs (rows ``chosen`` vs rows ``rejected``) of per-token log-probs [B, T]."""
-    seq, length = sequence_sums(logp, mask)
-    ref_seq, _ = sequence_sums(ref_logp, mask)
-    c, r = chosen.to(seq.device), rejected.to(seq.device)
-    return PreferenceBatch(
-        chosen_logp=seq[c],
-        rejected_logp=seq[r],
-        ref_chosen_logp=ref_seq[c].detach(),
-        ref_rejected_logp=ref_seq[r].detach(),
-        chosen_len=length[c],
-        rejected_len=length[r],
+def sample_members(
+    forward: Forward,
+    weights: Sequence[Weights],
+    tokenizer: TextTokenizer,
+    task: Task,
+    config: TrainConfig,
+    step: int,
+    specs: Sequence[ObjectiveSpec],
+    max_length: int | None,
+    device: torch.device,
+) -> list[MemberBatch]:
+    """On-policy batches of M members, sampled in lockstep from their ``weights``: member m's
+    ``group_size`` completions of `train_prompts`, with the step's sampling stream."""
+    key = stream_key(config.seed, step, "sample")
+    rollouts = decode(
+        forward,
+        weights,
+        tokenizer,
+        [train_prompts(task, config, step, s.group_size) for s in specs],
+        [s.group_size for s in specs],
+        task.max_new_tokens,
+        [key] * len(specs),
+        config.temperature,
+        max_length,
+        device,
     )
+    return [MemberBatch(r, task_rewards(task, r), r.sample_logp) for r in rollouts]
+
+
+def demonstration_batch(
+    tokenizer: TextTokenizer, task: Task, config: TrainConfig, step: int, device: torch.device
+) -> MemberBatch:
+    """``batch_size`` gold demonstrations of step ``step`` (reward 1 each)."""
+    demos = task.demonstrations("train", config.batch_size, step_seed(config.seed, step, 2))
+    prompts, completions = [p for p, _ in demos], [c for _, c in demos]
+    rollout = encode_pairs(tokenizer, prompts, completions, device=device)
+    ones = torch.ones(len(demos), device=device)
+    return MemberBatch(rollout, ones, torch.zeros_like(rollout.sample_logp))
 
 
 @dataclass(frozen=True)
@@ -159,3 +179,104 @@ def label_pairs(task: Task, rollout: Rollout, seed: int) -> OfflinePairs:
         chosen.append(a)
         rejected.append(b)
     return OfflinePairs(prompts, chosen, rejected)
+
+
+def sample_offline_pairs(policy: Policy, task: Task, config: TrainConfig) -> OfflinePairs:
+    """``config.offline_pairs`` prompts, two reference samples each, labelled by the task."""
+    prompts = task.prompts("train", config.offline_pairs, step_seed(config.seed, -1, 4))
+    key = stream_key(config.seed, "offline pairs")
+    rollout = sample(policy, prompts, 2, task.max_new_tokens, key=key, reference=True)
+    return label_pairs(task, rollout, config.seed)
+
+
+def offline_pair_batch(
+    tokenizer: TextTokenizer,
+    pairs: OfflinePairs,
+    ref_sums: tuple[Tensor, Tensor],
+    config: TrainConfig,
+    step: int,
+    device: torch.device,
+) -> MemberBatch:
+    """Step ``step``'s n = ``min(max(1, batch_size // 2), len(pairs))`` pairs (a seeded draw
+    without replacement): rows [2n], the n chosen completions, then the n rejected ones.
+    ``ref_sums``: the reference's log-prob sums of every pair's chosen and rejected completion."""
+    n = min(max(1, config.batch_size // 2), len(pairs))
+    generator = torch.Generator().manual_seed(step_seed(config.seed, step, 3))
+    index = torch.randperm(len(pairs), generator=generator)[:n]
+    rows = index.tolist()
+    prompts = [pairs.prompts[i] for i in rows]
+    texts = [pairs.chosen[i] for i in rows] + [pairs.rejected[i] for i in rows]
+    rollout = encode_pairs(tokenizer, prompts + prompts, texts, device=device)
+    order = torch.arange(2 * n, device=device)
+    return MemberBatch(
+        rollout,
+        torch.zeros(2 * n, device=device),
+        torch.zeros_like(rollout.sample_logp),
+        pairs=(order[:n], order[n:]),
+        ref_pair_sums=(ref_sums[0][index].to(device), ref_sums[1][index].to(device)),
+    )
+
+
+def online_pairs(rewards: Tensor, group_ids: Tensor, pairing: str) -> tuple[Tensor, Tensor]:
+    """Indices (chosen, rejected) of preference pairs formed inside each group.
+
+    ``best_worst``: the group's highest- and lowest-reward members (first in case of ties);
+    ``all_pairs``: every ordered pair with a strictly higher reward. Groups whose rewards are
+    all equal give no pair.
+    """
+    r = rewards.tolist()
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids.tolist()):
+        groups.setdefault(g, []).append(i)
+    chosen: list[int] = []
+    rejected: list[int] = []
+    for members in groups.values():
+        if pairing == "best_worst":
+            best = max(members, key=lambda i: r[i])
+            worst = min(members, key=lambda i: r[i])
+            if r[best] > r[worst]:
+                chosen.append(best)
+                rejected.append(worst)
+        else:
+            for i in members:
+                for j in members:
+                    if r[i] > r[j]:
+                        chosen.append(i)
+                        rejected.append(j)
+    device = rewards.device
+    return (
+        torch.tensor(chosen, dtype=torch.long, device=device),
+        torch.tensor(rejected, dtype=torch.long, device=device),
+    )
+
+
+def sequence_sums(logp: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sequence sums of token log-probs and token counts, both [B] float32."""
+    m = mask.to(logp.dtype)
+    return (logp * m).sum(-1), m.sum(-1)
+
+
+def pair_batch(
+    logp: Tensor,
+    mask: Tensor,
+    pairs: tuple[Tensor, Tensor],
+    ref_logp: Tensor | None = None,
+    ref_sums: tuple[Tensor, Tensor] | None = None,
+) -> PreferenceBatch:
+    """The `PreferenceBatch` of rows ``pairs`` (chosen, rejected) of per-token log-probs and
+    mask [B, T]; the reference from its per-token log-probs ``ref_logp`` [B, T] or, for
+    offline pairs, its sums ``ref_sums`` [n] (one of the two)."""
+    seq, length = sequence_sums(logp, mask)
+    chosen, rejected = pairs
+    if ref_sums is None:
+        assert ref_logp is not None
+        ref_seq = sequence_sums(ref_logp, mask)[0].detach()
+        ref_sums = (ref_seq[chosen], ref_seq[rejected])
+    return PreferenceBatch(
+        chosen_logp=seq[chosen],
+        rejected_logp=seq[rejected],
+        ref_chosen_logp=ref_sums[0],
+        ref_rejected_logp=ref_sums[1],
+        chosen_len=length[chosen],
+        rejected_len=length[rejected],
+    )

@@ -39,7 +39,7 @@ def warm_start_key(task: Task, policy_config: PolicyConfig, config: TrainConfig)
         "lr": config.warm_start_lr,
         "batch_size": config.batch_size,
         "seed": config.seed,
-        "format": 1,
+        "format": 2,
     }
     text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -51,7 +51,8 @@ def _warm_config(policy_config: PolicyConfig) -> PolicyConfig:
 
 
 def _train_sft(policy: Policy, task: Task, config: TrainConfig) -> None:
-    from grape_evo.training.trainer import Trainer
+    """``warm_start_steps`` of SFT on the task's demonstrations: the engine with one member."""
+    from grape_evo.training.engine import Engine, Member
 
     sft = TrainConfig(
         steps=max(1, config.warm_start_steps),
@@ -60,9 +61,10 @@ def _train_sft(policy: Policy, task: Task, config: TrainConfig) -> None:
         batch_size=config.batch_size,
         device=config.device,
     )
-    trainer = Trainer(presets.get("sft"), task, sft, policy)
+    engine = Engine([Member(presets.get("sft"), config.warm_start_lr)], task, sft, policy)
     for step in range(config.warm_start_steps):
-        trainer.step(step)
+        engine.step(step)
+    engine.export(0, policy)
 
 
 def warm_start_policy(

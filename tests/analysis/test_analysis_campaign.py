@@ -17,17 +17,15 @@ from optuna.trial import TrialState, create_trial
 from grape_evo.analysis import figures as F
 from grape_evo.analysis import write_report
 from grape_evo.analysis.frames import (
-    best_so_far,
-    curve_summary,
     discoveries_frame,
     find_run_folders,
     load_study,
-    param_importances,
     runs_frame,
     seed_columns,
     steps_frame,
     trials_frame,
 )
+from grape_evo.analysis.summaries import best_so_far, curve_summary, param_importances
 from grape_evo.objective import ObjectiveSpec, presets
 
 ADV = CategoricalDistribution(["group_zscore", "group_mean"])

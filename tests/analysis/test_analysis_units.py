@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from grape_evo.analysis.diff import differing_leaves, nearest_baseline_diff
-from grape_evo.analysis.frames import curve_summary, mean_ci, t_quantile_975
 from grape_evo.analysis.pareto import pareto_mask
 from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.analysis.summaries import curve_summary, mean_ci, t_quantile_975
 from grape_evo.objective import ObjectiveSpec, presets
 
 

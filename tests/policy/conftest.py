@@ -1,13 +1,22 @@
-"""Shared fixtures for policy tests: a char tokenizer, tiny policies, an EOS-bias hook."""
+"""Shared fixtures for policy tests: a char tokenizer, tiny policies, an EOS-bias hook, one
+torch thread (the tiny models are fastest that way on a shared machine)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 from grape_evo.policy import CharTokenizer, Policy, PolicyConfig, build_policy
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +33,8 @@ def make_policy(tok: CharTokenizer) -> Callable[..., Policy]:
 
 
 def _add_eos_bias(policy: Policy, eos_id: int, bias: float) -> torch.utils.hooks.RemovableHandle:
-    """Add `bias` to the EOS logit of every forward of the policy's LM head."""
+    """Add `bias` to the EOS logit of every forward of the policy's LM head (a forward hook:
+    the policy then runs the transformers forward, not the stacked fast path)."""
     head = policy.hf_model.get_output_embeddings()
 
     def hook(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,10 @@
-"""Group sampling with a KV cache, rollout masks, and log-probs of given pairs."""
+"""Group sampling (`sample`: `decode` of one policy) on both forwards, rollout masks, and
+log-probs of given pairs (`score`).
+
+Random draws come from the counter-based streams: token j of row b is drawn with
+``uniforms(key, b, j)``, so an independent sampler that recomputes the whole forward at every step
+with the same uniforms must draw the same tokens.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,25 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import make_eos_likely
 
 from grape_evo.policy import (
     CharTokenizer,
     Policy,
     Rollout,
-    completion_logprobs,
     encode_pairs,
+    forward_for,
     sample,
+    score,
+    stream_key,
 )
+from grape_evo.policy.stacked_gpt2 import StackedGPT2
+from grape_evo.policy.streams import uniforms
+from grape_evo.policy.transformers_forward import TransformersForward
 
 Make = Callable[..., Policy]
+EosBias = Callable[[Policy, int, float], object]
 PROMPTS = ["12+34=", "7+8=", "100+250="]
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @torch.no_grad()
@@ -32,10 +41,11 @@ def _sample_without_cache(
     prompts: list[str],
     group_size: int,
     max_new_tokens: int,
-    generator: torch.Generator,
+    key: int | None,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference sampler: recompute the full forward over everything so far at every step."""
+    """Reference sampler: recompute transformers' full forward over everything so far at every
+    step; draw with the uniforms of (key, row, step), or greedily for key None."""
     rows = [[tok.bos_id, *tok.encode(p)] for p in prompts for _ in range(group_size)]
     width = max(len(r) for r in rows)
     ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in rows])
@@ -46,10 +56,12 @@ def _sample_without_cache(
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = policy.lm(input_ids=ids, attention_mask=mask, position_ids=pos).logits
         last = logits[:, -1].float()
-        # Inverse CDF: the number of cumulative probabilities at or below u * total.
-        cdf = F.softmax(last / temperature, -1).cumsum(-1)
-        u = torch.rand(len(rows), 1, generator=generator)
-        choice = (cdf <= u * cdf[:, -1:]).sum(-1)
+        if key is None:
+            choice = last.argmax(-1)
+        else:  # inverse CDF: the number of cumulative probabilities at or below u * total
+            cdf = F.softmax(last / temperature, -1).cumsum(-1)
+            u = uniforms(torch.tensor([key]), len(rows), len(toks))[0, :, None]
+            choice = (cdf <= u * cdf[:, -1:]).sum(-1)
         live = ~done
         choice = torch.where(live, choice, torch.full_like(choice, tok.pad_id))
         lp = F.log_softmax(last, -1)[torch.arange(len(rows)), choice]
@@ -71,8 +83,25 @@ def _assert_same(a: Rollout, b: Rollout) -> None:
     assert a.texts == b.texts
 
 
+def _eos_more_likely(
+    policy: Policy, tok: CharTokenizer, path: str, bias: float, hook: EosBias
+) -> None:
+    """Raise the EOS logit by about ``bias`` on the given path: with the forward ``hook`` on the
+    LM head (the policy then runs the transformers forward), or by an edit of its weights (which
+    keeps the stacked fast path)."""
+    if path == "transformers":
+        hook(policy, tok.eos_id, bias)
+    else:
+        make_eos_likely(dict(policy.lm.named_parameters()), tok.eos_id, bias / 4)
+    want = TransformersForward if path == "transformers" else StackedGPT2
+    assert isinstance(forward_for(policy), want)
+
+
+PATHS = ["stacked", "transformers"]
+
+
 def test_shapes_groups_and_prompt_layout(make_policy: Make, tok: CharTokenizer) -> None:
-    r = sample(make_policy(), tok, PROMPTS, group_size=4, max_new_tokens=6, generator=_gen(0))
+    r = sample(make_policy(), PROMPTS, group_size=4, max_new_tokens=6, key=0)
     assert r.completion_ids.shape == r.completion_mask.shape == r.sample_logp.shape
     assert r.completion_ids.shape[0] == 12 and r.completion_ids.shape[1] <= 6
     assert r.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -87,50 +116,74 @@ def test_shapes_groups_and_prompt_layout(make_policy: Make, tok: CharTokenizer) 
         assert torch.equal(block, block[:1].expand_as(block))
 
 
-def test_same_seed_same_rollout(make_policy: Make, tok: CharTokenizer) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_same_key_same_rollout(make_policy: Make, path: str) -> None:
     policy = make_policy()
-    a = sample(policy, tok, PROMPTS, group_size=3, max_new_tokens=8, generator=_gen(7))
-    b = sample(policy, tok, PROMPTS, group_size=3, max_new_tokens=8, generator=_gen(7))
-    c = sample(policy, tok, PROMPTS, group_size=3, max_new_tokens=8, generator=_gen(8))
+    policy.fast_path = path == "stacked"
+    a = sample(policy, PROMPTS, group_size=3, max_new_tokens=8, key=stream_key(7))
+    b = sample(policy, PROMPTS, group_size=3, max_new_tokens=8, key=stream_key(7))
+    c = sample(policy, PROMPTS, group_size=3, max_new_tokens=8, key=stream_key(8))
     _assert_same(a, b)
     assert not torch.equal(a.completion_ids, c.completion_ids)
 
 
-@pytest.mark.parametrize(("bias", "temperature"), [(0.0, 1.0), (3.0, 1.0), (3.0, 0.7)])
+@pytest.mark.parametrize(
+    ("path", "bias", "temperature", "greedy"),
+    [
+        ("transformers", 0.0, 1.0, False),
+        ("transformers", 3.0, 1.0, False),
+        ("transformers", 3.0, 0.7, False),
+        ("transformers", 3.0, 1.0, True),
+        ("stacked", 0.0, 1.0, False),
+        ("stacked", 3.0, 1.0, False),
+        ("stacked", 3.0, 0.7, False),
+        ("stacked", 3.0, 1.0, True),
+    ],
+)
 def test_kv_cache_matches_full_recompute(
-    make_policy: Make, tok: CharTokenizer, eos_bias, bias: float, temperature: float
+    make_policy: Make,
+    tok: CharTokenizer,
+    eos_bias: EosBias,
+    path: str,
+    bias: float,
+    temperature: float,
+    greedy: bool,
 ) -> None:
     policy = make_policy(seed=1)
-    eos_bias(policy, tok.eos_id, bias)
-    r = sample(
-        policy, tok, PROMPTS, 4, max_new_tokens=12, temperature=temperature, generator=_gen(3)
-    )
-    ids, mask, logp = _sample_without_cache(
-        policy, tok, PROMPTS, 4, 12, generator=_gen(3), temperature=temperature
-    )
+    _eos_more_likely(policy, tok, path, bias, eos_bias)
+    key = None if greedy else stream_key(3)
+    r = sample(policy, PROMPTS, 4, max_new_tokens=12, temperature=temperature, key=key)
+    ids, mask, logp = _sample_without_cache(policy, tok, PROMPTS, 4, 12, key, temperature)
     assert torch.equal(r.completion_ids, ids)
     assert torch.equal(r.completion_mask, mask)
     torch.testing.assert_close(r.sample_logp, logp, atol=1e-5, rtol=0)
+    if bias and not greedy:  # some rows stopped early: padding after EOS is exercised
+        assert (mask == 0).any()
 
 
-@pytest.mark.parametrize("lora_rank", [0, 4])
+@pytest.mark.parametrize(
+    ("lora_rank", "path"), [(0, "transformers"), (0, "stacked"), (4, "transformers")]
+)
 def test_sample_logp_equals_recomputed_logp(
-    make_policy: Make, tok: CharTokenizer, eos_bias, lora_rank: int
+    make_policy: Make, tok: CharTokenizer, eos_bias: EosBias, lora_rank: int, path: str
 ) -> None:
     policy = make_policy(seed=2, lora_rank=lora_rank, value_head=True)
-    eos_bias(policy, tok.eos_id, 3.0)
+    _eos_more_likely(policy, tok, path, 3.0, eos_bias)
     for temperature in (1.0, 0.5):
-        r = sample(policy, tok, PROMPTS, 4, 10, temperature=temperature, generator=_gen(1))
+        r = sample(policy, PROMPTS, 4, 10, temperature=temperature, key=stream_key(1))
         with torch.no_grad():
-            out = completion_logprobs(policy, r)
+            out = score(policy, r)
         torch.testing.assert_close(out.logp, r.sample_logp, atol=1e-5, rtol=0)
         assert out.values is not None and out.values.shape == r.sample_logp.shape
 
 
-def test_masks_after_eos(make_policy: Make, tok: CharTokenizer, eos_bias) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_masks_after_eos(
+    make_policy: Make, tok: CharTokenizer, eos_bias: EosBias, path: str
+) -> None:
     policy = make_policy(seed=4)
-    eos_bias(policy, tok.eos_id, 3.0)
-    r = sample(policy, tok, PROMPTS, 6, max_new_tokens=12, generator=_gen(5))
+    _eos_more_likely(policy, tok, path, 3.0, eos_bias)
+    r = sample(policy, PROMPTS, 6, max_new_tokens=12, key=stream_key(5))
     ids, mask = r.completion_ids.tolist(), r.completion_mask.tolist()
     saw_early_eos = False
     for row_ids, row_mask, text in zip(ids, mask, r.texts, strict=True):
@@ -153,19 +206,26 @@ def test_masks_after_eos(make_policy: Make, tok: CharTokenizer, eos_bias) -> Non
     assert torch.all(r.sample_logp[r.completion_mask == 1] < 0)
 
 
-def test_stops_when_all_rows_done(make_policy: Make, tok: CharTokenizer, eos_bias) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_stops_when_all_rows_done(
+    make_policy: Make, tok: CharTokenizer, eos_bias: EosBias, path: str
+) -> None:
     policy = make_policy()
-    eos_bias(policy, tok.eos_id, 50.0)  # EOS is (almost surely) the first token of every row
-    r = sample(policy, tok, PROMPTS, 2, max_new_tokens=10, generator=_gen(0))
+    # EOS is (almost surely) every row's first token: p(other) < 1e-19, and key 0 draws an
+    # ordinary uniform there (no hash fixed point, see test_streams)
+    _eos_more_likely(policy, tok, path, 50.0, eos_bias)
+    r = sample(policy, PROMPTS, 2, max_new_tokens=10, key=0)
     assert r.completion_ids.shape == (6, 1)
     assert r.completion_ids[:, 0].tolist() == [tok.eos_id] * 6
     assert r.texts == [""] * 6
 
 
-def test_greedy_is_deterministic_argmax(make_policy: Make, tok: CharTokenizer) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_greedy_is_deterministic_argmax(make_policy: Make, tok: CharTokenizer, path: str) -> None:
     policy = make_policy(seed=9)
-    a = sample(policy, tok, PROMPTS, 2, 5, greedy=True, generator=_gen(0))
-    b = sample(policy, tok, PROMPTS, 2, 5, greedy=True, generator=_gen(1))
+    policy.fast_path = path == "stacked"
+    a = sample(policy, PROMPTS, 2, 5, key=None)
+    b = sample(policy, PROMPTS, 2, 5, key=None)
     _assert_same(a, b)
     assert torch.equal(a.completion_ids[0::2], a.completion_ids[1::2])  # identical within group
     # first greedy token of prompt 0 = argmax of the next-token logits after the prompt
@@ -175,29 +235,46 @@ def test_greedy_is_deterministic_argmax(make_policy: Make, tok: CharTokenizer) -
     assert a.completion_ids[0, 0].item() == int(logits.argmax())
 
 
-def test_train_mode_restored_and_length_limit(make_policy: Make, tok: CharTokenizer) -> None:
+def test_train_mode_kept_and_length_limit(make_policy: Make) -> None:
     policy = make_policy()
     policy.train()
-    sample(policy, tok, PROMPTS[:1], 1, 3, generator=_gen(0))
+    sample(policy, PROMPTS[:1], 1, 3, key=0)
     assert policy.training
     with pytest.raises(ValueError, match="maximum length 128"):
-        sample(policy, tok, PROMPTS[:1], 1, 125, generator=_gen(0))
+        sample(policy, PROMPTS[:1], 1, 125, key=0)
     with pytest.raises(ValueError, match="temperature"):
-        sample(policy, tok, PROMPTS[:1], 1, 3, temperature=0.0)
+        sample(policy, PROMPTS[:1], 1, 3, temperature=0.0)
+    with pytest.raises(ValueError, match="group_size"):
+        sample(policy, PROMPTS[:1], 0, 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sample(policy, PROMPTS[:1], 1, 0)
 
 
-def test_reference_sampling_and_logprobs_with_lora(make_policy: Make, tok: CharTokenizer) -> None:
+def test_reference_sampling_and_logprobs_with_lora(make_policy: Make) -> None:
     policy = make_policy(lora_rank=4)
     with torch.no_grad():
         for p in policy.trainable_parameters():
             p.add_(0.3 * torch.randn_like(p))
-    with policy.reference():
-        r = sample(policy, tok, PROMPTS, 2, 6, generator=_gen(0))
+    r = sample(policy, PROMPTS, 2, 6, key=0, reference=True)
     with torch.no_grad():
-        ref = completion_logprobs(policy, r, reference=True)
-        cur = completion_logprobs(policy, r)
+        ref = score(policy, r, reference=True)
+        cur = score(policy, r)
     torch.testing.assert_close(ref.logp, r.sample_logp, atol=1e-5, rtol=0)
     assert (cur.logp - ref.logp).abs().max() > 1e-3
+
+
+def test_reference_sampling_full_finetune_is_the_frozen_copy(make_policy: Make) -> None:
+    """After `freeze_reference` and a change of the weights, sampling the reference draws what
+    the unchanged policy draws (same seed, same weights, same key)."""
+    policy, unchanged = make_policy(seed=6), make_policy(seed=6)
+    policy.freeze_reference()
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ref = sample(policy, PROMPTS, 3, 8, key=stream_key(4), reference=True)
+    _assert_same(ref, sample(unchanged, PROMPTS, 3, 8, key=stream_key(4)))
+    cur = sample(policy, PROMPTS, 3, 8, key=stream_key(4))
+    assert not torch.equal(cur.completion_ids, ref.completion_ids)
 
 
 def test_encode_pairs(make_policy: Make, tok: CharTokenizer) -> None:
@@ -210,9 +287,10 @@ def test_encode_pairs(make_policy: Make, tok: CharTokenizer) -> None:
     assert r.group_ids.tolist() == [0, 1]
     assert torch.all(r.sample_logp == 0)
     policy = make_policy()
-    out = completion_logprobs(policy, r)
+    out = score(policy, r)
     assert out.logp.shape == (2, 3) and out.logp[0, 2] == 0 and torch.all(out.logp[:, :2] < 0)
     out.logp.sum().backward()  # differentiable, e.g. for SFT
+    assert all(p.grad is not None for p in policy.trainable_parameters())
 
 
 def test_encode_pairs_truncates(tok: CharTokenizer) -> None:
@@ -222,9 +300,11 @@ def test_encode_pairs_truncates(tok: CharTokenizer) -> None:
     assert r.prompt_ids.tolist() == [[10]]
 
 
-def test_non_finite_logits_raise(make_policy: Make, tok: CharTokenizer) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_non_finite_logits_raise(make_policy: Make, path: str) -> None:
     policy = make_policy()
+    policy.fast_path = path == "stacked"
     with torch.no_grad():
         policy.hf_model.transformer.ln_f.bias.fill_(float("nan"))
     with pytest.raises(ValueError, match="inf or nan"):
-        sample(policy, tok, PROMPTS, 2, 3, generator=_gen(0))
+        sample(policy, PROMPTS, 2, 3, key=0)

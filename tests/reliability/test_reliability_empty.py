@@ -15,7 +15,8 @@ from grape_evo.policy import encode_pairs
 from grape_evo.search.space import SpaceError, parse_space
 from grape_evo.tasks import get_task
 from grape_evo.training import TrainConfig, train
-from grape_evo.training import trainer as trainer_module
+from grape_evo.training import batches as batches_module
+from grape_evo.training import engine as engine_module
 
 TINY = TrainConfig(steps=2, batch_size=8, eval_prompts=8, eval_every=1, warm_start_steps=3)
 
@@ -26,21 +27,33 @@ def test_empty_completions_train_and_score_zero(
 ) -> None:
     torch.set_num_threads(1)
 
-    def silent_sample(
-        policy: Any, tokenizer: Any, prompts: list[str], group_size: int, *args: Any, **kwargs: Any
+    def silent_decode(
+        _forward: Any,
+        _weights: Any,
+        tokenizer: Any,
+        prompts: list[list[str]],
+        group_sizes: list[int],
+        *args: Any,
+        **kwargs: Any,
     ) -> Any:
-        rows = [p for p in prompts for _ in range(group_size)]
-        rollout = encode_pairs(tokenizer, rows, [""] * len(rows), device=policy.device)
-        groups = torch.arange(len(prompts), device=policy.device).repeat_interleave(group_size)
-        return dataclasses.replace(rollout, group_ids=groups)
+        """Every member answers EOS at once, for training and evaluation alike."""
+        rollouts = []
+        for texts, group_size in zip(prompts, group_sizes, strict=True):
+            rows = [p for p in texts for _ in range(group_size)]
+            rollout = encode_pairs(tokenizer, rows, [""] * len(rows))
+            groups = torch.arange(len(texts)).repeat_interleave(group_size)
+            rollouts.append(dataclasses.replace(rollout, group_ids=groups))
+        return rollouts
 
-    monkeypatch.setattr(trainer_module, "sample", silent_sample)
+    monkeypatch.setattr(batches_module, "decode", silent_decode)
+    monkeypatch.setattr(engine_module, "decode", silent_decode)
     summary = train(
         presets.get(preset), get_task("addition"), TINY, progress=False, cache_dir=tmp_path
     )
-    assert summary["status"] == "ok", summary["reason"]
-    assert summary["final_eval"]["reward"] == 0.0  # an empty answer earns no rubric credit
-    assert summary["final_eval"]["accuracy"] == 0.0
+    assert summary.status == "ok", summary.reason
+    assert summary.final_eval is not None
+    assert summary.final_eval.reward == 0.0  # an empty answer earns no rubric credit
+    assert summary.final_eval.accuracy == 0.0
 
 
 def test_missing_checkpoint_folder_is_refused_at_load() -> None:

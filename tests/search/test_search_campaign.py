@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -29,16 +30,16 @@ from campaign_helpers import TINY_BUDGET, cli_env, db_states, integrity, invoke,
 from optuna.trial import TrialState
 
 from grape_evo.objective import presets
-from grape_evo.search import campaign as campaign_module
 from grape_evo.search.campaign import (
     REEVAL_SEED_OFFSET,
     Campaign,
     CampaignError,
-    DuplicateTrial,
     budget_used,
-    project_onto_axes,
 )
-from grape_evo.search.evaluator import CandidateResult, verify_artifacts
+from grape_evo.search.campaign import scheduler as scheduler_module
+from grape_evo.search.campaign.trials import prepare
+from grape_evo.search.evaluator import CandidateResult, CandidateRun, verify_artifacts
+from grape_evo.search.records import RunResult
 from grape_evo.search.space import load_space, parse_space
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -127,28 +128,40 @@ def fake_reward(spec_key: str, overrides: dict[str, Any] | None = None) -> float
 def fake_result(
     spec: Any, configs: Any, out_dir: Path, status: str = "ok", reason: str = ""
 ) -> CandidateResult:
-    """A CandidateResult shaped like run_candidate's, without training."""
+    """A CandidateResult shaped like run_candidates', without training."""
     runs = []
     for config in configs:
         ok = status == "ok"
         final = {"reward": fake_reward(spec.key(), {"lr": config.lr}), "accuracy": 0.0}
         final["kl_to_ref"] = 0.01
         runs.append(
-            {
-                "task": "addition",
-                "seed": config.seed,
-                "status": status,
-                "reason": reason,
-                "final_eval": final if ok else None,
-                "initial_eval": {"reward": 0.0, "accuracy": 0.0, "kl_to_ref": 0.0},
-                "curve": [],
-                "wall_seconds": 0.0,
-                "out_dir": str(out_dir),
-            }
+            RunResult(
+                task="addition",
+                seed=config.seed,
+                status=status,
+                reason=reason,
+                initial_eval={"reward": 0.0, "accuracy": 0.0, "kl_to_ref": 0.0},
+                final_eval=final if ok else None,
+                curve=[],
+                wall_seconds=0.0,
+                out_dir=str(out_dir),
+            )
         )
         if not ok:
             break
     return CandidateResult(runs)
+
+
+def fake_training(monkeypatch: pytest.MonkeyPatch, per_candidate: Any) -> None:
+    """Replace the campaign's training by ``per_candidate(spec, configs, folder)`` for each
+    candidate of a lockstep batch."""
+
+    def run_candidates(
+        runs: list[CandidateRun], tasks: Any, policy: Any, reuse_existing: bool = False
+    ) -> list[CandidateResult]:
+        return [per_candidate(r.spec, r.configs, r.folder) for r in runs]
+
+    monkeypatch.setattr(scheduler_module, "run_candidates", run_candidates)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,12 +358,7 @@ def test_resumed_sampler_does_not_replay_earlier_genomes(
     """A resumed campaign (a new process, a new sampler) must not propose the genomes it already
     evaluated: with continuous axes a repeat can only be the sampler's RNG starting over."""
 
-    def fake_run_candidate(
-        spec: Any, tasks: Any, configs: Any, policy: Any, out_dir: Path, **kw: Any
-    ) -> CandidateResult:
-        return fake_result(spec, configs, out_dir)
-
-    monkeypatch.setattr(campaign_module, "run_candidate", fake_run_candidate)
+    fake_training(monkeypatch, fake_result)
     data = space_dict(
         name="replay",
         axes={
@@ -518,14 +526,12 @@ def test_killed_campaign_resumes_with_short_heartbeat(
 def test_failed_candidate_is_recorded_and_campaign_continues(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fake_run_candidate(
-        spec: Any, tasks: Any, configs: Any, policy: Any, out_dir: Path, **kw: Any
-    ) -> CandidateResult:
+    def fake(spec: Any, configs: Any, out_dir: Path) -> CandidateResult:
         if Path(out_dir).name == "00001":
             return fake_result(spec, configs, out_dir, status="failed", reason="boom")
         return fake_result(spec, configs, out_dir)
 
-    monkeypatch.setattr(campaign_module, "run_candidate", fake_run_candidate)
+    fake_training(monkeypatch, fake)
     space = parse_space(
         space_dict(name="fails", baselines=None, search={"trials": 4, "pruner": "none"})
     )
@@ -734,58 +740,8 @@ def test_bad_jobs_is_one_error(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. baselines projected onto the genome
+# 8. baselines projected onto the genome (`SearchSpace.project`: tests/search/test_search_space.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def test_project_onto_axes_sets_genes_that_lie_in_the_space() -> None:
-    space = parse_space(space_dict())
-    assert project_onto_axes(space, presets.get("grpo")) == {
-        "advantage.name": "group_zscore",
-        "surrogate.name": "ppo_clip",
-        "surrogate.clip_high": 0.2,
-    }
-    # DPO: advantage 'reward' is not a choice, and without ppo_clip the clip gene is inactive
-    # (DPO has no clip_high anyway); its REINFORCE surrogate is a choice.
-    assert project_onto_axes(space, presets.get("dpo")) == {"surrogate.name": "reinforce"}
-
-
-def test_project_onto_axes_leaves_out_values_outside_an_axis() -> None:
-    data = space_dict(
-        axes={
-            "surrogate.name": {"choices": ["ppo_clip", "reinforce"]},
-            "surrogate.clip_high": {
-                "low": 0.25,
-                "high": 0.4,
-                "when": {"surrogate.name": ["ppo_clip"]},
-            },
-            "group_size": {"low": 2, "high": 16},
-            "kl.coef": {"low": 1.0e-4, "high": 0.1, "log": True},
-        }
-    )
-    space = parse_space(data)
-    # grpo's clip 0.2 is below the axis; group size 8 and KL 0.04 are inside.
-    assert project_onto_axes(space, presets.get("grpo")) == {
-        "surrogate.name": "ppo_clip",
-        "group_size": 8,
-        "kl.coef": 0.04,
-    }
-    # dpo: group size 1 and KL coefficient 0 are outside their axes.
-    assert project_onto_axes(space, presets.get("dpo")) == {"surrogate.name": "reinforce"}
-    # A conditional gene is left out when its condition is not met by the projected genes.
-    only_reinforce = parse_space(
-        space_dict(
-            axes={
-                "surrogate.name": {"choices": ["reinforce", "gspo"]},
-                "surrogate.clip_high": {
-                    "low": 0.1,
-                    "high": 0.4,
-                    "when": {"surrogate.name": ["gspo"]},
-                },
-            }
-        )
-    )
-    assert project_onto_axes(only_reinforce, presets.get("grpo")) == {}
 
 
 def test_baselines_are_enqueued_with_their_projected_genes(tmp_path: Path) -> None:
@@ -796,7 +752,7 @@ def test_baselines_are_enqueued_with_their_projected_genes(tmp_path: Path) -> No
     # grpo is a complete point of the genome; dpo is not (it has no advantage or clip gene),
     # so it gets no genes at all rather than randomly sampled ones.
     assert [t.system_attrs["fixed_params"] for t in waiting] == [
-        project_onto_axes(space, presets.get("grpo")),
+        space.project(presets.get("grpo")),
         {},
     ]
     assert [t.user_attrs["genome_complete"] for t in waiting] == [True, False]
@@ -807,15 +763,14 @@ def test_baselines_are_enqueued_with_their_projected_genes(tmp_path: Path) -> No
 
 def test_a_trial_popped_twice_runs_once(tmp_path: Path) -> None:
     """On SQLite two workers can pop the same enqueued trial: only the first claim runs it; the
-    second waits for it to finish and raises without training, so its failing tell is the only
-    trace (the optimize loop ignores it)."""
+    second process's `prepare` returns None without recording anything, and its round neither
+    trains nor tells the trial (the first worker tells it)."""
     campaign = Campaign(parse_space(TINY), tmp_path / "run")
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
     trial = study.ask()
-    assert campaign._claim(trial) is True
-    assert campaign._claim(trial) is False  # a second process, same trial number
+    assert prepare(campaign, trial) is not None  # the first worker
+    copy_of = optuna.Trial(study, trial._trial_id)  # a second process, same trial
+    assert prepare(campaign, copy_of) is None
     study.tell(trial, 0.5)  # the first worker finished it
-    with pytest.raises(DuplicateTrial, match=f"trial {trial.number} was also started"):
-        campaign.objective(trial)
     assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.5
-    assert "worker" not in study.trials[0].user_attrs  # the copy recorded nothing
+    assert study.trials[0].user_attrs["worker"].endswith(f":{os.getpid()}")

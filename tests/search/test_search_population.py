@@ -2,12 +2,12 @@
 
 * The same trials (same seeded sampler, same enqueued baselines) get the same states, genes and
   values as in a sequential campaign, up to float rounding; each keeps its own folder with
-  verified checksums. PPO (group size 1) trains apart from the GRPO family (group size 8).
+  verified checksums and records how many members it was trained with.
+* Every preset, TRPO and SFT included, trains as a member of one population.
 * A pruned member leaves the population while the others complete; baselines are never
-  pruned (in either mode); Ctrl-C records every
-  trial of the round as FAIL and nothing stays RUNNING; a SIGKILLed population campaign
-  resumes, retrying each of its P trials once; a policy that population mode cannot train
-  (LoRA, or a model it rejects) trains each candidate alone.
+  pruned (in either mode); Ctrl-C records every trial of the round as FAIL and nothing stays
+  RUNNING; a SIGKILLed population campaign resumes, retrying each of its P trials once; a
+  LoRA policy trains in populations too.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import pytest
 from campaign_helpers import TINY_BUDGET, cli_env, db_states, integrity, invoke, write_space
 from optuna.trial import FrozenTrial, TrialState
 
-from grape_evo.search import campaign as campaign_module
+from grape_evo.objective import presets
 from grape_evo.search.campaign import Campaign, CampaignError, budget_used
 from grape_evo.search.evaluator import verify_artifacts
+from grape_evo.search.records import TrialRecord
 from grape_evo.search.space import parse_space
-from grape_evo.training import PopulationUnsupported
 
 SPACE: dict[str, Any] = {
     "name": "pop",
@@ -93,17 +93,19 @@ def test_population_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
         folder = tmp_path / "population" / "trials" / f"{ours.number:05d}"
         assert verify_artifacts(folder, ours.user_attrs["artifacts"]) == []
         summary = json.loads((folder / "addition" / "seed1" / "summary.json").read_text())
-        # Round 1 asks trials 0-3: PPO (1: group size 1) trains alone, 0, 2 and 3 (group size
-        # 8) together; round 2 has one trial left (4), which trains alone.
-        expected = {0: 3, 1: None, 2: 3, 3: 3, 4: None}[ours.number]
-        assert summary.get("population") == expected, ours.number
-    # Re-evaluation on fresh seeds: the top 2 and GRPO together, PPO alone; the same numbers.
+        # Round 1 asks trials 0-3 and trains them together (PPO's group size 1 beside the
+        # GRPO family's 8); round 2 has one trial left (4), which trains alone.
+        expected = {0: 4, 1: 4, 2: 4, 3: 4, 4: 1}[ours.number]
+        assert summary["trained_with"] == expected, ours.number
+        assert TrialRecord.of(ours).trained_with == expected
+        assert TrialRecord.of(theirs).trained_with == 1
+    # Re-evaluation on fresh seeds: the top 2, GRPO and PPO together; the same numbers.
     assert [r["label"] for r in together_rows] == [r["label"] for r in sequential_rows]
     for ours, theirs in zip(together_rows, sequential_rows, strict=True):
         assert ours["rewards"] == pytest.approx(theirs["rewards"], abs=1e-6), ours["label"]
         folder = tmp_path / "population" / "reeval" / ours["label"] / "addition" / "seed1001"
         summary = json.loads((folder / "summary.json").read_text())
-        assert summary.get("population") == (None if ours["label"] == "ppo" else 3)
+        assert summary["trained_with"] == ours["trained_with"] == 4
     # Run again, the re-evaluation reads every run back instead of training it.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "population" / "reeval").rglob("*")}
     campaign = Campaign(parse_space(SPACE), tmp_path / "population", population=4)
@@ -130,7 +132,7 @@ def test_offline_preference_campaign_matches_the_sequential_one(tmp_path: Path) 
         assert ours.params == theirs.params
         assert ours.value == pytest.approx(theirs.value, abs=1e-6), ours.number
     folder = tmp_path / "population" / "trials" / "00000" / "addition" / "seed0"
-    assert json.loads((folder / "summary.json").read_text())["population"] == 4
+    assert json.loads((folder / "summary.json").read_text())["trained_with"] == 4
 
 
 def test_a_pruned_member_leaves_and_the_others_complete(tmp_path: Path) -> None:
@@ -198,24 +200,39 @@ def test_ctrl_c_fails_every_trial_of_the_round(tmp_path: Path) -> None:
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
 
 
-def test_lora_policy_trains_each_candidate_alone(tmp_path: Path) -> None:
+def test_lora_policy_trains_in_populations(tmp_path: Path) -> None:
     study = run(tmp_path, "lora", population=4, policy={"preset": "tiny", "lora_rank": 2})
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * BUDGET
     for n in range(BUDGET):
         folder = tmp_path / "lora" / "trials" / f"{n:05d}" / "addition" / "seed0"
-        assert "population" not in json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["trained_with"] == (4 if n < 4 else 1)
 
 
-def test_a_rejected_population_falls_back_to_one_by_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def reject(*_args: Any, **_kwargs: Any) -> None:
-        raise PopulationUnsupported("this model is not a plain GPT-2")
-
-    monkeypatch.setattr(campaign_module, "run_population", reject)
-    with pytest.warns(RuntimeWarning, match="not a plain GPT-2.*one by one"):
-        study = run(tmp_path, "run", population=4)
-    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * BUDGET
+def test_every_preset_trains_in_a_population_from_the_command_line(tmp_path: Path) -> None:
+    """``grape evolve --population 20`` with every preset as a baseline: one round trains all
+    of them, TRPO and SFT included, as members of one population."""
+    names = presets.names()
+    data = {
+        **SPACE,
+        "axes": {"advantage.name": {"choices": ["group_zscore"]}},
+        "baselines": names,
+        "budget": {**SPACE["budget"], "reeval_seeds": 1, "top_k": 1},
+        "search": {**SPACE["search"], "trials": 1},
+    }
+    out = tmp_path / "run"
+    result = invoke(
+        "evolve", str(write_space(tmp_path, data)), "--out", str(out), "--population", "20"
+    )
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="pop", storage=f"sqlite:///{out / 'study.db'}")
+    records = {TrialRecord.of(t).baseline: (t.state, TrialRecord.of(t)) for t in study.get_trials()}
+    assert set(names) <= set(records)
+    for name in names:
+        state, record = records[name]
+        assert state == TrialState.COMPLETE, (name, record.failure)
+        assert record.trained_with == len(names) + 1, name
+        assert [r.trained_with for r in record.runs] == [len(names) + 1] * 2, name
 
 
 def test_evolve_population_from_the_command_line(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for the genome-aware evolution sampler (grape_evo.search.sampler)."""
+"""Tests for the genome-aware evolution sampler (grape_evo.search.samplers) over space axes."""
 
 from __future__ import annotations
 
@@ -9,57 +9,54 @@ import optuna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from grape_evo.search.sampler import (
-    ELITES_KEY_PREFIX,
+from grape_evo.search.samplers import EvolutionSampler, make_pruner, make_sampler
+from grape_evo.search.samplers.evolution import ELITES_KEY_PREFIX, GENOME_KEY, PARENTS_KEY
+from grape_evo.search.samplers.operators import (
     GENETIC_OPERATORS,
-    GENOME_KEY,
-    PARENTS_KEY,
-    EvolutionSampler,
-    Gene,
-    active_genes,
-    contains,
     crossover,
     mutate,
     random_genome,
     repair,
 )
+from grape_evo.search.space import Axis, SearchSpace, parse_space
+from grape_evo.search.space.values import active_axes
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SURROGATES = ("reinforce", "ppo_clip", "gspo", "cispo")
 
 GENES = (
-    Gene("advantage", CategoricalDistribution(["group_zscore", "group_mean", "rloo", "rank"])),
-    Gene("surrogate", CategoricalDistribution(list(SURROGATES))),
-    Gene("clip_high", FloatDistribution(0.1, 0.4), when=(("surrogate", ("ppo_clip", "gspo")),)),
-    Gene(
+    Axis("advantage", "categorical", choices=("group_zscore", "group_mean", "rloo", "rank")),
+    Axis("surrogate", "categorical", choices=SURROGATES),
+    Axis("clip_high", "float", low=0.1, high=0.4, when=(("surrogate", ("ppo_clip", "gspo")),)),
+    Axis(
         "clip_mode",
-        CategoricalDistribution(["sym", "asym"]),
+        "categorical",
+        choices=("sym", "asym"),
         when=(("surrogate", ("ppo_clip", "gspo")),),
     ),
-    Gene("clip_low", FloatDistribution(0.05, 0.3, step=0.05), when=(("clip_mode", ("asym",)),)),
-    Gene("kl_coef", FloatDistribution(1e-4, 0.1, log=True)),
-    Gene("group", IntDistribution(2, 16, step=2)),
-    Gene("epochs", IntDistribution(1, 64, log=True)),
+    Axis("clip_low", "float", low=0.05, high=0.3, step=0.05, when=(("clip_mode", ("asym",)),)),
+    Axis("kl_coef", "float", low=1e-4, high=0.1, log=True),
+    Axis("group", "int", low=2, high=16, step=2),
+    Axis("epochs", "int", low=1, high=64, log=True),
 )
 
 
-def assert_consistent(genes, genome):
-    active = {g.name for g in active_genes(genes, genome)}
+def assert_consistent(axes, genome):
+    active = {a.path for a in active_axes(axes, genome)}
     assert set(genome) == active, (genome, active)
-    by_name = {g.name: g for g in genes}
-    for name, value in genome.items():
-        assert contains(by_name[name].distribution, value), (name, value)
+    by_path = {a.path: a for a in axes}
+    for path, value in genome.items():
+        assert by_path[path].contains(value), (path, value)
 
 
-def suggest_genome(trial, genes=GENES):
-    """What the lead's objective does: suggest active genes only, in declaration order."""
+def suggest_genome(trial, axes=GENES):
+    """What the campaign does: suggest active axes only, in declaration order."""
     values = {}
-    for gene in genes:
-        if gene in active_genes(genes, values):
-            values[gene.name] = trial._suggest(gene.name, gene.distribution)
+    for axis in axes:
+        if axis in active_axes(axes, values):
+            values[axis.path] = trial._suggest(axis.path, axis.distribution())
     return values
 
 
@@ -68,18 +65,18 @@ def suggest_genome(trial, genes=GENES):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_active_genes_follows_conditions():
-    assert [g.name for g in active_genes(GENES, {"surrogate": "reinforce"})] == [
+def test_active_axes_follows_conditions():
+    assert [a.path for a in active_axes(GENES, {"surrogate": "reinforce"})] == [
         "advantage",
         "surrogate",
         "kl_coef",
         "group",
         "epochs",
     ]
-    names = [g.name for g in active_genes(GENES, {"surrogate": "gspo", "clip_mode": "asym"})]
+    names = [a.path for a in active_axes(GENES, {"surrogate": "gspo", "clip_mode": "asym"})]
     assert "clip_high" in names and "clip_low" in names
     # clip_low's condition refers to clip_mode, which is inactive under reinforce.
-    names = [g.name for g in active_genes(GENES, {"surrogate": "cispo", "clip_mode": "asym"})]
+    names = [a.path for a in active_axes(GENES, {"surrogate": "cispo", "clip_mode": "asym"})]
     assert "clip_low" not in names and "clip_mode" not in names
 
 
@@ -170,9 +167,9 @@ def test_mutation_respects_bounds_steps_and_changes_categoricals():
         g = random_genome(GENES, rng)
         m = mutate(GENES, g, rng, 1.0)
         assert set(m) == set(g)
-        for gene in GENES:
-            if gene.name in m:
-                assert contains(gene.distribution, m[gene.name]), (gene.name, m[gene.name])
+        for axis in GENES:
+            if axis.path in m:
+                assert axis.contains(m[axis.path]), (axis.path, m[axis.path])
         assert m["advantage"] != g["advantage"] and m["surrogate"] != g["surrogate"]
         assert m["group"] % 2 == 0 and m["group"] != g["group"]
         assert isinstance(m["epochs"], int) and m["epochs"] != g["epochs"]
@@ -181,11 +178,13 @@ def test_mutation_respects_bounds_steps_and_changes_categoricals():
     assert mutate(GENES, g, rng, 0.0) == g
 
 
-def test_invalid_gene_lists_are_rejected():
-    with pytest.raises(ValueError, match="earlier gene"):
-        EvolutionSampler([Gene("a", FloatDistribution(0, 1), when=(("b", (1,)),))])
+def test_invalid_axis_lists_are_rejected():
+    with pytest.raises(ValueError, match="earlier axis"):
+        EvolutionSampler([Axis("a", "float", low=0.0, high=1.0, when=(("b", (1,)),))])
     with pytest.raises(ValueError, match="duplicate"):
-        EvolutionSampler([Gene("a", FloatDistribution(0, 1)), Gene("a", FloatDistribution(0, 1))])
+        EvolutionSampler([Axis("a", "float", low=0.0, high=1.0)] * 2)
+    with pytest.raises(ValueError, match="at least one axis"):
+        EvolutionSampler([])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,10 +192,10 @@ def test_invalid_gene_lists_are_rejected():
 # ---------------------------------------------------------------------------------------------
 
 TOY = (
-    Gene("x", FloatDistribution(0.0, 1.0)),
-    Gene("y", CategoricalDistribution(["a", "b", "c"])),
-    Gene("c", FloatDistribution(0.0, 1.0), when=(("y", ("a", "b")),)),
-    Gene("n", IntDistribution(1, 10)),
+    Axis("x", "float", low=0.0, high=1.0),
+    Axis("y", "categorical", choices=("a", "b", "c")),
+    Axis("c", "float", low=0.0, high=1.0, when=(("y", ("a", "b")),)),
+    Axis("n", "int", low=1, high=10),
 )
 
 
@@ -348,3 +347,102 @@ def test_unexpected_parameter_falls_back_to_random():
         return p["x"]
 
     study.optimize(objective, n_trials=6)
+
+
+def test_a_changed_distribution_is_not_answered_from_the_genome():
+    sampler = EvolutionSampler(TOY, population_size=2, seed=6)
+    study = optuna.create_study(sampler=sampler)
+    trial = study.ask()
+    planned = study._storage.get_trial_system_attrs(trial._trial_id)[GENOME_KEY]
+    assert 0.0 <= planned["x"] <= 1.0
+    # "x" asked on another range: the planned value lies outside it, so a fresh one is drawn.
+    assert 2.0 <= trial.suggest_float("x", 2.0, 3.0) <= 3.0
+    # "y" asked as declared: the planned value.
+    assert trial.suggest_categorical("y", ["a", "b", "c"]) == planned["y"]
+
+
+# ---------------------------------------------------------------------------------------------
+# make_sampler / make_pruner.
+# ---------------------------------------------------------------------------------------------
+
+SPACE = {
+    "tasks": ["addition", "reverse"],
+    "base": "grpo",
+    "budget": {"steps": 40, "seeds": 3, "eval_every": 10},
+    "axes": {
+        "surrogate.name": {"choices": ["ppo_clip", "reinforce"]},
+        "surrogate.clip_high": {
+            "low": 0.1,
+            "high": 0.3,
+            "step": 0.1,
+            "when": {"surrogate.name": ["ppo_clip"]},
+        },
+        "epochs": {"low": 1, "high": 2},
+    },
+    "search": {"trials": 4, "population_size": 5, "seed": 11},
+}
+
+
+def space_with(**search) -> SearchSpace:
+    return parse_space({**SPACE, "search": {**SPACE["search"], **search}})
+
+
+def first_genomes(sampler, n=6):
+    study = optuna.create_study(sampler=sampler)
+    space = space_with()
+    for _ in range(n):
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, 0.0)
+    return [t.params for t in study.trials]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("evolution", EvolutionSampler),
+        ("tpe", optuna.samplers.TPESampler),
+        ("nsga2", optuna.samplers.NSGAIISampler),
+        ("cmaes", optuna.samplers.CmaEsSampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("grid", optuna.samplers.GridSampler),
+    ],
+)
+def test_make_sampler_builds_the_named_sampler(name, kind):
+    assert type(make_sampler(space_with(sampler=name))) is kind
+
+
+def test_the_evolution_sampler_breeds_the_space_axes():
+    space = space_with()
+    sampler = make_sampler(space)
+    assert sampler.axes == space.axes and sampler.population_size == 5
+    # The seed is search.seed unless given.
+    assert first_genomes(make_sampler(space)) == first_genomes(make_sampler(space, seed=11))
+    assert first_genomes(make_sampler(space)) != first_genomes(make_sampler(space, seed=12))
+
+
+def test_the_grid_sampler_walks_every_axis_value():
+    sampler = make_sampler(space_with(sampler="grid"))
+    assert sampler._search_space == {
+        "surrogate.name": ["ppo_clip", "reinforce"],
+        "surrogate.clip_high": [0.1, 0.2, 0.3],
+        "epochs": [1, 2],
+    }
+
+
+def test_a_space_without_axes_gets_a_random_sampler():
+    space = parse_space({**SPACE, "axes": None})
+    assert type(make_sampler(space)) is optuna.samplers.RandomSampler
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # WilcoxonPruner
+def test_make_pruner_reads_the_budget():
+    # 40 steps a run, 3 seeds, 2 tasks: a trial reports 240 global steps, 4 evaluations a run.
+    median = make_pruner(space_with(pruner="median"))
+    assert type(median) is optuna.pruners.MedianPruner
+    assert (median._n_startup_trials, median._n_warmup_steps) == (5, 40)
+    hyperband = make_pruner(space_with(pruner="hyperband"))
+    assert (hyperband._min_resource, hyperband._max_resource) == (40, 240)
+    wilcoxon = make_pruner(space_with(pruner="wilcoxon"))
+    assert (wilcoxon._n_startup_steps, wilcoxon._p_threshold) == (4, 0.1)
+    assert type(make_pruner(space_with(pruner="none"))) is optuna.pruners.NopPruner

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from grape_evo.search.space import load_space
-from grape_evo.training import TrainConfig, train
+from grape_evo.training import RunStatus, TrainConfig, train
 
 SPACES = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
 TINY = TrainConfig(
@@ -44,4 +44,4 @@ def test_baselines_and_sampled_points_train(path: Path, tmp_path: Path) -> None:
                 progress=False,
                 cache_dir=tmp_path / "cache",
             )
-            assert summary["status"] == "ok", (path.stem, index, spec.to_dict(), summary)
+            assert summary.status == RunStatus.OK, (path.stem, index, spec.to_dict(), summary)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from grape_evo.search.space import (
     TaskRef,
     axis_paths,
     load_space,
+    load_yaml_text,
     parse_space,
 )
 from grape_evo.tasks import Task
@@ -663,3 +666,196 @@ def test_every_registered_parameter_is_an_axis_path() -> None:
         for param in REGISTRIES[kind].all_param_names():
             assert f"{kind}.{param}" in paths
     assert "optim.lr" in paths and "kl.coef" in paths
+
+
+# ---- one membership test: Axis.contains -------------------------------------------------------
+
+SURROGATE_NAME = Axis("surrogate.name", "categorical", choices=("ppo_clip", "reinforce"))
+UNBIASED = Axis("advantage.unbiased_std", "categorical", choices=(True, False))
+DUAL_CLIP = Axis("surrogate.dual_clip", "categorical", choices=(0.0, 3.0))
+PREFERENCE = Axis("preference.name", "categorical", choices=(None, "sigmoid"))
+CLIP = Axis("surrogate.clip_high", "float", low=0.1, high=0.4)
+CLIP_GRID = Axis("surrogate.clip_low", "float", low=0.05, high=0.3, step=0.05)
+GROUP = Axis("group_size", "int", low=2, high=16, step=2)
+EPOCHS = Axis("epochs", "int", low=1, high=64, log=True)
+
+CONTAINS = [
+    (SURROGATE_NAME, "ppo_clip", True),
+    (SURROGATE_NAME, "PPO_clip", False),
+    (SURROGATE_NAME, None, False),
+    (UNBIASED, True, True),
+    (UNBIASED, 1, False),  # a loose ``in`` would say True == 1
+    (UNBIASED, 0, False),
+    (DUAL_CLIP, 3, True),  # numbers compare by value
+    (DUAL_CLIP, 3.0, True),
+    (DUAL_CLIP, True, False),
+    (DUAL_CLIP, "3.0", False),
+    (PREFERENCE, None, True),
+    (CLIP, 0.1, True),
+    (CLIP, 0.4, True),
+    (CLIP, 0.4 + 1e-12, True),  # float rounding at a bound
+    (CLIP, 0.41, False),
+    (CLIP, 0.05, False),
+    (CLIP, True, False),
+    (CLIP, "0.2", False),
+    (CLIP, math.nan, False),
+    (CLIP, math.inf, False),
+    (CLIP_GRID, 0.15, True),  # 2 steps of 0.05 from 0.05
+    (CLIP_GRID, 0.3, True),
+    (CLIP_GRID, 0.17, False),  # inside the range, off the grid
+    (GROUP, 8, True),
+    (GROUP, 8.0, True),
+    (GROUP, 7, False),  # off the step-2 grid
+    (GROUP, 8.5, False),
+    (GROUP, 18, False),
+    (EPOCHS, 3, True),
+    (EPOCHS, 65, False),
+]
+
+
+@pytest.mark.parametrize(("axis", "value", "expected"), CONTAINS)
+def test_axis_contains(axis: Axis, value: Any, expected: bool) -> None:
+    assert axis.contains(value) is expected
+
+
+# ---- project: the genes of a spec that lie in a space ---------------------------------------
+
+
+def test_project_sets_the_genes_that_lie_in_the_space() -> None:
+    space = space_with()
+    # grpo: group_zscore, ppo_clip (clip_high 0.2 in [0.1, 0.4], active under ppo_clip), KL 0.04
+    # and seq_mean_token_mean are in their axes.
+    assert space.project(presets.get("grpo")) == {
+        "advantage.name": "group_zscore",
+        "surrogate.name": "ppo_clip",
+        "surrogate.clip_high": 0.2,
+        "kl.coef": 0.04,
+        "aggregation.name": "seq_mean_token_mean",
+    }
+    # dpo: advantage 'reward' is not a choice, its KL coefficient 0 is below the log axis, and
+    # without ppo_clip the clip axis is inactive; reinforce and token_mean are choices.
+    assert space.project(presets.get("dpo")) == {
+        "surrogate.name": "reinforce",
+        "aggregation.name": "token_mean",
+    }
+
+
+def test_project_leaves_out_values_outside_an_axis() -> None:
+    space = space_with(
+        axes={
+            "surrogate.name": {"choices": ["ppo_clip", "reinforce"]},
+            "surrogate.clip_high": {
+                "low": 0.25,
+                "high": 0.4,
+                "when": {"surrogate.name": ["ppo_clip"]},
+            },
+            "surrogate.clip_low": {"low": 0.15, "high": 0.35, "step": 0.1},
+            "group_size": {"low": 2, "high": 16},
+            "kl.coef": {"low": 1.0e-4, "high": 0.1, "log": True},
+            "optim.lr": {"low": 1.0e-5, "high": 1.0e-3, "log": True},
+        },
+        base="ppo",
+    )
+    # grpo's clip_high 0.2 is below its axis, its clip_low 0.2 lies between the grid points
+    # 0.15 and 0.25; group size 8 and KL 0.04 are inside; the learning rate is not in a spec.
+    assert space.project(presets.get("grpo")) == {
+        "surrogate.name": "ppo_clip",
+        "group_size": 8,
+        "kl.coef": 0.04,
+    }
+    # dpo: group size 1 and KL coefficient 0 are outside their axes.
+    assert space.project(presets.get("dpo")) == {"surrogate.name": "reinforce"}
+    # A conditional axis is left out when the projected genes do not meet its condition.
+    only_gspo = space_with(
+        axes={
+            "surrogate.name": {"choices": ["reinforce", "gspo"]},
+            "surrogate.clip_high": {"low": 0.1, "high": 0.4, "when": {"surrogate.name": ["gspo"]}},
+        }
+    )
+    assert only_gspo.project(presets.get("grpo")) == {}
+
+
+def test_project_puts_a_spec_without_preference_at_null() -> None:
+    space = space_with(
+        axes={
+            "preference.name": {"choices": [None, "sigmoid"]},
+            "preference.beta": {
+                "low": 0.05,
+                "high": 0.5,
+                "when": {"preference.name": ["sigmoid"]},
+            },
+            "advantage.name": {
+                "choices": ["group_zscore", "rloo"],
+                "when": {"preference.name": [None]},
+            },
+        }
+    )
+    assert space.project(presets.get("grpo")) == {
+        "preference.name": None,
+        "advantage.name": "group_zscore",
+    }
+    assert space.project(presets.get("online_dpo")) == {
+        "preference.name": "sigmoid",
+        "preference.beta": 0.1,
+    }
+    # The projection is a point of the space that rebuilds the spec's genes.
+    spec, _ = space.to_spec(space.project(presets.get("grpo")))
+    assert spec.preference is None and spec.advantage.name == "group_zscore"
+
+
+# ---- TaskRef.slug: run-folder names ---------------------------------------------------------
+
+
+def _hashed(readable: str, label: str) -> str:
+    return f"{readable}.{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+
+
+SLUGS = [
+    (TaskRef("addition"), "addition"),
+    (TaskRef("addition", (("digits", 3),)), "addition-digits3"),
+    (TaskRef("sort", (("length", 6),)), "sort-length6"),
+    (
+        TaskRef("preference", (("n_topics", 50), ("topic_seed", 1))),
+        "preference-n_topics50-topic_seed1",
+    ),
+    (
+        TaskRef("addition", (("digits", -3),)),
+        _hashed("addition-digits_3", "addition(digits=-3)"),  # "-" only separates,
+    ),
+    (TaskRef("addition", (("digits", 3.0),)), _hashed("addition-digits3", "addition(digits=3.0)")),
+    (TaskRef("addition", (("digits", "3"),)), _hashed("addition-digits3", "addition(digits='3')")),
+    (TaskRef("addition", (("flag", True),)), _hashed("addition-flagtrue", "addition(flag=True)")),
+    (
+        TaskRef("sort", (("mode", "a b/../c"),)),
+        _hashed("sort-modea_b_.._c", "sort(mode='a b/../c')"),
+    ),
+    (TaskRef("sort", (("k2", 1),)), _hashed("sort-k21", "sort(k2=1)")),
+]
+
+
+@pytest.mark.parametrize(("ref", "slug"), SLUGS, ids=[ref.label for ref, _ in SLUGS])
+def test_task_slug(ref: TaskRef, slug: str) -> None:
+    assert ref.slug == slug
+
+
+def test_task_slugs_are_safe_and_distinct() -> None:
+    slugs = [ref.slug for ref, _ in SLUGS]
+    assert len(set(slugs)) == len(slugs)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", s) for s in slugs)
+    long = TaskRef("sort", tuple((f"key{'x' * i}", 10**6) for i in range(12)))
+    assert len(long.slug) == 64 + 9 and re.fullmatch(r"[A-Za-z0-9_-]+\.[0-9a-f]{8}", long.slug)
+
+
+def test_a_space_with_task_arguments_has_one_folder_per_task() -> None:
+    space = space_with(tasks=["addition", {"name": "addition", "digits": 3}])
+    assert [t.slug for t in space.tasks] == ["addition", "addition-digits3"]
+
+
+# ---- load_yaml_text -------------------------------------------------------------------------
+
+
+def test_load_yaml_text() -> None:
+    assert load_yaml_text("a: [1, 1e-4]\n", "x.yaml") == {"a": [1, 1e-4]}
+    assert load_yaml_text("", "x.yaml") is None
+    with pytest.raises(SpaceError, match=r"^x\.yaml: invalid YAML: duplicate key 'a'"):
+        load_yaml_text("a: 1\na: 2\n", "x.yaml")

@@ -1,21 +1,20 @@
-"""The trainer's fast paths compute what the straightforward paths compute.
+"""The engine's fast paths compute what the straightforward paths compute.
 
-* One update per batch (epochs 1, minibatches 1, temperature 1): the trainer skips the
-  separate old-policy forward and uses the training forward's log-probs, detached, as
-  ``old_logp``. Loss and gradient must equal those with ``old_logp`` from a separate no-grad
-  forward of the same (not yet updated) policy.
+* One update per batch (epochs 1, minibatches 1, temperature 1): the engine skips the separate
+  old-policy forward and uses the training forward's log-probs, detached, as ``old_logp``. Loss
+  and gradient must equal those with ``old_logp`` from a separate no-grad forward of the same
+  (not yet updated) weights.
 * Without the old forward, the KL-to-reference guard uses the sampler's ``sample_logp``: it must
   match a fresh forward's log-probs, so the reported ``kl_to_ref`` is the same.
 * When the fast path does not apply (several epochs), ``old_logp`` comes from the scoring
   forward and stays fixed across the epochs.
-* Two trainers with the same seed sample the same completions and compute the same losses.
-* The lean GPT-2 forward (`Policy.fast_lm`, used for sampling and scoring) gives the same
-  samples, loss, gradient and metrics in a GRPO step as the transformers forward.
+* Two engines with the same seed sample the same completions and compute the same losses.
+* The stacked GPT-2 forward (used for sampling and scoring) gives the same samples, loss,
+  gradient and metrics in a GRPO step as the transformers forward.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,28 +22,44 @@ import pytest
 import torch
 
 from grape_evo.objective import ObjectiveSpec, RolloutBatch, presets
-from grape_evo.policy import completion_logprobs
+from grape_evo.policy import rows_of
+from grape_evo.policy.stacked_gpt2 import StackedGPT2
 from grape_evo.tasks import get_task
-from grape_evo.training import Trainer
-from grape_evo.training.trainer import sequence_kl_to_ref
-
-trainer_module = importlib.import_module("grape_evo.training.trainer")
+from grape_evo.training import Engine, Member
+from grape_evo.training.engine import MemberBatch
+from grape_evo.training.losses import sequence_k3
 
 BATCH = 16  # 2 prompts x 8 completions
+LR = 1e-3
 
 
-def _spy_scoring(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Record every ``score_rollout`` call of the trainer (its result and ``need_old``)."""
-    calls: list[dict[str, Any]] = []
-    original = trainer_module.score_rollout
+def _engine(spec: ObjectiveSpec, task: Any, config: Any, policy: Any) -> Engine:
+    return Engine([Member(spec, LR)], task, config, policy)
 
-    def spy(policy: Any, task: Any, rollout: Any, need_old: bool) -> Any:
-        scored = original(policy, task, rollout, need_old)
-        calls.append({"scored": scored, "need_old": need_old})
-        return scored
 
-    monkeypatch.setattr(trainer_module, "score_rollout", spy)
-    return calls
+def _spy_batches(monkeypatch: pytest.MonkeyPatch) -> list[MemberBatch]:
+    """Record the engine's batch of member 0 at every step (mutated in place as the step
+    fixes its old and reference log-probs)."""
+    batches: list[MemberBatch] = []
+    original = Engine._collect
+
+    def spy(self: Engine, step: int, live: list[int]) -> dict[int, MemberBatch]:
+        collected = original(self, step, live)
+        batches.append(collected[0])
+        return collected
+
+    monkeypatch.setattr(Engine, "_collect", spy)
+    return batches
+
+
+def _score(engine: Engine, batch: MemberBatch, reference: bool = False) -> Any:
+    rows = rows_of([batch.rollout], engine.tokenizer.pad_id)
+    out = engine.forward.score(rows, None if reference else [engine.weights[0]])
+    return type(out)(*(None if x is None else x[0] for x in out))
+
+
+def _params(engine: Engine) -> list[torch.nn.Parameter]:
+    return list(engine.weights[0].values())
 
 
 def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter], retain: bool) -> list:
@@ -64,15 +79,13 @@ def test_single_update_uses_the_training_forward_as_old_logp(
     warm_policy: Callable[..., Any], tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = get_task("addition")
-    policy = warm_policy(task)
-    trainer = Trainer(presets.get("grpo"), task, tiny(batch_size=BATCH), policy)
-    scoring = _spy_scoring(monkeypatch)
-    params = [p for p in policy.trainable_parameters() if p.requires_grad]
+    engine = _engine(presets.get("grpo"), task, tiny(batch_size=BATCH), warm_policy(task))
+    batches = _spy_batches(monkeypatch)
+    params = _params(engine)
     seen: dict[str, Any] = {}
 
-    def hook(batch: RolloutBatch, loss: torch.Tensor) -> None:
-        # Called before the update: the policy is still the one that sampled the batch.
-        rollout = scoring[-1]["scored"].rollout
+    def hook(_member: int, batch: RolloutBatch, loss: torch.Tensor) -> None:
+        # Called before the update: the weights are still the ones that sampled the batch.
         seen["fast_loss"] = loss.detach().clone()
         seen["fast_grads"] = _grads(loss, params, retain=True)  # the trainer backprops next
         seen["old_is_detached_new"] = (
@@ -82,19 +95,20 @@ def test_single_update_uses_the_training_forward_as_old_logp(
         )
         # The straightforward path: old log-probs from their own no-grad forward.
         with torch.no_grad():
-            old = completion_logprobs(policy, rollout).logp
-        out = completion_logprobs(policy, rollout)
+            old = _score(engine, batches[-1]).logp
+        out = _score(engine, batches[-1])
         slow = batch.with_(logp=out.logp, old_logp=old, entropy=out.entropy)
-        slow_loss, _ = trainer.objective(slow)
+        slow_loss, _ = engine.objectives[0](slow)
         seen["old_separate"] = old
         seen["old_fast"] = batch.old_logp.detach().clone()
         seen["slow_loss"] = slow_loss.detach().clone()
         seen["slow_grads"] = _grads(slow_loss, params, retain=False)
 
-    trainer.loss_hook = hook
-    for step in range(2):  # the second step starts from an updated policy and Adam state
-        trainer.step(step)
-        assert scoring[-1]["need_old"] is False, "the fast path should skip the old forward"
+    engine.loss_hook = hook
+    for step in range(2):  # the second step starts from updated weights and Adam state
+        engine.step(step)
+        assert batches[-1].old_is_new, "the fast path should skip the old forward"
+        assert batches[-1].old_logp is batches[-1].rollout.sample_logp
         assert seen["old_is_detached_new"]
         torch.testing.assert_close(seen["old_fast"], seen["old_separate"], atol=1e-6, rtol=0)
         torch.testing.assert_close(seen["fast_loss"], seen["slow_loss"], atol=1e-7, rtol=1e-6)
@@ -106,24 +120,24 @@ def test_kl_guard_on_sample_logp_matches_a_fresh_forward(
     warm_policy: Callable[..., Any], tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = get_task("addition")
-    policy = warm_policy(task)
-    trainer = Trainer(presets.get("grpo"), task, tiny(batch_size=BATCH), policy)
-    scoring = _spy_scoring(monkeypatch)
+    engine = _engine(presets.get("grpo"), task, tiny(batch_size=BATCH), warm_policy(task))
+    batches = _spy_batches(monkeypatch)
     seen: dict[str, Any] = {}
 
-    def hook(batch: RolloutBatch, loss: torch.Tensor) -> None:
-        scored = scoring[-1]["scored"]
-        rollout = scored.rollout
+    def hook(_member: int, batch: RolloutBatch, loss: torch.Tensor) -> None:
+        scored = batches[-1]
         with torch.no_grad():
-            fresh = completion_logprobs(policy, rollout).logp
-        seen["sample_logp"] = rollout.sample_logp
+            fresh = _score(engine, scored).logp
+            ref = _score(engine, scored, reference=True).logp
+        seen["sample_logp"] = scored.rollout.sample_logp
         seen["scored_old"] = scored.old_logp
         seen["fresh"] = fresh
-        seen["kl_fresh"] = float(sequence_kl_to_ref(policy, rollout).mean())
+        seen["kl_fresh"] = float(sequence_k3(fresh, ref, scored.mask).mean())
 
-    trainer.loss_hook = hook
+    engine.loss_hook = hook
     for step in range(2):
-        metrics = trainer.step(step)
+        metrics = engine.step(step)[0]
+        assert metrics is not None
         assert seen["scored_old"] is seen["sample_logp"]  # no old forward was run
         torch.testing.assert_close(seen["sample_logp"], seen["fresh"], atol=1e-5, rtol=0)
         assert metrics["kl_to_ref"] == pytest.approx(seen["kl_fresh"], rel=1e-4, abs=1e-5)
@@ -135,13 +149,14 @@ def test_several_epochs_keep_the_scored_old_logp(
     task = get_task("addition")
     policy = warm_policy(task)
     spec = ObjectiveSpec.from_dict({**presets.describe("grpo").spec, "epochs": 2})
-    trainer = Trainer(spec, task, tiny(batch_size=BATCH), policy)
-    scoring = _spy_scoring(monkeypatch)
+    engine = _engine(spec, task, tiny(batch_size=BATCH), policy)
+    scored = _spy_batches(monkeypatch)
     batches: list[RolloutBatch] = []
-    trainer.loss_hook = lambda batch, loss: batches.append(batch)
-    trainer.step(0)
-    assert scoring[-1]["need_old"] is True
-    old = scoring[-1]["scored"].old_logp
+    engine.loss_hook = lambda _member, batch, loss: batches.append(batch)
+    engine.step(0)
+    assert not scored[-1].old_is_new
+    old = scored[-1].old_logp
+    assert old is not scored[-1].rollout.sample_logp
     assert len(batches) == 2
     for batch in batches:
         assert batch.old_logp is old
@@ -150,15 +165,15 @@ def test_several_epochs_keep_the_scored_old_logp(
     assert not torch.allclose(batches[1].logp.detach(), old, atol=1e-6, rtol=0)
 
 
-def _record_run(trainer: Trainer, monkeypatch: pytest.MonkeyPatch, steps: int) -> dict:
-    scoring = _spy_scoring(monkeypatch)
+def _record_run(engine: Engine, monkeypatch: pytest.MonkeyPatch, steps: int) -> dict:
+    batches = _spy_batches(monkeypatch)
     losses: list[torch.Tensor] = []
-    trainer.loss_hook = lambda batch, loss: losses.append(loss.detach().clone())
-    metrics = [trainer.step(step) for step in range(steps)]
+    engine.loss_hook = lambda _member, batch, loss: losses.append(loss.detach().clone())
+    metrics = [engine.step(step) for step in range(steps)]
     return {
-        "completions": [c["scored"].rollout.completion_ids for c in scoring],
-        "texts": [c["scored"].rollout.texts for c in scoring],
-        "sample_logp": [c["scored"].rollout.sample_logp for c in scoring],
+        "completions": [b.rollout.completion_ids for b in batches],
+        "texts": [b.rollout.texts for b in batches],
+        "sample_logp": [b.rollout.sample_logp for b in batches],
         "losses": losses,
         "metrics": metrics,
     }
@@ -171,9 +186,9 @@ def test_same_seed_same_samples_and_losses(
     config = tiny(batch_size=BATCH, seed=3)
     runs = []
     for _ in range(2):
-        trainer = Trainer(presets.get("grpo"), task, config, warm_policy(task))
+        engine = _engine(presets.get("grpo"), task, config, warm_policy(task))
         with monkeypatch.context() as patch:
-            runs.append(_record_run(trainer, patch, steps=3))
+            runs.append(_record_run(engine, patch, steps=3))
     a, b = runs
     assert a["texts"] == b["texts"]
     assert a["metrics"] == b["metrics"]
@@ -183,25 +198,25 @@ def test_same_seed_same_samples_and_losses(
             assert torch.equal(x, y), key
 
 
-def _first_step(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def _first_step(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """One step's rollout, reference log-probs, loss, gradient (before the update), metrics."""
-    params = [p for p in trainer.policy.trainable_parameters() if p.requires_grad]
+    params = _params(engine)
     seen: dict[str, Any] = {}
 
-    def hook(batch: RolloutBatch, loss: torch.Tensor) -> None:
+    def hook(_member: int, batch: RolloutBatch, loss: torch.Tensor) -> None:
         seen["loss"] = loss.detach().clone()
         seen["grads"] = _grads(loss, params, retain=True)  # the trainer backprops next
         seen["ref_logp"] = batch.ref_logp.clone()
 
-    trainer.loss_hook = hook
+    engine.loss_hook = hook
     with monkeypatch.context() as patch:
-        scoring = _spy_scoring(patch)
-        seen["metrics"] = trainer.step(0)
-    seen["rollout"] = scoring[-1]["scored"].rollout
+        batches = _spy_batches(patch)
+        seen["metrics"] = engine.step(0)[0]
+    seen["rollout"] = batches[-1].rollout
     return seen
 
 
-def test_fast_gpt2_path_matches_transformers_path(
+def test_stacked_path_matches_transformers_path(
     warm_policy: Callable[..., Any], tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = get_task("addition")
@@ -210,9 +225,9 @@ def test_fast_gpt2_path_matches_transformers_path(
     for fast in (True, False):
         policy = warm_policy(task)
         policy.fast_path = fast
-        assert (policy.fast_lm() is not None) == fast
-        trainer = Trainer(presets.get("grpo"), task, config, policy)
-        runs.append(_first_step(trainer, monkeypatch))
+        engine = _engine(presets.get("grpo"), task, config, policy)
+        assert isinstance(engine.forward, StackedGPT2) == fast
+        runs.append(_first_step(engine, monkeypatch))
     fast, slow = runs
     assert torch.equal(fast["rollout"].completion_ids, slow["rollout"].completion_ids)
     torch.testing.assert_close(

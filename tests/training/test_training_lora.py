@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from grape_evo.objective import presets
-from grape_evo.policy import PolicyConfig
+from grape_evo.policy import PolicyConfig, encode_pairs, score
 from grape_evo.tasks import get_task
 from grape_evo.training import TrainConfig, train, warm_start_policy
 
@@ -26,13 +26,11 @@ def test_lora_shares_the_warm_start_and_trains_only_the_adapter(tmp_path: Path) 
     assert 0 < n_adapter < full.num_parameters() / 5
     assert all(p.requires_grad for p in trainable)
     # Before any RL step the LoRA policy is its reference, and both equal the full policy.
-    ids = torch.tensor([[1, 10, 11, 12, 13, 14]])
-    mask = torch.ones_like(ids)
+    rollout = encode_pairs(full.tokenizer, ["12+34="], ["46"])
     with torch.no_grad():
-        ref_full = full.forward_logprobs(ids, mask, 3).logp
-        now_lora = lora.forward_logprobs(ids, mask, 3).logp
-        with lora.reference():
-            ref_lora = lora.forward_logprobs(ids, mask, 3).logp
+        ref_full = score(full, rollout, reference=True).logp
+        now_lora = score(lora, rollout).logp
+        ref_lora = score(lora, rollout, reference=True).logp
     torch.testing.assert_close(now_lora, ref_full)
     torch.testing.assert_close(ref_lora, ref_full)
 
@@ -45,5 +43,5 @@ def test_lora_run_completes_from_the_same_initial_eval(tmp_path: Path) -> None:
               cache_dir=tmp_path)
         for r in (0, 4)
     ]  # fmt: skip
-    assert [r["status"] for r in runs] == ["ok", "ok"]
-    assert runs[0]["initial_eval"] == runs[1]["initial_eval"]
+    assert [r.status for r in runs] == ["ok", "ok"]
+    assert runs[0].initial_eval == runs[1].initial_eval

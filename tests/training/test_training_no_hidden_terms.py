@@ -1,7 +1,8 @@
-"""The trainer adds nothing to the objective's loss but the critic's value loss.
+"""The engine adds nothing to the objective's loss but the critic's value loss.
 
-Each test captures the rollout the trainer samples and the batch/loss it hands to the
-optimizer, then recomputes both from scratch with a copy of the policy taken before the step.
+Each test captures the rollout the engine samples and the batch/loss it hands to the
+optimizer, then recomputes both from scratch with a copy of the policy holding the member's
+weights from before the step.
 """
 
 from __future__ import annotations
@@ -12,44 +13,57 @@ from typing import Any
 import pytest
 import torch
 
-import grape_evo.training.trainer as trainer_module
+import grape_evo.training.engine as engine_module
 from grape_evo.objective import ObjectiveSpec, RolloutBatch, build_objective, presets
-from grape_evo.policy import Policy, Rollout, completion_logprobs
+from grape_evo.policy import Policy, policy_weights, score
 from grape_evo.tasks import get_task
-from grape_evo.training import Trainer
+from grape_evo.training import Engine, Member
 
 KL_COEF = presets.describe("grpo").spec["kl"]["coef"]  # k3 in the loss
 EPS = presets.describe("grpo").spec["advantage"]["eps"]
 
 
-def _spy(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Record the sampled rollout, (batch, loss) from loss_hook, and what the optimizer saw."""
+def _spy(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Record the sampled rollout, (batch, loss) from loss_hook, the loss the optimizer
+    stepped on and the gradients it saw."""
     seen: dict[str, Any] = {"rollouts": [], "hooks": [], "totals": [], "grads": []}
-    real_sample = trainer_module.sample
+    real_collect = Engine._collect
 
-    def sample(*args: Any, **kwargs: Any) -> Rollout:
-        rollout = real_sample(*args, **kwargs)
-        seen["rollouts"].append(rollout)
-        return rollout
+    def collect(self: Engine, step: int, live: list[int]) -> Any:
+        batches = real_collect(self, step, live)
+        seen["rollouts"].append(batches[0].rollout)
+        return batches
 
-    monkeypatch.setattr(trainer_module, "sample", sample)
-    trainer.loss_hook = lambda batch, loss: seen["hooks"].append((batch, loss.detach().clone()))
-    real_apply = trainer._apply
+    monkeypatch.setattr(Engine, "_collect", collect)
+    engine.loss_hook = lambda _m, batch, loss: seen["hooks"].append((batch, loss.detach().clone()))
+    real_loss = engine_module.member_loss
 
-    def apply(total: torch.Tensor) -> torch.Tensor:
-        seen["totals"].append(float(total.detach()))
-        out = real_apply(total)  # zero_grad, backward, clip (disabled here), step
-        seen["grads"].append(
-            {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
-        )
-        return out
+    def member_loss(*args: Any, **kwargs: Any) -> Any:
+        loss, metrics = real_loss(*args, **kwargs)
+        seen["totals"].append(float(loss.detach()))
+        return loss, metrics
 
-    monkeypatch.setattr(trainer, "_apply", apply)
+    monkeypatch.setattr(engine_module, "member_loss", member_loss)
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(params: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
+        weights = engine.weights[0].items()
+        seen["grads"].append({n: p.grad.clone() for n, p in weights if p.grad is not None})
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
     return seen
 
 
+def _before(engine: Engine, policy: Policy) -> Policy:
+    """A copy of the policy holding member 0's current weights."""
+    before = copy.deepcopy(policy)
+    engine.export(0, before)
+    return before
+
+
 def _grads(policy: Policy, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-    named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+    named = list(policy_weights(policy).items())
     grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     return {n: g for (n, _), g in zip(named, grads, strict=True) if g is not None}
 
@@ -77,11 +91,11 @@ def test_grpo_batch_and_loss_are_the_objectives(warm_policy, tiny, monkeypatch) 
     task = get_task("preference")  # continuous rewards: non-trivial group z-scores
     cfg = tiny(batch_size=16, max_grad_norm=0.0)  # 2 prompts x 8; no gradient clipping
     policy = warm_policy(task, batch_size=16)
-    trainer = Trainer(presets.get("grpo"), task, cfg, policy)
-    trainer.step(0)  # move away from the reference so the KL term is non-zero
-    seen = _spy(trainer, monkeypatch)
-    before = copy.deepcopy(policy)
-    trainer.step(1)
+    engine = Engine([Member(presets.get("grpo"), cfg.lr)], task, cfg, policy)
+    engine.step(0)  # move away from the reference so the KL term is non-zero
+    seen = _spy(engine, monkeypatch)
+    before = _before(engine, policy)
+    engine.step(1)
 
     (rollout,) = seen["rollouts"]
     ((batch, loss),) = seen["hooks"]
@@ -89,9 +103,9 @@ def test_grpo_batch_and_loss_are_the_objectives(warm_policy, tiny, monkeypatch) 
     torch.testing.assert_close(batch.rewards.float(), rewards)
     assert rewards.unique().numel() > 2
 
-    out = completion_logprobs(before, rollout)
+    out = score(before, rollout)
     with torch.no_grad():
-        ref = completion_logprobs(before, rollout, reference=True).logp
+        ref = score(before, rollout, reference=True).logp
     mask = rollout.completion_mask.float()
     torch.testing.assert_close(batch.ref_logp, ref)
     torch.testing.assert_close(batch.logp.detach(), out.logp.detach(), rtol=1e-4, atol=1e-5)
@@ -158,18 +172,18 @@ def test_ppo_adds_only_the_value_loss(warm_policy, tiny, monkeypatch) -> None:
     kl_coef = raw["kl"]["coef"]  # k1 in the reward
     cfg = tiny(batch_size=16, max_grad_norm=0.0, value_coef=0.5)
     policy = warm_policy(task, value_head=True, batch_size=16)
-    trainer = Trainer(spec, task, cfg, policy)
-    trainer.step(0)
-    seen = _spy(trainer, monkeypatch)
-    before = copy.deepcopy(policy)
-    trainer.step(1)
+    engine = Engine([Member(spec, cfg.lr)], task, cfg, policy)
+    engine.step(0)
+    seen = _spy(engine, monkeypatch)
+    before = _before(engine, policy)
+    engine.step(1)
 
     (rollout,) = seen["rollouts"]
     ((batch, loss),) = seen["hooks"]
     rewards = torch.tensor(task.reward(rollout.prompts, rollout.texts), dtype=torch.float32)
-    out = completion_logprobs(before, rollout)
+    out = score(before, rollout)
     with torch.no_grad():
-        ref = completion_logprobs(before, rollout, reference=True).logp
+        ref = score(before, rollout, reference=True).logp
     mask = rollout.completion_mask.float()
     assert out.values is not None
     old_values = out.values.detach()

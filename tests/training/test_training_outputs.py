@@ -55,7 +55,7 @@ def test_run_outputs_contract(tmp_path: Path, cache_dir: Path, tiny: Any, read_j
     assert records[0]["seconds"] <= records[1]["seconds"]
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary == json.loads(json.dumps(returned))  # the file is what train() returns
+    assert summary == json.loads(json.dumps(returned.to_dict()))  # the file is train()'s summary
     assert summary["status"] == "ok", summary["reason"]
     assert summary["objective"] == spec.to_dict()
     assert summary["objective_key"] == spec.key()
@@ -82,7 +82,7 @@ def test_eval_keys_only_on_eval_steps(tmp_path: Path, cache_dir: Path, tiny: Any
         progress=False,
         cache_dir=cache_dir,
     )
-    assert summary["status"] == "ok", summary["reason"]
+    assert summary.status == "ok", summary.reason
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert not EVAL_KEYS & set(records[0])
@@ -94,7 +94,7 @@ def test_no_out_dir_writes_nothing_and_returns_summary(tmp_path: Path, cache_dir
     summary = train(
         presets.get("sft"), get_task("reverse"), tiny(), progress=False, cache_dir=cache_dir
     )
-    assert summary["status"] == "ok" and summary["steps"] == 2
+    assert summary.status == "ok" and summary.steps == 2
     assert not any(tmp_path.iterdir())
 
 
@@ -119,32 +119,32 @@ def _run_expecting(
     read_jsonl: Any,
     spec: str = "grpo",
     **cfg: Any,
-) -> dict[str, Any]:
+) -> Any:
     out = tmp_path / "run"
     summary = train(  # must not raise
         presets.get(spec), task, tiny(**cfg), out_dir=out, progress=False, cache_dir=cache_dir
     )
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["status"] == summary["status"]
-    assert on_disk["reason"] == summary["reason"]
+    assert on_disk["status"] == summary.status
+    assert on_disk["reason"] == summary.reason
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))
-    assert summary["steps"] == len(records)
-    assert isinstance(summary["reason"], str) and summary["reason"]
+    assert summary.steps == len(records)
+    assert isinstance(summary.reason, str) and summary.reason
     assert _is_number(on_disk["wall_seconds"])
     return summary
 
 
 def test_nan_reward_fails_with_reason(tmp_path, cache_dir, tiny, read_jsonl) -> None:
     summary = _run_expecting(NaNRewardAddition(), tmp_path, cache_dir, tiny, read_jsonl)
-    assert summary["status"] == "failed"
-    assert "non-finite" in summary["reason"]
+    assert summary.status == "failed"
+    assert "non-finite" in summary.reason
 
 
 def test_raising_reward_fails_with_message(tmp_path, cache_dir, tiny, read_jsonl) -> None:
     summary = _run_expecting(RaisingRewardAddition(), tmp_path, cache_dir, tiny, read_jsonl)
-    assert summary["status"] == "failed"
-    assert "reward server unreachable (boom-1234)" in summary["reason"]
+    assert summary.status == "failed"
+    assert "reward server unreachable (boom-1234)" in summary.reason
 
 
 def test_nan_loss_diverges(tmp_path, cache_dir, tiny, read_jsonl, monkeypatch) -> None:
@@ -158,8 +158,8 @@ def test_nan_loss_diverges(tmp_path, cache_dir, tiny, read_jsonl, monkeypatch) -
 
     monkeypatch.setattr(Objective, "__call__", nan_loss)
     summary = _run_expecting(get_task("addition"), tmp_path, cache_dir, tiny, read_jsonl)
-    assert summary["status"] == "diverged"
-    assert "non-finite" in summary["reason"]
+    assert summary.status == "diverged"
+    assert "non-finite" in summary.reason
 
 
 def test_nan_gradient_with_finite_loss_never_raises(
@@ -185,7 +185,7 @@ def test_nan_gradient_with_finite_loss_never_raises(
 
     monkeypatch.setattr(Objective, "__call__", nan_grad)
     summary = _run_expecting(get_task("addition"), tmp_path, cache_dir, tiny, read_jsonl, steps=3)
-    assert summary["status"] in {"diverged", "failed"}
+    assert summary.status in {"diverged", "failed"}
 
 
 def test_model_that_outputs_nan_fails(tmp_path, cache_dir, tiny, read_jsonl, monkeypatch) -> None:
@@ -202,7 +202,7 @@ def test_model_that_outputs_nan_fails(tmp_path, cache_dir, tiny, read_jsonl, mon
 
     monkeypatch.setattr(run_module, "warm_start_policy", nan_policy)
     summary = _run_expecting(get_task("addition"), tmp_path, cache_dir, tiny, read_jsonl)
-    assert summary["status"] in {"diverged", "failed"}
+    assert summary.status in {"diverged", "failed"}
 
 
 def test_huge_lr_never_raises(tmp_path, cache_dir, tiny, read_jsonl) -> None:
@@ -215,10 +215,10 @@ def test_huge_lr_never_raises(tmp_path, cache_dir, tiny, read_jsonl) -> None:
         progress=False,
         cache_dir=cache_dir,
     )
-    assert summary["status"] in {"ok", "diverged", "failed"}
-    if summary["status"] != "ok":
-        assert summary["reason"]
-    assert json.loads((out / "summary.json").read_text())["status"] == summary["status"]
+    assert summary.status in {"ok", "diverged", "failed"}
+    if summary.status != "ok":
+        assert summary.reason
+    assert json.loads((out / "summary.json").read_text())["status"] == summary.status
     read_jsonl(out / "metrics.jsonl")
 
 
@@ -235,13 +235,13 @@ def _records(tmp: Path, name: str, seed: int, cache_dir: Path, tiny: Any, read_j
         progress=False,
         cache_dir=cache_dir,
     )
-    assert summary["status"] == "ok", summary["reason"]
+    assert summary.status == "ok", summary.reason
     records = [
         {k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(out / "metrics.jsonl")
     ]
     assert len(records) == 3
     drop = {"wall_seconds", "warm_start_cache"}
-    return records, {k: v for k, v in summary.items() if k not in drop}
+    return records, {k: v for k, v in summary.to_dict().items() if k not in drop}
 
 
 def test_same_seed_same_metrics(tmp_path, cache_dir, tiny, read_jsonl) -> None:

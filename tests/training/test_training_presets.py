@@ -35,6 +35,6 @@ def test_preset_trains_two_steps(preset: str, task: str, cache_dir: Path, tiny: 
     summary = train(
         presets.get(preset), get_task(task), tiny(), progress=False, cache_dir=cache_dir
     )
-    assert summary["status"] == "ok", f"{preset} on {task}: {summary['reason']}"
-    assert summary["steps"] == 2
-    assert summary["final_eval"] is not None
+    assert summary.status == "ok", f"{preset} on {task}: {summary.reason}"
+    assert summary.steps == 2
+    assert summary.final_eval is not None

@@ -17,8 +17,8 @@ def test_grpo_improves_addition_and_lr0_control_does_not(seed: int, cache_dir: P
     task = get_task("addition")
     cfg = TrainConfig(steps=100, eval_prompts=128, seed=seed)
     run = train(presets.get("grpo"), task, cfg, progress=False, cache_dir=cache_dir)
-    assert run["status"] == "ok", run["reason"]
-    gain = run["final_eval"]["accuracy"] - run["initial_eval"]["accuracy"]
+    assert run.status == "ok", run.reason
+    gain = run.final_eval.accuracy - run.initial_eval.accuracy
     control = train(
         presets.get("grpo"),
         task,
@@ -26,11 +26,11 @@ def test_grpo_improves_addition_and_lr0_control_does_not(seed: int, cache_dir: P
         progress=False,
         cache_dir=cache_dir,
     )
-    assert control["status"] == "ok", control["reason"]
-    drift = control["final_eval"]["accuracy"] - control["initial_eval"]["accuracy"]
+    assert control.status == "ok", control.reason
+    drift = control.final_eval.accuracy - control.initial_eval.accuracy
     print(
-        f"seed {seed}: accuracy {run['initial_eval']['accuracy']:.3f} -> "
-        f"{run['final_eval']['accuracy']:.3f} (gain {gain:+.3f}); lr=0 control drift {drift:+.3f}"
+        f"seed {seed}: accuracy {run.initial_eval.accuracy:.3f} -> "
+        f"{run.final_eval.accuracy:.3f} (gain {gain:+.3f}); lr=0 control drift {drift:+.3f}"
     )
     assert abs(drift) < 0.02
     assert gain >= 0.05

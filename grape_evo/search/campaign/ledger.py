@@ -1,0 +1,95 @@
+"""The campaign's ledger: what counts toward the budget, which results can be reused, and the
+counts a progress display shows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from grape_evo.objective import ObjectiveSpec
+from grape_evo.search.records import TrialRecord
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def candidate_key(spec: ObjectiveSpec, overrides: dict[str, Any]) -> str:
+    """Canonical spec key plus the training overrides (e.g. a learning-rate gene)."""
+    if not overrides:
+        return spec.key()
+    text = json.dumps({"spec": spec.key(), **overrides}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def budget_used(study: optuna.Study, count_running: bool = False) -> int:
+    """Finished trials, not counting a failed trial that was retried (its retry counts) or a
+    surplus one; with ``count_running``, trials running now (in any worker) count too."""
+    return count_budget(study.get_trials(deepcopy=False), count_running)
+
+
+def count_budget(trials: list[FrozenTrial], count_running: bool, before: int | None = None) -> int:
+    """Trials that count toward the budget (with ``before``: only those numbered below it)."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried |= {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    counted = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    if count_running:
+        counted.append(TrialState.RUNNING)
+    return sum(
+        1
+        for t in trials
+        if t.state in counted
+        and t.number not in retried
+        and not TrialRecord.of(t).surplus
+        and (before is None or t.number < before)
+    )
+
+
+def budget_claimed(study: optuna.Study) -> int:
+    """Trials finished or running: a worker starts a new trial only below the budget."""
+    return budget_used(study, count_running=True)
+
+
+def waiting(study: optuna.Study) -> bool:
+    """Whether the study holds enqueued trials no worker has started."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def find_completed(study: optuna.Study, key: str) -> FrozenTrial | None:
+    """A completed trial with candidate key ``key`` and a reward, if any."""
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = TrialRecord.of(other)
+        if record.key == key and record.reward is not None:
+            return other
+    return None
+
+
+def reward_or_minus_inf(trial: FrozenTrial) -> float:
+    reward = TrialRecord.of(trial).reward
+    return -math.inf if reward is None else reward
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def summarize(study: optuna.Study) -> dict[str, Any]:
+    """Counts and the best trial, for progress displays."""
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=reward_or_minus_inf, default=None)
+    rewards = [r for t in complete if (r := TrialRecord.of(t).reward) is not None]
+    return {
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED),
+        "failed": states.count(TrialState.FAIL),
+        "running": states.count(TrialState.RUNNING),
+        "best_reward": None if best is None else TrialRecord.of(best).reward,
+        "best_label": None if best is None else TrialRecord.of(best).label(best.number),
+        "mean_reward": statistics.fmean(rewards) if rewards else None,
+    }

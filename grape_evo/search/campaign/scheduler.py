@@ -1,0 +1,242 @@
+"""Running trials to the budget: rounds of up to ``population`` trials trained in lockstep in
+this process, and ``jobs`` worker processes on one machine.
+
+One round asks up to P trials (Optuna ask/tell, a heartbeat thread per trial), trains them with
+`run_candidates` in lockstep batches of at most P (one batch of one when P = 1) and tells each
+its result. Candidates are ordered by data kind and group size before they are cut into
+batches, so members of a batch sample alike. On Ctrl-C (or any error) every trial not yet told
+is recorded as FAIL, as ``study.optimize`` records its trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from grape_evo.search.campaign.ledger import FINISHED, budget_claimed, waiting
+from grape_evo.search.campaign.storage import ask, fail_stale_trials, heartbeat
+from grape_evo.search.campaign.trials import Candidate, Surplus, conclude, prepare, reuse
+from grape_evo.search.evaluator import CandidateResult, run_candidates
+
+if TYPE_CHECKING:
+    from grape_evo.search.campaign import Campaign
+
+OnTrial = Callable[[optuna.Study, FrozenTrial], None]
+PROGRESS_SECONDS = 1.0
+"""How often a campaign with ``jobs > 1`` looks for trials its worker processes finished, and
+how often a process that waits for trials running elsewhere looks at the study."""
+STOP_SECONDS = 30.0
+"""After Ctrl-C, how long worker processes get to record their interrupted trials."""
+
+
+def run_to_budget(
+    campaign: Campaign,
+    study: optuna.Study,
+    budget: int,
+    on_trial: OnTrial | None = None,
+    wait_for_running: bool = False,
+) -> None:
+    """Run rounds in this process until the study has ``budget`` finished trials (see
+    `Campaign.optimize`)."""
+    campaign.budget = budget
+    if campaign.jobs > 1:
+        run_worker_processes(campaign, study, budget, on_trial)
+    while True:
+        fail_stale_trials(study)
+        if waiting(study) or budget_claimed(study) < budget:
+            run_round(campaign, study, budget, on_trial)
+            continue
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running or not wait_for_running:
+            return
+        time.sleep(min(campaign.heartbeat_interval, PROGRESS_SECONDS))
+
+
+def run_round(
+    campaign: Campaign, study: optuna.Study, budget: int, on_trial: OnTrial | None
+) -> None:
+    """Ask up to ``population`` trials, train them together and tell each its result."""
+    untold: dict[int, optuna.Trial] = {}
+
+    def tell(trial: optuna.Trial, values: Any, state: TrialState) -> None:
+        frozen = study.tell(trial, values, state=state, skip_if_finished=True)
+        del untold[trial.number]
+        if on_trial is not None:
+            on_trial(study, frozen)
+
+    with contextlib.ExitStack() as beats:
+        try:
+            candidates: list[Candidate] = []
+            while len(candidates) < campaign.population and (
+                waiting(study) or budget_claimed(study) < budget
+            ):
+                trial = ask(study)
+                untold[trial.number] = trial
+                try:
+                    candidate = prepare(campaign, trial)
+                except Surplus:  # the budget is claimed: ask no more
+                    tell(trial, None, TrialState.FAIL)
+                    break
+                if candidate is None:  # another worker runs it and tells it
+                    del untold[trial.number]
+                    continue
+                beats.enter_context(heartbeat(trial))
+                reused = reuse(candidate)
+                if reused is not None:
+                    tell(trial, reused, TrialState.COMPLETE)
+                    continue
+                candidates.append(candidate)
+            for batch in batches(candidates, campaign.population):
+                for candidate, result in zip(batch, train(campaign, batch), strict=True):
+                    assert candidate.trial is not None
+                    tell(candidate.trial, *conclude(candidate, result))
+        except BaseException:
+            for trial in untold.values():
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+
+
+def batches(candidates: list[Candidate], size: int) -> list[list[Candidate]]:
+    """Candidates cut into lockstep batches of at most ``size``, ordered by data kind and
+    group size so that members of a batch sample alike."""
+
+    def kind(candidate: Candidate) -> tuple[str, int]:
+        spec = candidate.run.spec.canonical()
+        return spec.data, spec.group_size
+
+    ordered = sorted(candidates, key=kind)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def train(
+    campaign: Campaign, batch: list[Candidate], reuse_existing: bool = False
+) -> list[CandidateResult]:
+    """Train one lockstep batch of candidates on the space's tasks and seeds."""
+    space = campaign.space
+    return run_candidates([c.run for c in batch], space.tasks, space.policy, reuse_existing)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def run_worker_processes(
+    campaign: Campaign, study: optuna.Study, budget: int, on_trial: OnTrial | None
+) -> None:
+    """Run ``jobs`` worker processes to the budget; report their trials as they finish.
+
+    Each has ``max(1, cores // jobs)`` torch threads. Processes are spawned (not forked: CUDA
+    cannot be forked). On Ctrl-C (or any error here) the workers are interrupted, get
+    :data:`STOP_SECONDS` to record their trials as FAIL (a resumed campaign goes on from
+    there), and are killed after that; a killed worker's RUNNING trial is retried on its stale
+    heartbeat.
+    """
+    threads = max(1, usable_cores() // campaign.jobs)
+    context = multiprocessing.get_context("spawn")
+    worker = replace(campaign, jobs=1)
+    processes = [
+        context.Process(
+            target=_worker_process, args=(worker, budget, threads), name=f"grape-worker-{i}"
+        )
+        for i in range(campaign.jobs)
+    ]
+    reported = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+
+    def report_finished() -> None:
+        for t in study.get_trials(deepcopy=False, states=FINISHED):
+            if t.number not in reported:
+                reported.add(t.number)
+                if on_trial is not None:
+                    on_trial(study, t)
+
+    try:
+        for process in processes:
+            process.start()
+        while any(p.is_alive() for p in processes):
+            wait([p.sentinel for p in processes if p.is_alive()], timeout=PROGRESS_SECONDS)
+            report_finished()
+    except BaseException:
+        _stop(processes)
+        raise
+    failed = [f"{p.name} (pid {p.pid}): {p.exitcode}" for p in processes if p.exitcode]
+    if failed:
+        warnings.warn(
+            f"worker processes exited with an error status: {', '.join(failed)}; "
+            "their unfinished trials are retried",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _worker_process(campaign: Campaign, budget: int, threads: int) -> None:
+    """One worker process of a campaign with ``jobs > 1``: trials until the budget is done.
+
+    SIGTERM stops it as Ctrl-C does (whatever SIGINT's inherited disposition). When the
+    campaign's process dies (even by SIGKILL) it sends itself one, and exits anyway
+    :data:`STOP_SECONDS` later (Python drops an interrupt that lands in a finalizer), so a
+    killed campaign leaves no orphaned workers training on.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+
+        def stop_when_orphaned() -> None:
+            wait([parent.sentinel])
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(STOP_SECONDS)
+            os._exit(128 + signal.SIGTERM)  # its RUNNING trial is retried once stale
+
+        threading.Thread(target=stop_when_orphaned, daemon=True).start()
+    try:
+        campaign.optimize(campaign.open(create=False), budget, wait_for_running=True)
+    except KeyboardInterrupt:  # the trials are recorded as FAIL: exit without a traceback
+        sys.exit(128 + signal.SIGINT)
+
+
+def _raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
+    """A signal handler that stops the process as Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    """Stop worker processes: those that did not get the terminal's Ctrl-C themselves get a
+    SIGTERM (which they handle as Ctrl-C); any still running after :data:`STOP_SECONDS` is
+    killed."""
+    started = [p for p in processes if p.pid is not None]
+    _join_all(started, 2.0)  # a Ctrl-C typed in the terminal reached every worker too
+    for process in started:
+        if process.is_alive():
+            process.terminate()
+    _join_all(started, STOP_SECONDS)
+    for process in started:
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _join_all(processes: list[multiprocessing.process.BaseProcess], seconds: float) -> None:
+    """Wait until every process has exited, or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while (alive := [p.sentinel for p in processes if p.is_alive()]) and (
+        left := deadline - time.monotonic()
+    ) > 0:
+        wait(alive, timeout=left)

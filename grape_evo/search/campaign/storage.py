@@ -1,0 +1,131 @@
+"""Study storage: SQLite, any SQLAlchemy URL or a journal file, with heartbeats.
+
+This is the only module that touches Optuna's private API (``optuna.storages._rdb``,
+``optuna.storages._heartbeat``, ``Study._storage``, ``Trial._trial_id``); re-check it when
+Optuna is upgraded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+STUDY_FILE = "study.db"
+
+
+class CampaignError(ValueError):
+    """A user-facing problem with a campaign's folder, storage or study."""
+
+
+def default_storage_url(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / STUDY_FILE).resolve()}"
+
+
+def make_storage(
+    url: str, heartbeat_interval: int = 10, grace_period: int | None = None
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (SQLAlchemy URL or ``journal:PATH``); SQLite waits up to
+    60 s for a lock, so several local workers can share one file."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    heartbeat: dict[str, Any] = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period or 2 * heartbeat_interval,
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                heartbeat["heartbeat_stale_trial_callback"] = retry
+            else:
+                retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+                heartbeat["failed_trial_callback"] = retry
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    except Exception as err:  # SQLAlchemy raises many types for a bad URL
+        raise CampaignError(f"cannot open storage '{url}': {err}") from None
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's stale-trial check, plus RUNNING trials that never sent a heartbeat.
+
+    Optuna fails a trial only once its last heartbeat is older than the grace period; a worker
+    killed between creating a trial and its first heartbeat leaves it RUNNING with none, and
+    a campaign waiting for it would wait forever. Such a trial is failed (and retried like any
+    stale trial) once its start is older than the grace period (hosts' clocks must agree).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # a study wraps it in a cache
+    if not isinstance(backend, RDBStorage) or backend.heartbeat_interval is None:
+        return
+    grace = backend.grace_period or 2 * backend.heartbeat_interval
+    now = datetime.datetime.now()
+    old = [
+        t._trial_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace
+    ]
+    if not old:
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        query = session.query(models.TrialHeartbeatModel.trial_id)
+        beating = {row[0] for row in query.filter(models.TrialHeartbeatModel.trial_id.in_(old))}
+    get_callback = getattr(storage, "get_heartbeat_stale_trial_callback", None)
+    get_callback = get_callback or storage.get_failed_trial_callback
+    for trial_id in old:
+        if trial_id in beating:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        callback = get_callback()
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """A new trial (an enqueued one first); its heartbeat is sent by `heartbeat`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
+        return study.ask()
+
+
+@contextlib.contextmanager
+def heartbeat(trial: optuna.Trial) -> Iterator[None]:
+    """Send ``trial``'s heartbeats (when the storage has them) while the block runs."""
+    with get_heartbeat_thread(trial._trial_id, trial.study._storage):
+        yield
+
+
+def current_state(trial: optuna.Trial) -> TrialState:
+    """``trial``'s state as the storage has it now (another worker may have finished it)."""
+    return trial.study._storage.get_trial(trial._trial_id).state
+
+
+def is_enqueued(trial: optuna.Trial) -> bool:
+    """Whether ``trial`` was enqueued (a baseline) or is the retry of a failed trial."""
+    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    return "fixed_params" in attrs or "failed_trial" in attrs

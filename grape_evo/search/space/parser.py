@@ -1,0 +1,259 @@
+"""A search-space document (a mapping) -> a validated :class:`SearchSpace`.
+
+Forms of the top-level keys besides ``axes`` (see :mod:`grape_evo.search.space.axis_parser`)::
+
+    name: quickstart                   # optional: the file's stem by default
+    tasks: [addition, {name: addition, digits: 3}]   # or one task: tasks: addition
+    policy: {preset: tiny}             # or policy: tiny; other keys: checkpoint (a local
+                                       # model folder), lora_rank, lora_alpha, value_head
+    budget: {steps: 150, seeds: 2, eval_every: 25}   # also batch_size, warm_start_steps,
+                                       # lr, eval_prompts, reeval_seeds, top_k
+    base: grpo                         # or an inline objective mapping
+    baselines: [ppo, grpo, dpo]        # or one preset: baselines: ppo
+    search: {sampler: evolution, trials: 24, pruner: median, objectives: [final_reward],
+             population_size: 8, seed: 0}   # only trials is required
+
+``objectives`` may also be one string; with two objectives the pruner defaults to ``none``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from grape_evo.objective import ObjectiveError, ObjectiveSpec, presets
+from grape_evo.policy.config import PolicyConfig
+from grape_evo.search.space.axis_parser import parse_axes
+from grape_evo.search.space.errors import SpaceError
+from grape_evo.search.space.reader import Reader, type_name
+from grape_evo.search.space.values import (
+    OBJECTIVES,
+    PRUNERS,
+    SAMPLERS,
+    Budget,
+    SearchSettings,
+    SearchSpace,
+    TaskRef,
+    is_number,
+)
+from grape_evo.tasks import task_names
+
+__all__ = ["BUDGET_KEYS", "POLICY_TYPES", "SEARCH_KEYS", "TOP_LEVEL_KEYS", "parse_space"]
+
+TOP_LEVEL_KEYS = ("name", "tasks", "policy", "budget", "base", "axes", "baselines", "search")
+REQUIRED_KEYS = ("tasks", "base", "search")
+BUDGET_KEYS = tuple(f.name for f in fields(Budget))
+SEARCH_KEYS = tuple(f.name for f in fields(SearchSettings))
+POLICY_TYPES: dict[str, tuple[type, ...]] = {
+    "preset": (str,),
+    "checkpoint": (str, type(None)),
+    "lora_rank": (int,),
+    "lora_alpha": (int, float),
+    "value_head": (bool,),
+}
+
+
+def parse_space(
+    data: Mapping[str, Any], source: str = "<string>", default_name: str = "space"
+) -> SearchSpace:
+    """Build and validate a SearchSpace from an in-memory mapping (as ``load_space``).
+
+    Every mistake is a SpaceError whose message starts with ``source`` and names the key; the
+    space's points are checked with :meth:`SearchSpace.validate_points`.
+    """
+    reader = Reader(source)
+    if data is None:
+        raise SpaceError(
+            f"{source}: the document is empty; expected a mapping with keys {list(TOP_LEVEL_KEYS)}"
+        )
+    if not isinstance(data, Mapping):
+        raise SpaceError(
+            f"{source}: the document must be a mapping with keys {list(TOP_LEVEL_KEYS)}, "
+            f"got {type_name(data)}"
+        )
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise SpaceError(
+            f"{source}: unknown top-level key(s) {unknown}; valid keys: {list(TOP_LEVEL_KEYS)}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise SpaceError(f"{source}: missing required key(s) {missing}")
+    space = SearchSpace(
+        name=reader.string("name", data.get("name", default_name)),
+        tasks=_parse_tasks(reader, data["tasks"]),
+        policy=_parse_policy(reader, data.get("policy")),
+        budget=_parse_budget(reader, data.get("budget")),
+        base=_parse_base(reader, data["base"]),
+        axes=parse_axes(reader, data.get("axes")),
+        baselines=_parse_baselines(reader, data.get("baselines")),
+        search=_parse_search(reader, data["search"]),
+        source=source,
+    )
+    space.validate_points()
+    return space
+
+
+def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
+    if isinstance(raw, str | Mapping):
+        raw = [raw]
+    items = reader.listing("tasks", raw)
+    if not items:
+        raise reader.error("tasks", f"needs at least one task; valid tasks: {task_names()}")
+    refs: list[TaskRef] = []
+    for i, item in enumerate(items):
+        key = f"tasks[{i}]"
+        if isinstance(item, str):
+            name, kwargs = item, {}
+        elif isinstance(item, Mapping):
+            item = reader.mapping(key, item)
+            if "name" not in item:
+                raise reader.error(key, f"needs a 'name'; valid tasks: {task_names()}")
+            name = reader.string(f"{key}.name", item["name"])
+            kwargs = {k: v for k, v in item.items() if k != "name"}
+        else:
+            raise reader.error(key, f"must be a task name or a mapping, got {type_name(item)}")
+        if name not in task_names():
+            raise reader.error(key, f"unknown task '{name}'; valid tasks: {task_names()}")
+        ref = TaskRef(name, tuple(sorted(kwargs.items())))
+        try:
+            ref.build()
+        except (TypeError, ValueError) as err:
+            raise reader.error(key, f"cannot build task '{name}' with {kwargs}: {err}") from None
+        if any(r.name == ref.name and r.kwargs == ref.kwargs for r in refs):
+            raise reader.error(key, f"task '{ref.label}' is listed twice")
+        refs.append(ref)
+    return tuple(refs)
+
+
+def _parse_policy(reader: Reader, raw: Any) -> PolicyConfig:
+    if raw is None:
+        return PolicyConfig()
+    if isinstance(raw, str):
+        raw = {"preset": raw}
+    raw = reader.mapping("policy", raw)
+    reader.keys("policy", raw, list(POLICY_TYPES))
+    for key, value in raw.items():
+        types = POLICY_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise reader.error(
+                f"policy.{key}", f"has the wrong type: {type_name(value)} ({value!r})"
+            )
+        if is_number(value) and not math.isfinite(value):
+            raise reader.error(f"policy.{key}", f"must be a finite number, got {value!r}")
+    checkpoint = raw.get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        message = f"{checkpoint!r} is not a local model folder (nothing is downloaded)"
+        raise reader.error("policy.checkpoint", message)
+    try:
+        return PolicyConfig.from_dict(dict(raw))
+    except (TypeError, ValueError) as err:
+        raise SpaceError(f"{reader.source}: policy: {err}") from None
+
+
+def _parse_budget(reader: Reader, raw: Any) -> Budget:
+    if raw is None:
+        raw = {}
+    raw = reader.mapping("budget", raw)
+    reader.keys("budget", raw, BUDGET_KEYS)
+    minimum = {"warm_start_steps": 0, "reeval_seeds": 0, "top_k": 0}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "lr":
+            lr = reader.number("budget.lr", value)
+            if lr <= 0:
+                raise reader.error("budget.lr", f"must be > 0, got {lr!r}")
+            values[key] = float(lr)
+        else:
+            values[key] = reader.integer(f"budget.{key}", value, minimum.get(key, 1))
+    budget = Budget(**values)
+    try:
+        budget.train_config(seed=0)
+    except ValueError as err:
+        raise SpaceError(f"{reader.source}: budget: {err}") from None
+    return budget
+
+
+def _parse_base(reader: Reader, raw: Any) -> ObjectiveSpec:
+    if isinstance(raw, str):
+        if raw not in presets.names():
+            raise reader.error("base", f"unknown preset '{raw}'; valid presets: {presets.names()}")
+        return presets.get(raw)
+    if isinstance(raw, Mapping):
+        try:
+            return ObjectiveSpec.from_dict(raw)
+        except ObjectiveError as err:
+            raise reader.error("base", str(err)) from None
+    raise reader.error(
+        "base", f"must be a preset name or an objective mapping, got {type_name(raw)} ({raw!r})"
+    )
+
+
+def _parse_baselines(reader: Reader, raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    out: list[str] = []
+    for i, item in enumerate(reader.listing("baselines", raw)):
+        name = reader.string(f"baselines[{i}]", item)
+        if name not in presets.names():
+            raise reader.error(
+                f"baselines[{i}]", f"unknown preset '{name}'; valid presets: {presets.names()}"
+            )
+        if name in out:
+            raise reader.error(f"baselines[{i}]", f"'{name}' is listed twice")
+        out.append(name)
+    return tuple(out)
+
+
+def _parse_search(reader: Reader, raw: Any) -> SearchSettings:
+    raw = reader.mapping("search", raw)
+    reader.keys("search", raw, SEARCH_KEYS)
+    if "trials" not in raw:
+        raise reader.error("search", "missing required key 'trials'")
+    sampler = reader.string("search.sampler", raw.get("sampler", "evolution"))
+    if sampler not in SAMPLERS:
+        raise reader.error(
+            "search.sampler", f"unknown sampler '{sampler}'; valid: {list(SAMPLERS)}"
+        )
+    trials = reader.integer("search.trials", raw["trials"], 1)
+    objectives = _parse_objectives(reader, raw.get("objectives", ["final_reward"]))
+    multi = len(objectives) > 1
+    pruner = reader.string("search.pruner", raw.get("pruner", "none" if multi else "median"))
+    if pruner not in PRUNERS:
+        raise reader.error("search.pruner", f"unknown pruner '{pruner}'; valid: {list(PRUNERS)}")
+    if multi and pruner != "none":
+        raise reader.error(
+            "search.pruner",
+            f"pruner '{pruner}' cannot prune a study with 2 objectives; use pruner: none",
+        )
+    if multi and sampler == "cmaes":
+        raise reader.error(
+            "search.sampler", "cmaes supports one objective only; use nsga2, tpe or evolution"
+        )
+    population = reader.integer("search.population_size", raw.get("population_size", 8), 2)
+    seed = reader.integer("search.seed", raw.get("seed", 0), 0)
+    return SearchSettings(sampler, trials, pruner, objectives, population, seed)
+
+
+def _parse_objectives(reader: Reader, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    objectives = reader.listing("search.objectives", raw)
+    if not 1 <= len(objectives) <= 2:
+        raise reader.error(
+            "search.objectives", f"needs 1 or 2 entries from {list(OBJECTIVES)}, got {objectives}"
+        )
+    for i, o in enumerate(objectives):
+        o = reader.string(f"search.objectives[{i}]", o)
+        if o not in OBJECTIVES:
+            raise reader.error(
+                "search.objectives", f"unknown objective '{o}'; valid: {list(OBJECTIVES)}"
+            )
+    if len(set(objectives)) != len(objectives):
+        raise reader.error("search.objectives", f"lists an objective twice: {objectives}")
+    return tuple(objectives)

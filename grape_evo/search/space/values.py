@@ -1,0 +1,460 @@
+"""The value objects of a search space: axes, budget, search settings, tasks, the space.
+
+All are frozen dataclasses built by :func:`~grape_evo.search.space.parse_space`; a
+:class:`SearchSpace` answers questions about its axes (which are active, their Optuna
+distributions, their points) and hands point <-> spec translation to
+:mod:`grape_evo.search.space.translation`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from grape_evo.objective import ObjectiveSpec, presets
+from grape_evo.policy.config import PolicyConfig
+from grape_evo.search.space import translation
+from grape_evo.search.space.errors import format_value
+from grape_evo.tasks import get_task
+from grape_evo.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    import optuna
+
+    from grape_evo.tasks import Task
+
+__all__ = [
+    "OBJECTIVES",
+    "PRUNERS",
+    "SAMPLERS",
+    "Axis",
+    "AxisKind",
+    "Budget",
+    "Condition",
+    "SearchSettings",
+    "SearchSpace",
+    "TaskRef",
+    "active_axes",
+    "is_number",
+    "value_in",
+]
+
+SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "random", "grid")
+"""Valid ``search.sampler`` values."""
+PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+"""Valid ``search.pruner`` values."""
+OBJECTIVES = ("final_reward", "kl_to_ref")
+"""Valid ``search.objectives`` entries (``final_reward`` is maximised, ``kl_to_ref`` minimised)."""
+
+AxisKind = Literal["categorical", "float", "int"]
+Condition = tuple[tuple[str, tuple[Any, ...]], ...]
+"""An axis's ``when``: ``(axis path, allowed values)`` pairs, all of which must hold."""
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that keeps booleans apart from numbers (``True`` is not ``1`` here)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if is_number(a) and is_number(b):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def value_in(value: Any, allowed: Sequence[Any]) -> bool:
+    """Membership with :func:`_same`: ``True`` is not in ``(1,)``, ``2`` is in ``(2.0,)``."""
+    return any(_same(value, a) for a in allowed)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One searchable dimension: a dotted path into the objective spec (or ``optim.lr``).
+
+    ``kind`` is ``categorical`` (``choices``), ``float`` or ``int`` (``low``/``high`` inclusive,
+    optional ``log`` scale and ``step``). ``when`` is a tuple of ``(axis path, allowed values)``
+    pairs: the axis is active only when every named axis is active and holds an allowed value.
+    """
+
+    path: str
+    kind: AxisKind
+    choices: tuple[Any, ...] | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    when: Condition = ()
+
+    def is_active(self, params: Mapping[str, Any]) -> bool:
+        """Whether this axis is active given the values of (active) earlier axes.
+
+        An axis a condition names counts as inactive when it is missing from ``params``.
+        """
+        return all(
+            path in params and value_in(params[path], allowed) for path, allowed in self.when
+        )
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind != "categorical"
+
+    def values(self) -> list[Any]:
+        """The grid of this axis: its choices; a numeric axis with ``step`` every step from
+        ``low`` to ``high``; a numeric axis without ``step`` just ``[low, high]``."""
+        if self.choices is not None:
+            return list(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.step is None:
+            return [self.low, self.high]
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step)))
+        n = math.floor((self.high - self.low) / self.step + 1e-9)
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+
+    def extremes(self) -> list[Any]:
+        """The values :meth:`SearchSpace.validate_points` tries: choices, or low and high."""
+        if self.choices is not None:
+            return list(self.choices)
+        return [self.low, self.high]
+
+    def distribution(self) -> BaseDistribution:
+        """The Optuna distribution :meth:`SearchSpace.suggest` samples this axis from."""
+        if self.choices is not None:
+            return CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            step = 1 if self.step is None else int(self.step)
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=step)  # type: ignore[arg-type]
+        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)  # type: ignore[arg-type]
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a value this axis can take.
+
+        A choice (compared with booleans kept apart from numbers); or a finite number in
+        ``[low, high]`` (up to 1e-9 relative), an integer on an ``int`` axis, and with ``step``
+        a whole number of steps from ``low`` (up to 1e-8 of a step, Optuna's tolerance).
+        """
+        if self.choices is not None:
+            return value_in(value, self.choices)
+        if not is_number(value) or not math.isfinite(value):
+            return False
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        low, high = self.low, self.high
+        assert low is not None and high is not None
+        tol = 1e-9 * max(1.0, abs(low), abs(high))
+        if not low - tol <= value <= high + tol:
+            return False
+        if self.step is None:
+            return True
+        steps = (value - low) / self.step
+        return abs(steps - round(steps)) < 1e-8
+
+    def to_dict(self) -> dict[str, Any]:
+        """The axis as written in YAML (without its path)."""
+        out: dict[str, Any] = {}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        else:
+            out.update(low=self.low, high=self.high)
+            if self.kind == "int":
+                out["int"] = True
+            if self.log:
+                out["log"] = True
+            if self.step is not None:
+                out["step"] = self.step
+        if self.when:
+            out["when"] = {path: list(allowed) for path, allowed in self.when}
+        return out
+
+
+def active_axes(axes: Sequence[Axis], params: Mapping[str, Any]) -> list[Axis]:
+    """The axes active under ``params``, in declaration order.
+
+    ``params`` holds values of axes; a value counts only if its axis is itself active, so a
+    stale value of an inactive axis (a child genome before repair) activates nothing.
+    """
+    active: list[Axis] = []
+    seen: dict[str, Any] = {}
+    for axis in axes:
+        if axis.is_active(seen):
+            active.append(axis)
+            if axis.path in params:
+                seen[axis.path] = params[axis.path]
+    return active
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long each candidate trains and how it is evaluated.
+
+    ``steps``, ``eval_every``, ``batch_size``, ``warm_start_steps``, ``lr`` and ``eval_prompts``
+    go into every run's :class:`~grape_evo.training.config.TrainConfig` (defaults are
+    TrainConfig's). Every trial is the mean over ``seeds`` runs; the ``top_k`` best candidates
+    are re-evaluated on ``reeval_seeds`` fresh seeds before they are called discoveries.
+    """
+
+    steps: int = TrainConfig.steps
+    seeds: int = 1
+    eval_every: int = TrainConfig.eval_every
+    batch_size: int = TrainConfig.batch_size
+    warm_start_steps: int = TrainConfig.warm_start_steps
+    lr: float = TrainConfig.lr
+    eval_prompts: int = TrainConfig.eval_prompts
+    reeval_seeds: int = 3
+    top_k: int = 3
+
+    def train_config(self, seed: int, lr: float | None = None, device: str = "cpu") -> TrainConfig:
+        """The TrainConfig of one run with ``seed`` (``lr`` overrides the budget's)."""
+        return TrainConfig(
+            steps=self.steps,
+            seed=seed,
+            lr=self.lr if lr is None else float(lr),
+            batch_size=self.batch_size,
+            eval_every=self.eval_every,
+            eval_prompts=self.eval_prompts,
+            warm_start_steps=self.warm_start_steps,
+            device=device,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the study searches: sampler, number of trials, pruner and objectives.
+
+    ``objectives`` holds one or two of :data:`OBJECTIVES`; ``final_reward`` is maximised and
+    ``kl_to_ref`` minimised. ``population_size`` is the evolution sampler's (and NSGA-II's)
+    generation size; ``seed`` seeds the sampler.
+    """
+
+    sampler: str
+    trials: int
+    pruner: str
+    objectives: tuple[str, ...]
+    population_size: int = 8
+    seed: int = 0
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna study directions, one per objective."""
+        return ["maximize" if o == "final_reward" else "minimize" for o in self.objectives]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["objectives"] = list(self.objectives)
+        return out
+
+
+_SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._]+")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
+_PLAIN_KEY = re.compile(r"[A-Za-z_]+")
+_SLUG_READABLE = 64  # characters of the readable part kept in a hashed slug
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task by registered name plus constructor keyword arguments (sorted pairs)."""
+
+    name: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def build(self) -> Task:
+        """A fresh task instance (``get_task(name, **kwargs)``)."""
+        return get_task(self.name, **dict(self.kwargs))
+
+    @property
+    def label(self) -> str:
+        """``addition`` or ``addition(digits=3)``: unique per distinct task in a space."""
+        if not self.kwargs:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in self.kwargs) + ")"
+
+    @property
+    def slug(self) -> str:
+        """A folder name for this task, made of ``[A-Za-z0-9._-]`` only.
+
+        ``addition``, or ``addition-digits3`` (``-<key><value>`` per argument) when the name is
+        letters, digits and ``_``, every key letters and ``_`` and every value an integer >= 0:
+        such a slug reads back unambiguously. Otherwise the readable part (other characters
+        replaced by ``_``, at most 64 of them) is followed by ``.`` and 8 hex digits of the
+        SHA-256 of :attr:`label`, e.g. ``addition-modefast.<hash>``: only these slugs hold a
+        ``.``, so two distinct tasks never share a slug short of a hash collision.
+        """
+        parts = [self.name] + [f"{k}{format_value(v)}" for k, v in self.kwargs]
+        readable = "-".join(_SLUG_UNSAFE.sub("_", part) for part in parts)
+        plain = (
+            _PLAIN_NAME.fullmatch(self.name) is not None
+            and all(
+                _PLAIN_KEY.fullmatch(k)
+                and isinstance(v, int)
+                and not isinstance(v, bool)
+                and v >= 0
+                for k, v in self.kwargs
+            )
+            and len(readable) <= _SLUG_READABLE
+        )
+        if plain:
+            return readable
+        digest = hashlib.sha256(self.label.encode()).hexdigest()[:8]
+        return f"{readable[:_SLUG_READABLE]}.{digest}"
+
+    def to_dict(self) -> str | dict[str, Any]:
+        return self.name if not self.kwargs else {"name": self.name, **dict(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space: what to train on, the axes, the budget and how to search."""
+
+    name: str
+    tasks: tuple[TaskRef, ...]
+    policy: PolicyConfig
+    budget: Budget
+    base: ObjectiveSpec
+    axes: tuple[Axis, ...]
+    baselines: tuple[str, ...]
+    search: SearchSettings
+    source: str = "<string>"
+
+    # ---- axes ---------------------------------------------------------------------------
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Axis paths in declaration order."""
+        return tuple(a.path for a in self.axes)
+
+    def axis(self, path: str) -> Axis:
+        """The axis at ``path`` (KeyError if there is none)."""
+        for a in self.axes:
+            if a.path == path:
+                return a
+        raise KeyError(path)
+
+    def active_axes(self, params: Mapping[str, Any]) -> list[Axis]:
+        """The axes active under ``params``, in declaration order (see :func:`active_axes`)."""
+        return active_axes(self.axes, params)
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Optuna distributions of every axis, by path."""
+        return {a.path: a.distribution() for a in self.axes}
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Ask ``trial`` for a value of every active axis (axis path = Optuna parameter name)."""
+        values: dict[str, Any] = {}
+        for axis in self.axes:
+            if not axis.is_active(values):
+                continue
+            if axis.choices is not None:
+                value = trial.suggest_categorical(axis.path, list(axis.choices))
+            elif axis.kind == "int":
+                value = trial.suggest_int(
+                    axis.path,
+                    int(axis.low),  # type: ignore[arg-type]
+                    int(axis.high),  # type: ignore[arg-type]
+                    step=1 if axis.step is None else int(axis.step),
+                    log=axis.log,
+                )
+            else:
+                value = trial.suggest_float(
+                    axis.path,
+                    float(axis.low),  # type: ignore[arg-type]
+                    float(axis.high),  # type: ignore[arg-type]
+                    step=axis.step,
+                    log=axis.log,
+                )
+            values[axis.path] = value
+        return values
+
+    def grid(self) -> dict[str, list[Any]]:
+        """A search space for Optuna's GridSampler: every axis's :meth:`Axis.values`."""
+        return {a.path: a.values() for a in self.axes}
+
+    # ---- points <-> specs (grape_evo.search.space.translation) ---------------------------
+    def active_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``params`` whose axes are active, in declaration order.
+
+        Raises SpaceError for a key that is not an axis or a value its axis cannot take.
+        """
+        return translation.active_values(self, params)
+
+    def to_spec(
+        self, params: Mapping[str, Any], name: str = "candidate"
+    ) -> tuple[ObjectiveSpec, dict[str, Any]]:
+        """The objective at ``params`` and the training overrides (``{"lr": ...}``); see
+        :func:`~grape_evo.search.space.translation.to_spec`."""
+        return translation.to_spec(self, params, name)
+
+    def project(self, spec: ObjectiveSpec) -> dict[str, Any]:
+        """The genes of ``spec`` that lie in this space; see
+        :func:`~grape_evo.search.space.translation.project`."""
+        return translation.project(self, spec)
+
+    def validate_points(self) -> None:
+        """Check that every point the space can produce is a valid objective; see
+        :func:`~grape_evo.search.space.translation.validate_points`."""
+        translation.validate_points(self)
+
+    def iter_points(self) -> Iterator[dict[str, Any]]:
+        """Every combination of categorical values (respecting ``when``) with each numeric
+        axis at its low and high end, in declaration order (lazily)."""
+
+        def walk(i: int, values: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            if i == len(self.axes):
+                yield dict(values)
+                return
+            axis = self.axes[i]
+            if not axis.is_active(values):
+                yield from walk(i + 1, values)
+                return
+            for value in axis.extremes():
+                values[axis.path] = value
+                yield from walk(i + 1, values)
+            del values[axis.path]
+
+        yield from walk(0, {})
+
+    def sample_points(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        """``n`` points drawn (deterministically from ``seed``) like :meth:`iter_points`'s."""
+        rng = random.Random(seed)
+        points = []
+        for _ in range(n):
+            values: dict[str, Any] = {}
+            for axis in self.axes:
+                if axis.is_active(values):
+                    values[axis.path] = rng.choice(axis.extremes())
+            points.append(values)
+        return points
+
+    # ---- misc -----------------------------------------------------------------------------
+    def baseline_specs(self) -> dict[str, ObjectiveSpec]:
+        """The baselines as specs, by preset name."""
+        return {name: presets.get(name) for name in self.baselines}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space as a YAML-able mapping; ``parse_space(space.to_dict())`` rebuilds it."""
+        return {
+            "name": self.name,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "policy": self.policy.to_dict(),
+            "budget": self.budget.to_dict(),
+            "base": self.base.to_dict(),
+            "axes": {a.path: a.to_dict() for a in self.axes},
+            "baselines": list(self.baselines),
+            "search": self.search.to_dict(),
+        }

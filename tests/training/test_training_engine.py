@@ -1,0 +1,309 @@
+"""The engine trains each member of a population as it trains that member alone (M = 1).
+
+* Every preset (TRPO and SFT included) in one population of all of them, on the same task and
+  policy, against each trained alone for 3 steps: the same rows (prompts, tokens, masks), the
+  same metrics, weights and evaluation up to float rounding. Also with several updates per
+  batch at another sampling temperature, with minibatches, and on the transformers forward
+  (a LoRA policy).
+* Independently of any reference run: Adam at lr 0 leaves a member's weights exactly as they
+  were while its neighbour trains; a member that diverges stops and the others go on; a step
+  hook's stop reason stops its member only (pruning is a value); `train_members` writes each
+  member's run folder as `train` writes it for that member alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from grape_evo.objective import ObjectiveSpec, build_objective, presets
+from grape_evo.policy import PolicyConfig
+from grape_evo.tasks import get_task
+from grape_evo.training import Engine, Member, train, train_members, warm_start_policy
+from grape_evo.training.batches import sample_offline_pairs
+from grape_evo.training.engine import MemberBatch
+from grape_evo.training.losses import needs_trust_region
+from grape_evo.training.run import spec_needs_critic
+
+STEPS = 3
+LRS = (1e-3, 3e-4, 1e-4)
+
+
+def _with(name: str, **changes: Any) -> ObjectiveSpec:
+    return ObjectiveSpec.from_dict({**presets.describe(name).spec, "name": name, **changes})
+
+
+def _run(
+    specs: list[ObjectiveSpec],
+    lrs: list[float],
+    task: Any,
+    config: Any,
+    policy: Any,
+    pairs: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    """An engine's rows, metrics and member weights after each of STEPS steps, then its
+    evaluation."""
+    engine = Engine(
+        [Member(s, lr) for s, lr in zip(specs, lrs, strict=True)], task, config, policy, pairs
+    )
+    rows: list[dict[int, MemberBatch]] = []
+    original = Engine._collect
+
+    def spy(self: Engine, step: int, live: list[int]) -> dict[int, MemberBatch]:
+        batches = original(self, step, live)
+        rows.append(dict(batches))
+        return batches
+
+    metrics, weights = [], []
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "_collect", spy)
+        for step in range(STEPS):
+            metrics.append(engine.step(step))
+            weights.append([engine.member_state(i) for i in range(len(specs))])
+    return {"rows": rows, "metrics": metrics, "weights": weights, "eval": engine.evaluate()}
+
+
+def _compare(
+    population: dict[str, Any], alone: dict[str, Any], i: int, lr: float, trust: bool
+) -> None:
+    """Member i of ``population`` against its run ``alone``. A trust-region member's
+    conjugate-gradient solve amplifies float rounding in its old log-probs (which the
+    population computes in a batched forward) about a thousandfold: its metrics are compared
+    at 1e-2 (its sampling log-probs too) and its weights at 2e-3 (its steps are about 1e-2);
+    its evaluation's greedy reward and accuracy must still match."""
+    rel, atol = (1e-2, 2e-3) if trust else (1e-5, 0.05 * lr + 1e-6)
+    for step in range(STEPS):
+        ours, theirs = population["rows"][step][i].rollout, alone["rows"][step][0].rollout
+        assert ours.prompts == theirs.prompts, (i, step)
+        assert ours.texts == theirs.texts, (i, step)
+        assert torch.equal(ours.completion_ids, theirs.completion_ids)
+        assert torch.equal(ours.completion_mask, theirs.completion_mask)
+        torch.testing.assert_close(ours.sample_logp, theirs.sample_logp, atol=rel, rtol=0)
+        member, reference = population["metrics"][step][i], alone["metrics"][step][0]
+        assert member is not None and reference is not None
+        assert member.keys() == reference.keys(), (i, step)
+        for key, value in reference.items():
+            if step == 0 and key == "pair_accuracy":
+                continue  # both log-ratios are rounding noise around 0 before the first update
+            assert member[key] == pytest.approx(value, rel=max(rel, 1e-4), abs=1e-5), (i, step, key)
+        # Adam's first steps move each weight by about lr * sign(grad): rounding in a
+        # near-zero gradient shows up at a small fraction of lr.
+        for name, value in alone["weights"][step][0].items():
+            torch.testing.assert_close(
+                population["weights"][step][i][name],
+                value,
+                atol=atol,
+                rtol=0,
+                msg=f"{i} {step} {name}",
+            )
+    ours_eval, theirs_eval = population["eval"][i], alone["eval"][0]
+    assert ours_eval is not None and theirs_eval is not None
+    assert ours_eval.reward == pytest.approx(theirs_eval.reward, abs=1e-9)
+    assert ours_eval.accuracy == pytest.approx(theirs_eval.accuracy, abs=1e-9)
+    if not trust:  # its sampled KL draws other tokens once its weights differ by 1e-4
+        assert ours_eval.kl_to_ref == pytest.approx(theirs_eval.kl_to_ref, rel=1e-4, abs=1e-6)
+
+
+def _population_against_alone(
+    specs: list[ObjectiveSpec],
+    config: Any,
+    policy_config: PolicyConfig,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = get_task("addition")
+    critic = any(spec_needs_critic(s) for s in specs)
+    policy, _ = warm_start_policy(
+        task, replace(policy_config, value_head=critic), config, torch.device("cpu"), cache_dir
+    )
+    pairs = sample_offline_pairs(policy, task, config)
+    lrs = [LRS[i % len(LRS)] for i in range(len(specs))]
+    population = _run(specs, lrs, task, config, policy, pairs, monkeypatch)
+    for i, (spec, lr) in enumerate(zip(specs, lrs, strict=True)):
+        alone = _run([spec], [lr], task, config, policy, pairs, monkeypatch)
+        _compare(population, alone, i, lr, needs_trust_region(build_objective(spec)))
+
+
+def test_every_preset_trains_as_a_member_as_it_trains_alone(
+    tiny: Callable[..., Any], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All 19 presets in one population: online and offline, RL, preference, SFT, TRPO's
+    trust-region step and PPO's critic, group sizes 1 to 8."""
+    specs = [presets.get(name) for name in presets.names()]
+    config = tiny(batch_size=16, seed=3)
+    _population_against_alone(specs, config, PolicyConfig(), cache_dir, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("changes", "members"),
+    [
+        # Several updates per batch (old log-probs from a no-grad forward; members with fewer
+        # epochs sit out the later updates) at another sampling temperature.
+        (
+            {"temperature": 0.7},
+            lambda: [_with("grpo", epochs=2), presets.get("cispo"), _with("dapo", epochs=3)],
+        ),
+        # Minibatches: each member's own permutation of its rows per epoch. (RLOO without its
+        # KL-in-reward: when a minibatch's groups all tie, its exact-zero gradient alone becomes
+        # rounding noise in a population (the KL of equal policies is ~1e-8, not 0), and Adam,
+        # which divides by the gradient's scale, turns that noise into an lr-sized step.)
+        (
+            {"minibatches": 2},
+            lambda: [presets.get("ppo"), _with("grpo", epochs=2), _with("rloo", kl={"coef": 0.0})],
+        ),
+    ],
+    ids=["epochs-temperature-0.7", "minibatches-2"],
+)
+def test_regimes_train_as_alone(
+    tiny: Callable[..., Any],
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, Any],
+    members: Callable[[], list[ObjectiveSpec]],
+) -> None:
+    config = tiny(batch_size=16, seed=5, **changes)
+    _population_against_alone(members(), config, PolicyConfig(), cache_dir, monkeypatch)
+
+
+def test_lora_members_train_as_alone(
+    tiny: Callable[..., Any], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LoRA policy runs on the transformers forward (vmap over the members' adapters)."""
+    specs = [presets.get("grpo"), presets.get("sft"), presets.get("dpo")]
+    config = tiny(batch_size=8, seed=1)
+    _population_against_alone(specs, config, PolicyConfig(lora_rank=2), cache_dir, monkeypatch)
+
+
+def test_lr_zero_keeps_the_weights_exactly(
+    warm_policy: Callable[..., Any], tiny: Callable[..., Any]
+) -> None:
+    task = get_task("addition")
+    policy = warm_policy(task)
+    start = {n: p.detach().clone() for n, p in policy.hf_model.named_parameters()}
+    engine = Engine(
+        [Member(presets.get("grpo"), 0.0), Member(presets.get("grpo"), 1e-3)],
+        task,
+        tiny(batch_size=16),
+        policy,
+    )
+    for step in range(STEPS):
+        assert all(m is not None for m in engine.step(step))
+    frozen, trained = engine.member_state(0), engine.member_state(1)
+    for name, value in start.items():
+        assert torch.equal(frozen[name], value), name
+    assert any(not torch.equal(trained[n], v) for n, v in start.items())
+    assert all(torch.equal(p, start[n]) for n, p in policy.hf_model.named_parameters())
+
+
+def test_a_diverged_member_stops_and_the_others_go_on(
+    tiny: Callable[..., Any],
+    cache_dir: Path,
+    tmp_path: Path,
+    read_jsonl: Callable[[Path], list[dict[str, Any]]],
+) -> None:
+    task = get_task("addition")
+    config = tiny(batch_size=16, steps=3, max_kl_to_ref=0.5)
+    folders = [tmp_path / "steady", tmp_path / "wild"]
+    summaries = train_members(
+        [Member(presets.get("grpo"), 0.0), Member(presets.get("cispo"), 1.0)],
+        task,
+        config,
+        PolicyConfig(),
+        out_dirs=folders,
+        progress=False,
+        cache_dir=cache_dir,
+    )
+    steady, wild = summaries
+    assert steady.status == "ok" and steady.steps == 3
+    assert steady.final_eval is not None and steady.final_eval.kl_to_ref < 1e-4
+    assert steady.kl_to_ref is not None and steady.kl_to_ref < 1e-4
+    assert wild.status == "diverged" and "max_kl_to_ref" in wild.reason
+    assert 0 < wild.steps < 3 and wild.final_eval is None  # as `train` reports it
+    for folder, summary in zip(folders, summaries, strict=True):
+        assert json.loads((folder / "summary.json").read_text()) == json.loads(
+            json.dumps(summary.to_dict())
+        )
+        records = read_jsonl(folder / "metrics.jsonl")
+        assert [r["step"] for r in records] == list(range(1, summary.steps + 1))
+    assert steady.train_config["lr"] == 0.0 and wild.train_config["lr"] == 1.0
+    assert steady.trained_with == wild.trained_with == 2
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("grpo", "dr_grpo", "ppo"), ("dpo", "sft", "trpo")],
+    ids=["on-policy-with-critic", "mixed-kinds"],
+)
+def test_run_folders_match_train_alone(
+    tiny: Callable[..., Any],
+    cache_dir: Path,
+    tmp_path: Path,
+    read_jsonl: Callable[[Path], list[dict[str, Any]]],
+    names: tuple[str, ...],
+) -> None:
+    """Each member's metrics.jsonl and summary are what `train` writes for it alone."""
+    task = get_task("addition")
+    config = tiny(batch_size=16, steps=2, seed=5)
+    members = [Member(presets.get(n), lr) for n, lr in zip(names, LRS, strict=True)]
+    folders = [tmp_path / "population" / n for n in names]
+    summaries = train_members(
+        members, task, config, out_dirs=folders, progress=False, cache_dir=cache_dir
+    )
+    for member, folder, ours in zip(members, folders, summaries, strict=True):
+        alone_dir = tmp_path / "alone" / member.spec.name
+        theirs = train(
+            member.spec,
+            task,
+            replace(config, lr=member.lr),
+            out_dir=alone_dir,
+            progress=False,
+            cache_dir=cache_dir,
+        )
+        assert ours.trained_with == 3 and theirs.trained_with == 1
+        mine, alone = ours.to_dict(), theirs.to_dict()
+        for key in ("objective_key", "task", "seed", "train_config", "policy", "status", "steps"):
+            assert mine[key] == alone[key], key
+        for key in ("initial_eval", "final_eval"):
+            assert mine[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
+        mine_records = read_jsonl(folder / "metrics.jsonl")
+        alone_records = read_jsonl(alone_dir / "metrics.jsonl")
+        assert len(mine_records) == len(alone_records) == 2
+        for record, reference in zip(mine_records, alone_records, strict=True):
+            assert set(record) == set(reference)
+            for key, value in reference.items():
+                first_pairs = record["step"] == 1 and key == "pair_accuracy"  # see `_compare`
+                if key != "seconds" and value is not None and not first_pairs:
+                    assert record[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_a_stop_reason_stops_only_its_member(tiny: Callable[..., Any], cache_dir: Path) -> None:
+    task = get_task("addition")
+    seen: list[tuple[int, int]] = []
+
+    def hook(member: int) -> Callable[[Any], str | None]:
+        def on_step(record: Any) -> str | None:
+            seen.append((member, record.step))
+            return "pruned here" if member == 0 and record.step == 1 else None
+
+        return on_step
+
+    stopped, going = train_members(
+        [Member(presets.get("grpo"), 1e-4)] * 2,
+        task,
+        tiny(batch_size=16, steps=3),
+        progress=False,
+        cache_dir=cache_dir,
+        on_steps=[hook(0), hook(1)],
+    )
+    assert stopped.status == "stopped" and stopped.reason == "pruned here"
+    assert stopped.steps == 1 and stopped.final_eval is not None
+    assert stopped.kl_to_ref is None  # a stopped run reports no final KL
+    assert going.status == "ok" and going.steps == 3
+    assert sorted(seen) == [(0, 1), (1, 1), (1, 2), (1, 3)]
