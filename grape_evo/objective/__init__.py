@@ -12,6 +12,7 @@ from grape_evo.objective.registry import (
     ObjectiveError,
 )
 from grape_evo.objective.spec import ComponentSpec, KLSpec, ObjectiveSpec, PreferenceSpec
+from grape_evo.objective.surrogates import KL_AFTER_UPDATE, old_to_new_kl
 
 REGISTRIES = {
     "advantage": ADVANTAGES,
@@ -24,6 +25,7 @@ REGISTRIES = {
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "KL_AFTER_UPDATE",
     "KL_ESTIMATORS",
     "PREFERENCE_LOSSES",
     "REGISTRIES",
@@ -37,5 +39,6 @@ __all__ = [
     "PreferenceSpec",
     "RolloutBatch",
     "build_objective",
+    "old_to_new_kl",
     "presets",
 ]

@@ -17,7 +17,7 @@ from torch import Tensor
 from grape_evo.objective.batch import RolloutBatch
 from grape_evo.objective.registry import ADVANTAGES
 from grape_evo.objective.symbolic import Symbols as S
-from grape_evo.objective.symbolic import is_group_max, num, rank, whiten_B
+from grape_evo.objective.symbolic import is_group_max, mean_G, num, rank, std_B, whiten_B
 
 
 def _broadcast(per_sequence: Tensor, mask: Tensor) -> Tensor:
@@ -59,17 +59,15 @@ def _group_constant(values: Tensor, group_ids: Tensor) -> Tensor:
     return (low == high)[inverse]
 
 
-def _centred(batch: RolloutBatch) -> Tensor:
-    """R_i - mean of R over i's group, [B]; exactly 0 for constant (and singleton) groups.
+def _centred(values: Tensor, group_ids: Tensor) -> Tensor:
+    """x_i - mean of x over i's group, [B]; exactly 0 for constant (and singleton) groups.
 
     The float mean of equal values can be off by one ulp; a later division by a tiny std would
     blow that residue up, so constant groups are zeroed explicitly.
     """
-    _, mean, _ = group_stats(batch.rewards, batch.group_ids)
-    centred = batch.rewards.to(mean.dtype) - mean
-    return torch.where(
-        _group_constant(batch.rewards, batch.group_ids), torch.zeros_like(centred), centred
-    )
+    _, mean, _ = group_stats(values, group_ids)
+    centred = values.to(mean.dtype) - mean
+    return torch.where(_group_constant(values, group_ids), torch.zeros_like(centred), centred)
 
 
 def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -125,7 +123,7 @@ def ema_baseline(
 )
 def group_mean(batch: RolloutBatch) -> Tensor:
     """A = R_i - mean_G(R): GRPO without the std division (Dr. GRPO)."""
-    return _broadcast(_centred(batch), batch.mask)
+    return _broadcast(_centred(batch.rewards, batch.group_ids), batch.mask)
 
 
 @ADVANTAGES.register(
@@ -143,25 +141,41 @@ def group_zscore(batch: RolloutBatch, eps: float = 1e-6, unbiased_std: bool = Tr
     DeepSeekMath paper does not say which. A group with all rewards equal gets A = 0.
     """
     std = group_std(batch.rewards, batch.group_ids, unbiased_std)
-    return _broadcast(_safe_divide(_centred(batch), std + eps), batch.mask)
+    return _broadcast(_safe_divide(_centred(batch.rewards, batch.group_ids), std + eps), batch.mask)
+
+
+def _batch_zscore_symbolic(eps: float, std_of: str) -> sp.Expr:
+    scale = S.sigma_B if std_of == "raw" else std_B(S.R - S.mu_G)
+    return (S.R - S.mu_G) / (scale + num(eps))
 
 
 @ADVANTAGES.register(
     "batch_zscore",
     tags=("group_relative",),
-    symbolic=lambda eps: (S.R - S.mu_G) / (S.sigma_B + num(eps)),
+    symbolic=_batch_zscore_symbolic,
     bounds={"eps": (0.0, 1.0)},
+    choices={"std_of": ("raw", "centred")},
     log=("eps",),
-    reference="Hu 2025 (REINFORCE++-baseline): group mean, batch std",
+    added=("std_of",),
+    reference=(
+        "std_of raw: Liu et al. 2025 (Lite PPO, arXiv:2508.08221), TRL scale_rewards='batch'; "
+        "std_of centred: Hu 2025 (REINFORCE++-baseline, arXiv:2501.03262)"
+    ),
 )
-def batch_zscore(batch: RolloutBatch, eps: float = 1e-6) -> Tensor:
-    """A = (R_i - mean_G R) / (std_B R + eps): group baseline, batch-level scale.
+def batch_zscore(batch: RolloutBatch, eps: float = 1e-6, std_of: str = "raw") -> Tensor:
+    """A = (R_i - mean_G R) / (std_B + eps): group baseline, batch-level scale.
 
-    std_B is the (Bessel-corrected) std of the rewards over the whole batch.
+    std_B is a Bessel-corrected std over every sequence of the batch, of what ``std_of`` says:
+    ``raw``, the rewards R (TRL GRPOTrainer's ``scale_rewards="batch"``, Lite PPO);
+    ``centred``, the group-centred rewards R - mean_G R (REINFORCE++-baseline's global
+    normalisation, per sequence as ms-swift implements it; verl and OpenRLHF whiten per token,
+    which is ``reinforce_pp``). ``raw`` is the default because it was this component's only
+    behaviour before ``std_of`` existed.
     """
-    rewards = batch.rewards.to(torch.float32)
-    std = rewards.std() if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
-    return _broadcast(_safe_divide(_centred(batch), std + eps), batch.mask)
+    centred = _centred(batch.rewards, batch.group_ids)
+    values = batch.rewards.to(torch.float32) if std_of == "raw" else centred
+    std = values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
+    return _broadcast(_safe_divide(centred, std + eps), batch.mask)
 
 
 @ADVANTAGES.register(
@@ -174,7 +188,7 @@ def rloo(batch: RolloutBatch) -> Tensor:
     """A = R_i - mean_{j != i} R_j = G / (G - 1) * (R_i - mean_G R) (leave-one-out baseline)."""
     count, _, _ = group_stats(batch.rewards, batch.group_ids)
     scale = torch.where(count > 1, count / (count - 1.0).clamp(min=1.0), torch.zeros_like(count))
-    return _broadcast(scale * _centred(batch), batch.mask)
+    return _broadcast(scale * _centred(batch.rewards, batch.group_ids), batch.mask)
 
 
 def masked_whiten(values: Tensor, mask: Tensor, eps: float, shift_mean: bool = True) -> Tensor:
@@ -200,40 +214,81 @@ def _reverse_cumsum(x: Tensor) -> Tensor:
     return torch.flip(torch.cumsum(torch.flip(x, dims=[-1]), dim=-1), dims=[-1])
 
 
+def _reinforce_pp_symbolic(eps: float, group_baseline: bool, baseline_of: str) -> sp.Expr:
+    if not group_baseline:
+        return whiten_B(S.R)
+    return whiten_B(S.R - (S.mu_G if baseline_of == "reward" else mean_G(S.R)))
+
+
 @ADVANTAGES.register(
     "reinforce_pp",
     tags=("token_rewards",),
-    symbolic=lambda eps, group_baseline: whiten_B(S.R - S.mu_G if group_baseline else S.R),
+    symbolic=_reinforce_pp_symbolic,
     bounds={"eps": (0.0, 1.0)},
+    choices={"baseline_of": ("reward", "return")},
     log=("eps",),
-    reference="Hu 2025 (REINFORCE++), verl reinforce_plus_plus(_baseline)",
+    added=("baseline_of",),
+    reference=(
+        "Hu 2025 (REINFORCE++, arXiv:2501.03262); OpenRLHF reinforce(_baseline) "
+        "(baseline_of reward); verl reinforce_plus_plus(_baseline) (baseline_of return)"
+    ),
 )
-def reinforce_pp(batch: RolloutBatch, eps: float = 1e-8, group_baseline: bool = True) -> Tensor:
-    """A_t = whiten_B(G_t), G_t = (R_i - [mean_G R]) + sum_{s >= t} token_rewards_s.
+def reinforce_pp(
+    batch: RolloutBatch,
+    eps: float = 1e-8,
+    group_baseline: bool = True,
+    baseline_of: str = "reward",
+) -> Tensor:
+    """A_t = whiten_B(G_t): returns standardised over every valid token of the batch.
 
-    The return-to-go of the outcome reward (minus the group mean when ``group_baseline``) plus
-    any per-token rewards (a KL-in-reward penalty), standardised over every valid token of the
-    batch. ``group_baseline=False`` is REINFORCE++ proper, True is REINFORCE++-baseline.
+    ``group_baseline=False`` is REINFORCE++: G_t = R_i + sum_{s >= t} k_s, the return-to-go of
+    the outcome reward plus the per-token rewards k (a KL-in-reward penalty). True is
+    REINFORCE++-baseline, whose group mean is taken, when per-token rewards are present, of
+    what ``baseline_of`` says:
+
+    * ``reward``: G_t = (R_i - mean_G R) + sum_{s >= t} k_s (OpenRLHF's reinforce_baseline,
+      the paper authors' implementation; the default, this component's earlier behaviour);
+    * ``return``: G_t = Q_i - mean_G Q for every t, Q_i = R_i + sum_s k_s (verl's
+      compute_reinforce_plus_plus_baseline_outcome_advantage).
+
+    The paper's REINFORCE++-baseline puts its KL in the loss, where the two agree.
     """
     mask = batch.mask.to(torch.float32)
-    outcome = _centred(batch) if group_baseline else batch.rewards.to(torch.float32)
+    rewards = batch.rewards.to(torch.float32)
+    token_rewards = (
+        None if batch.token_rewards is None else batch.token_rewards.to(torch.float32) * mask
+    )
+    if group_baseline and baseline_of == "return":
+        total = rewards if token_rewards is None else rewards + token_rewards.sum(-1)
+        return masked_whiten(_broadcast(_centred(total, batch.group_ids), mask), mask, eps)
+    outcome = _centred(rewards, batch.group_ids) if group_baseline else rewards
     returns = _broadcast(outcome, mask)
-    if batch.token_rewards is not None:
-        returns = returns + _reverse_cumsum(batch.token_rewards.to(torch.float32) * mask) * mask
+    if token_rewards is not None:
+        returns = returns + _reverse_cumsum(token_rewards) * mask
     return masked_whiten(returns, mask, eps)
 
 
 @ADVANTAGES.register(
     "best_of_group",
     tags=("group_relative",),
-    symbolic=lambda: is_group_max(S.R),
-    reference="Dong et al. 2023 (RAFT); rejection-sampling fine-tuning",
+    symbolic=lambda scale: is_group_max(S.R) * (S.N / S.N_sel if scale == "sft" else 1),
+    choices={"scale": ("group", "sft")},
+    added=("scale",),
+    reference="Dong et al. 2023 (RAFT, arXiv:2304.06767); rejection-sampling fine-tuning",
 )
-def best_of_group(batch: RolloutBatch) -> Tensor:
-    """A = 1 / n_max for each sequence whose reward is its group's maximum, else 0.
+def best_of_group(batch: RolloutBatch, scale: str = "group") -> Tensor:
+    """A = w_i: 1 / n_max for each sequence whose reward is its group's maximum, else 0.
 
     n_max is the number of tied maxima, so each group contributes a total weight of 1 and the
     estimator is permutation-equivariant. A singleton group has nothing to select from: 0.
+
+    ``scale="group"`` (default; the earlier behaviour) returns w as is: with ``reinforce`` and
+    ``token_mean`` the selected tokens' NLL is divided by *every* sampled token, about 1/G of
+    SFT on the selected completions. ``scale="sft"`` multiplies w by N / sum_j w_j |o_j| (N the
+    valid tokens of the batch the advantage is computed on), so that ``reinforce`` +
+    ``token_mean`` is exactly SFT (the token mean of -log pi) on the selected completions, tied
+    maxima weighted 1 / n_max: RAFT's fine-tuning step. Under another aggregation it is the same
+    batch-constant rescaling.
     """
     rewards = batch.rewards.to(torch.float32)
     unique, inverse = torch.unique(batch.group_ids, return_inverse=True)
@@ -246,6 +301,9 @@ def best_of_group(batch: RolloutBatch) -> Tensor:
         0, inverse, torch.ones_like(rewards)
     )
     weight = torch.where(count[inverse] > 1, is_max / n_max[inverse], torch.zeros_like(is_max))
+    if scale == "sft":
+        lengths = batch.mask.to(torch.float32).sum(-1)
+        weight = weight * _safe_divide(lengths.sum(), (weight * lengths).sum())
     return _broadcast(weight, batch.mask)
 
 

@@ -77,9 +77,12 @@ def seq_mean_token_sum(loss_mat: Tensor, mask: Tensor) -> Tensor:
 def seq_mean_token_sum_norm(loss_mat: Tensor, mask: Tensor, max_len: int = 0) -> Tensor:
     """sum_{i,t} L_{i,t} m_{i,t} / (B * n_max): Dr. GRPO's constant normaliser.
 
-    n_max is ``max_len`` when > 0, else the padded completion length T of the batch (the
-    generation budget, which is constant during training; verl's default). B counts the
-    sequences with at least one token.
+    n_max is ``max_len`` when > 0, else the width T of ``loss_mat``. The built objective pads
+    the loss to the batch's ``generation_budget`` (``max_new_tokens``) first, so T is the
+    generation budget, constant during training, as in Dr. GRPO, TRL's ``loss_type="dr_grpo"``
+    (``max_completion_length``) and verl's ``seq-mean-token-sum-norm`` (the padded response
+    length). B counts the sequences with at least one token (TRL divides by every row, verl's
+    ``agg_loss`` by no row count).
     """
     n_max = max_len if max_len > 0 else loss_mat.shape[-1]
     return _mean_over_valid_rows(_per_token_sum(loss_mat, mask), mask) / n_max

@@ -19,6 +19,10 @@ class RolloutBatch:
     entropy bonus is on); ``advantages``: [B, T] precomputed advantages (a
     trainer that splits a batch into minibatches computes them once on the whole batch, since
     group and batch statistics must not change with the split).
+    ``generation_budget``: the most completion tokens the sampler could draw per sequence
+    (``max_new_tokens``; 0 = unknown). T can be shorter (sampling stops once every row has
+    finished); the built objective pads the loss to this width before aggregating, so a
+    constant-length normaliser (``seq_mean_token_sum_norm``) divides by the budget, not by T.
     ``logp`` carries gradients; the others are treated as constants.
     """
 
@@ -32,6 +36,7 @@ class RolloutBatch:
     token_rewards: Tensor | None = None
     entropy: Tensor | None = None
     advantages: Tensor | None = None
+    generation_budget: int = 0
 
     def with_(self, **changes: object) -> RolloutBatch:
         """A copy with some fields replaced."""

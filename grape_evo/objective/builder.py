@@ -8,7 +8,8 @@ On-policy and demonstration batches (:class:`RolloutBatch`)::
     L_t           = surrogate(logp, old_logp, A, mask)     [B, T]
                     + coef * k(logp, ref_logp)             if kl.placement == loss
                     - entropy_coef * H_t
-    loss          = aggregation(L, mask)
+    loss          = aggregation(pad(L), pad(mask))     pad: zero columns up to the batch's
+                                                       generation_budget (when it exceeds T)
 
 Preference batches (:class:`PreferenceBatch`): loss = mean over pairs of preference(pairs).
 
@@ -36,6 +37,19 @@ from grape_evo.objective.registry import (
 from grape_evo.objective.spec import ComponentSpec, ObjectiveSpec
 
 Metrics = dict[str, Tensor]
+
+
+def _pad_to_budget(loss_mat: Tensor, mask: Tensor, budget: int) -> tuple[Tensor, Tensor]:
+    """Both [B, T] -> [B, max(T, budget)], the new columns zero (masked out).
+
+    Every aggregation ignores masked columns except ``seq_mean_token_sum_norm`` with
+    ``max_len`` 0, which divides by the width: padded, that is the generation budget (Dr. GRPO's
+    constant; TRL's ``max_completion_length``, verl's padded response length).
+    """
+    extra = budget - loss_mat.shape[-1]
+    if extra <= 0:
+        return loss_mat, mask
+    return torch.nn.functional.pad(loss_mat, (0, extra)), torch.nn.functional.pad(mask, (0, extra))
 
 
 class _Stateful:
@@ -109,7 +123,7 @@ class Objective:
             if batch.entropy is None:
                 raise ValueError("entropy_coef > 0 needs per-token entropy in the batch")
             loss_mat = loss_mat - self.spec.entropy_coef * batch.entropy * mask
-        loss = self.aggregation(loss_mat, batch.mask)
+        loss = self.aggregation(*_pad_to_budget(loss_mat, mask, batch.generation_budget))
         rewards = shaped.rewards.to(torch.float32)
         metrics = {
             **metrics,

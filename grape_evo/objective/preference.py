@@ -102,8 +102,9 @@ def _ipo_symbolic(beta: float, length_normalize: bool) -> sp.Expr:
 def ipo(pairs: PreferenceBatch, beta: float = 0.1, length_normalize: bool = False) -> Tensor:
     """(h - 1 / (2 beta))^2, zero at the log-ratio gap h = 1 / (2 beta).
 
-    The paper uses sequence log-probabilities (``length_normalize=False``, our default); TRL
-    divides every log-prob by its length first (``length_normalize=True``).
+    The paper's Eq. 17 is written on sequence log-probabilities (``length_normalize=False``,
+    our default); TRL divides every log-ratio by its length first (``length_normalize=True``),
+    noting that the IPO authors confirmed the paper's reported results used that form.
     """
     a, b = _log_ratios(pairs)
     if length_normalize:

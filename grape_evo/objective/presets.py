@@ -39,12 +39,13 @@ PRESETS: dict[str, Preset] = {
     "rejection_sampling": Preset(
         {
             "group_size": 8,
-            "advantage": "best_of_group",
+            "advantage": {"name": "best_of_group", "scale": "sft"},
             "surrogate": "reinforce",
             "aggregation": "token_mean",
         },
         "Dong et al. 2023, RAFT (arXiv:2304.06767)",
-        "SFT on the best of 8 samples per prompt (ties share the weight)",
+        "SFT on the best of 8 samples per prompt: token mean of -log pi over the selected "
+        "completions (ties share the weight)",
     ),
     "reinforce": Preset(
         {

@@ -9,7 +9,10 @@ Every component is a pure tensor function registered by name, together with:
   for reports and to spot equivalent candidates;
 * optional *state*: keyword-only arguments of the function are not user parameters but values
   carried between calls (an EMA baseline, an adaptive KL coefficient). A component with state
-  declares ``update_state(state, metrics, **params) -> state``; the built objective owns the state.
+  declares ``update_state(state, metrics, **params) -> state``; the built objective owns the state;
+* optional *added* parameters: ones introduced after spec keys were published. Their default
+  reproduces the component's earlier behaviour and ``ObjectiveSpec.key()`` leaves them out while
+  they are at that default, so every spec that does not set them keeps its key.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class Param:
 
     ``kind`` is the Python type of the default (float, int, bool, str). ``low``/``high`` are
     inclusive bounds for numbers; ``choices`` the allowed values for strings. ``log`` says the
-    natural search scale is logarithmic.
+    natural search scale is logarithmic. ``keyed_at_default`` is False for an *added* parameter
+    (see the module docstring): spec keys omit it while it equals its default.
     """
 
     name: str
@@ -43,6 +47,7 @@ class Param:
     high: float | None = None
     choices: tuple[str, ...] | None = None
     log: bool = False
+    keyed_at_default: bool = True
 
     def validate(self, owner: str, value: Any) -> ParamValue:
         """Return ``value`` coerced to this parameter's type, or raise ObjectiveError."""
@@ -131,6 +136,7 @@ class Registry:
         bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
         choices: Mapping[str, tuple[str, ...]] | None = None,
         log: tuple[str, ...] = (),
+        added: tuple[str, ...] = (),
         update_state: Callable[..., dict[str, Any]] | None = None,
         check: Callable[..., str | None] | None = None,
         tags: tuple[str, ...] = (),
@@ -145,6 +151,7 @@ class Registry:
         facts the spec and builder need: ``group_relative`` (needs group_size >= 2),
         ``token_rewards`` (consumes per-token rewards itself), ``critic`` (needs a value head),
         ``trust_region`` (the trainer takes a natural-gradient step instead of Adam's).
+        ``added`` names parameters introduced after spec keys were published (module docstring).
         """
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -171,7 +178,11 @@ class Registry:
                     high=high,
                     choices=(choices or {}).get(arg.name),
                     log=arg.name in log,
+                    keyed_at_default=arg.name not in added,
                 )
+            stray = sorted(set(added) - set(params))
+            if stray:
+                raise ValueError(f"{self.kind} '{name}': added {stray} are not parameters")
             self._components[name] = Component(
                 kind=self.kind,
                 name=name,

@@ -109,6 +109,18 @@ class ComponentSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dict(self.params)}
 
+    def key_dict(self, registry: Registry) -> dict[str, Any]:
+        """``to_dict`` without the *added* parameters that are at their default (registry.py)."""
+        own = registry.get(self.name).params
+        return {
+            "name": self.name,
+            **{
+                k: v
+                for k, v in self.params
+                if k not in own or own[k].keyed_at_default or v != own[k].default
+            },
+        }
+
     @classmethod
     def parse(cls, registry: Registry, path: str, value: Any) -> ComponentSpec:
         """From ``"name"`` or ``{name: ..., param: value, ...}``; ``path`` names the field."""
@@ -383,9 +395,23 @@ class ObjectiveSpec:
         )
 
     def key(self) -> str:
-        """Stable hash of the canonical spec without its name (16 hex chars)."""
-        d = self.canonical().to_dict()
+        """Stable hash of the canonical spec without its name (16 hex chars).
+
+        Parameters added to a component after keys were published are left out while at their
+        default (which reproduces the earlier behaviour), so a spec that does not use them keeps
+        its key.
+        """
+        spec = self.canonical()
+        d = spec.to_dict()
         d.pop("name")
+        d["advantage"] = spec.advantage.key_dict(ADVANTAGES)
+        d["surrogate"] = spec.surrogate.key_dict(SURROGATES)
+        d["aggregation"] = spec.aggregation.key_dict(AGGREGATIONS)
+        if spec.preference is not None:
+            d["preference"] = {
+                **spec.preference.loss.key_dict(PREFERENCE_LOSSES),
+                "pairing": spec.preference.pairing,
+            }
         text = json.dumps(_round_floats(d), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -26,13 +26,28 @@ def _ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
     return torch.exp(logp - old_logp.detach())
 
 
+KL_AFTER_UPDATE = "kl_after_update"
+"""Metric the trainer passes to ``Objective.end_step``: :func:`old_to_new_kl` measured with the
+policy after the last update epoch on the rollout batch (read by ``kl_penalty``'s adaptive
+beta)."""
+
+
+def old_to_new_kl(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
+    """k3 estimate of KL(pi_old || pi_theta) on tokens sampled by pi_old, a detached scalar.
+
+    mean over valid tokens of (r - 1) - log r, r = exp(logp - old_logp) (>= 0, unbiased).
+    """
+    return _mean_k3((logp - old_logp).detach(), mask)
+
+
+def _mean_k3(log_r: Tensor, mask: Tensor) -> Tensor:
+    return masked_mean(torch.expm1(log_r) - log_r, mask)
+
+
 def _ratio_metrics(ratio: Tensor, mask: Tensor) -> Metrics:
-    """approx_kl: k3 estimate of KL(pi_old || pi_theta) = E_old[(r - 1) - log r]."""
+    """approx_kl: :func:`old_to_new_kl` at the current parameters (before this update)."""
     r = ratio.detach()
-    return {
-        "ratio_mean": masked_mean(r, mask),
-        "approx_kl": masked_mean((r - 1.0) - torch.log(r), mask),
-    }
+    return {"ratio_mean": masked_mean(r, mask), "approx_kl": _mean_k3(torch.log(r), mask)}
 
 
 def _clipped_objective(
@@ -236,10 +251,12 @@ def trpo(
 def _update_kl_beta(
     state: dict[str, Any], metrics: dict[str, Any], beta: float, target_kl: float, adaptive: bool
 ) -> dict[str, Any]:
-    """PPO paper's rule: halve beta when KL < target / 1.5, double it when KL > 1.5 target."""
+    """PPO paper's rule on d = ``metrics[KL_AFTER_UPDATE]``: beta / 2 when d < target / 1.5,
+    beta * 2 when d > 1.5 target. Without that metric beta is left unchanged.
+    """
     current = beta if state["kl_beta"] is None else state["kl_beta"]
-    if adaptive:
-        kl = metrics["approx_kl"]
+    kl = metrics.get(KL_AFTER_UPDATE)
+    if adaptive and kl is not None:
         if kl < target_kl / 1.5:
             current = current / 2.0
         elif kl > target_kl * 1.5:
@@ -255,7 +272,7 @@ def _update_kl_beta(
     bounds={"beta": (0.0, 100.0), "target_kl": (1e-6, 1.0)},
     log=("beta", "target_kl"),
     update_state=_update_kl_beta,
-    reference="Schulman et al. 2017 (PPO, adaptive KL penalty)",
+    reference="Schulman et al. 2017 (PPO, arXiv:1707.06347, sec. 4: adaptive KL penalty)",
 )
 def kl_penalty(
     logp: Tensor,
@@ -272,7 +289,12 @@ def kl_penalty(
 
     (r - 1) - log r is the non-negative k3 estimator of KL(old || new) from tokens sampled by
     the old policy. ``beta`` is the initial coefficient; with ``adaptive`` the built objective
-    halves or doubles it after each update (state ``kl_beta``) to track ``target_kl``.
+    halves or doubles it once per rollout batch (state ``kl_beta``) to track ``target_kl``.
+    As in the PPO paper (sec. 4), the KL it compares is d = KL[pi_old, pi_theta] measured after
+    the batch's update epochs: the trainer must pass it to ``Objective.end_step`` as the metric
+    named :data:`KL_AFTER_UPDATE` (e.g. :func:`old_to_new_kl` from a forward pass after the last
+    update). ``approx_kl`` is measured before each update (0 in the first epoch) and is not used.
+    Without ``KL_AFTER_UPDATE`` beta does not adapt.
     """
     coef = beta if kl_beta is None else kl_beta
     adv = adv.detach()

@@ -5,7 +5,9 @@ symbols below; :meth:`ObjectiveSpec.to_sympy` composes them the same way the ten
 composes the tensor functions. Notation (sequence i, token t):
 
 ``R`` outcome reward R_i; ``mu_G``, ``sigma_G``, ``G`` mean, std and size of i's group;
-``mu_B``, ``sigma_B`` batch statistics; ``b`` a running baseline; ``V`` the critic value V_t;
+``mu_B``, ``sigma_B`` batch statistics (of R; ``mean_G(x)``, ``std_B(x)`` those of another
+per-sequence quantity x); ``N_sel`` the tokens of the selected (best-of-group) sequences;
+``b`` a running baseline; ``V`` the critic value V_t;
 ``logp``, ``logp_old``, ``logp_ref`` log pi_theta, log pi_old, log pi_ref of token t;
 ``d`` = logp - logp_ref, the per-token log-ratio to the reference;
 ``ratio`` r_{i,t} = pi_theta / pi_old; ``seq_ratio`` s_i, GSPO's length-normalised sequence
@@ -118,6 +120,24 @@ class whiten_B(sp.Function):
         return rf"\operatorname{{whiten}}_B\left({printer._print(self.args[0])}\right)"
 
 
+class mean_G(sp.Function):
+    """Mean of a per-sequence quantity over sequence i's group."""
+
+    nargs = 1
+
+    def _latex(self, printer: LatexPrinter) -> str:
+        return rf"\operatorname{{mean}}_G\left({printer._print(self.args[0])}\right)"
+
+
+class std_B(sp.Function):
+    """Std of a per-sequence quantity over every sequence of the batch."""
+
+    nargs = 1
+
+    def _latex(self, printer: LatexPrinter) -> str:
+        return rf"\operatorname{{std}}_B\left({printer._print(self.args[0])}\right)"
+
+
 _LATEX_NAMES: dict[sp.Symbol, str] = {}
 
 
@@ -161,6 +181,7 @@ class Symbols:
     B = _sym("B", "B", positive=True, integer=True)
     len_i = _sym("len_i", "|o_i|", positive=True, integer=True)
     N = _sym("N", r"N_{\mathrm{tok}}", positive=True, integer=True)
+    N_sel = _sym("N_sel", r"N_{\mathrm{sel}}", positive=True)
 
 
 def num(x: float | int) -> sp.Expr:

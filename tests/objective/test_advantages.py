@@ -44,10 +44,14 @@ VARIANTS = [
     ("group_zscore", {}),
     ("group_zscore", {"unbiased_std": False}),
     ("batch_zscore", {}),
+    ("batch_zscore", {"std_of": "centred"}),
     ("rloo", {}),
     ("reinforce_pp", {}),
     ("reinforce_pp", {"group_baseline": False}),
+    ("reinforce_pp", {"baseline_of": "return"}),
+    ("reinforce_pp", {"group_baseline": False, "baseline_of": "return"}),
     ("best_of_group", {}),
+    ("best_of_group", {"scale": "sft"}),
     ("rank", {}),
     ("gae", {}),
     ("gae", {"whiten": False}),
@@ -155,9 +159,23 @@ def whiten_list(xs, eps):
 
 
 # ---- plain-Python references -----------------------------------------------------------------
-def ref_per_sequence(name, rewards, group_ids, baseline=None, eps=1e-6, unbiased_std=True):
-    """Per-sequence advantage for the outcome estimators, straight from the formulas."""
+def ref_per_sequence(
+    name,
+    rewards,
+    group_ids,
+    baseline=None,
+    eps=1e-6,
+    unbiased_std=True,
+    std_of="raw",
+    scale="group",
+    lengths=None,
+):
+    """Per-sequence advantage for the outcome estimators, straight from the formulas.
+
+    ``lengths`` (valid tokens per sequence) is needed only by best_of_group with scale "sft".
+    """
     grp = groups_of(group_ids)
+    centred = [r - mean([rewards[j] for j in grp[group_ids[i]]]) for i, r in enumerate(rewards)]
     out = []
     for i, r in enumerate(rewards):
         members = [rewards[j] for j in grp[group_ids[i]]]
@@ -175,14 +193,14 @@ def ref_per_sequence(name, rewards, group_ids, baseline=None, eps=1e-6, unbiased
         elif name == "group_zscore":
             out.append(0.0 if g == 1 else (r - mu) / (std(members, unbiased_std) + eps))
         elif name == "batch_zscore":
-            out.append((r - mu) / (std(rewards, True) + eps))
+            out.append((r - mu) / (std(rewards if std_of == "raw" else centred, True) + eps))
         elif name == "rloo":
             others = [rewards[j] for j in grp[group_ids[i]] if j != i]
             out.append(0.0 if g == 1 else r - mean(others))
         elif name == "best_of_group":
             top = max(members)
             n_top = sum(1 for x in members if x == top)
-            out.append(1.0 / n_top if r == top else 0.0)
+            out.append(1.0 / n_top if r == top and g > 1 else 0.0)
         elif name == "rank":
             if g == 1:
                 out.append(0.0)
@@ -193,11 +211,28 @@ def ref_per_sequence(name, rewards, group_ids, baseline=None, eps=1e-6, unbiased
                 out.append((avg_rank - (g - 1) / 2) / (g - 1))
         else:
             raise AssertionError(name)
+    if name == "best_of_group" and scale == "sft":
+        selected = sum(w * n for w, n in zip(out, lengths, strict=True))
+        out = [w * sum(lengths) / selected if selected > 0 else 0.0 for w in out]
     return out
 
 
-def ref_reinforce_pp(rewards, mask, group_ids, token_rewards, eps=1e-8, group_baseline=True):
+def ref_reinforce_pp(
+    rewards, mask, group_ids, token_rewards, eps=1e-8, group_baseline=True, baseline_of="reward"
+):
     grp = groups_of(group_ids)
+    if group_baseline and baseline_of == "return":
+        # verl: Q_i = R_i + sum of the sequence's token rewards, minus the group mean of Q
+        tokens = token_rewards or [[0.0] * len(row) for row in mask]
+        q = [
+            r + sum(k * m for k, m in zip(tr, row, strict=True))
+            for r, tr, row in zip(rewards, tokens, mask, strict=True)
+        ]
+        rows = [
+            [q[i] - mean([q[j] for j in grp[group_ids[i]]]) if m else None for m in row]
+            for i, row in enumerate(mask)
+        ]
+        return whiten_matrix(rows, eps)
     returns = []
     for i, row in enumerate(mask):
         members = [rewards[j] for j in grp[group_ids[i]]]
@@ -381,6 +416,32 @@ def test_batch_zscore():
     assert_matrix(out, broadcast([x / (s + 0.5) for x in [0.5, -0.5, -0.75, 0.75]], MASK4))
 
 
+def test_batch_zscore_std_of_raw_and_centred():
+    # R = [1, 0, 3, 1], groups {1, 0} and {3, 1}: group means 0.5 and 2, numerators
+    # R - mean_G = [0.5, -0.5, 1, -1].
+    # raw (TRL scale_rewards="batch"): std of R = [1, 0, 3, 1]; mean 1.25, squared deviations
+    #   0.0625 + 1.5625 + 3.0625 + 0.0625 = 4.75; unbiased var 4.75 / 3; std 1.2583057
+    # centred (REINFORCE++-baseline): std of [0.5, -0.5, 1, -1]; mean 0, squares
+    #   0.25 + 0.25 + 1 + 1 = 2.5; unbiased var 2.5 / 3; std 0.9128709
+    mask = [[1, 1], [1, 0], [1, 1], [1, 1]]
+    batch = make_batch([1.0, 0.0, 3.0, 1.0], mask, [0, 0, 1, 1])
+    raw, centred = 1.2583057, 0.9128709
+    assert raw == pytest.approx(math.sqrt(4.75 / 3), abs=1e-7)
+    assert centred == pytest.approx(math.sqrt(2.5 / 3), abs=1e-7)
+    numerators = [0.5, -0.5, 1.0, -1.0]
+    out = adv("batch_zscore", batch, eps=0.0)
+    assert_matrix(out, broadcast([x / raw for x in numerators], mask))
+    assert_matrix(
+        adv("batch_zscore", batch, eps=0.0, std_of="raw"),
+        broadcast([x / raw for x in numerators], mask),
+    )
+    out = adv("batch_zscore", batch, eps=0.0, std_of="centred")
+    # 0.5 / 0.9128709 = 0.5477226, 1 / 0.9128709 = 1.0954451
+    assert_matrix(out, broadcast([0.5477226, -0.5477226, 1.0954451, -1.0954451], mask))
+    out = adv("batch_zscore", batch, eps=0.1, std_of="centred")
+    assert_matrix(out, broadcast([x / (centred + 0.1) for x in numerators], mask))
+
+
 def test_rloo():
     # G = 2: R_i - R_other
     assert_matrix(adv("rloo", make_batch(R2, MASK2)), [[1, 1, 0], [-1, -1, -1]])
@@ -416,6 +477,68 @@ def test_reinforce_pp_on_two_groups():
     assert_matrix(out, whiten_matrix(returns, 0.01), atol=1e-5)
     # sanity of the reference on this input: 9 valid tokens, mean 8.5 / 9
     assert mean([x for row in returns for x in row if x is not None]) == pytest.approx(8.5 / 9)
+
+
+# two groups of 2; lengths 2, 1 | 1, 2; R = [1, 0 | 0, 1]; per-token rewards (a KL penalty):
+# row 0 [-0.1, -0.2], row 1 [-0.3], row 2 [0], row 3 [-0.2, -0.2] (9.0 on padding: ignored)
+PP_MASK = [[1, 1], [1, 0], [1, 0], [1, 1]]
+PP_R = [1.0, 0.0, 0.0, 1.0]
+PP_K = [[-0.1, -0.2], [-0.3, 9.0], [0.0, 9.0], [-0.2, -0.2]]
+
+
+def test_reinforce_pp_baseline_of_return_is_verl():
+    # verl: Q = R + sum_t k_t = [0.7, -0.3, 0.0, 0.6]; group means 0.2 and 0.3;
+    # Q - mean_G Q = [0.5, -0.5, -0.3, 0.3] on every token of the row.
+    # tokens: 0.5, 0.5 | -0.5 | -0.3 | 0.3, 0.3: mean 0.8 / 6; whitened (unbiased var, eps 1e-8)
+    batch = make_batch(PP_R, PP_MASK, [0, 0, 1, 1], token_rewards=PP_K)
+    tokens = [0.5, 0.5, -0.5, -0.3, 0.3, 0.3]
+    m = sum(tokens) / 6
+    assert m == pytest.approx(0.8 / 6)
+    d = math.sqrt(sum((x - m) ** 2 for x in tokens) / 5 + 1e-8)
+    exp = [[(0.5 - m) / d] * 2, [(-0.5 - m) / d, 0.0], [(-0.3 - m) / d, 0.0], [(0.3 - m) / d] * 2]
+    assert_matrix(adv("reinforce_pp", batch, baseline_of="return"), exp, atol=1e-5)
+
+
+def test_reinforce_pp_baseline_of_reward_is_openrlhf():
+    # OpenRLHF (default): R - mean_G R = [0.5, -0.5, -0.5, 0.5], plus the return-to-go of k:
+    # row 0: 0.5 + (-0.1 - 0.2) = 0.2, 0.5 - 0.2 = 0.3 | row 1: -0.5 - 0.3 = -0.8
+    # row 2: -0.5 + 0 = -0.5 | row 3: 0.5 - 0.4 = 0.1, 0.5 - 0.2 = 0.3
+    batch = make_batch(PP_R, PP_MASK, [0, 0, 1, 1], token_rewards=PP_K)
+    tokens = [0.2, 0.3, -0.8, -0.5, 0.1, 0.3]
+    m = sum(tokens) / 6
+    assert m == pytest.approx(-0.4 / 6)
+    d = math.sqrt(sum((x - m) ** 2 for x in tokens) / 5 + 1e-8)
+    w = [(x - m) / d for x in tokens]
+    exp = [[w[0], w[1]], [w[2], 0.0], [w[3], 0.0], [w[4], w[5]]]
+    assert_matrix(adv("reinforce_pp", batch), exp, atol=1e-5)
+    assert_matrix(adv("reinforce_pp", batch, baseline_of="reward"), exp, atol=1e-5)
+
+
+def test_reinforce_pp_baseline_of_agrees_without_token_rewards_or_baseline():
+    # no per-token rewards: Q = R, both centre R; no group baseline: baseline_of plays no role
+    batch = make_batch(PP_R, PP_MASK, [0, 0, 1, 1])
+    torch.testing.assert_close(
+        adv("reinforce_pp", batch, baseline_of="return"), adv("reinforce_pp", batch)
+    )
+    batch = make_batch(PP_R, PP_MASK, [0, 0, 1, 1], token_rewards=PP_K)
+    torch.testing.assert_close(
+        adv("reinforce_pp", batch, group_baseline=False, baseline_of="return"),
+        adv("reinforce_pp", batch, group_baseline=False),
+    )
+
+
+def test_best_of_group_sft_scale():
+    # group 0: R = [1, 1, 0] (two tied maxima, 1/2 each), lengths 2, 4, 3;
+    # group 1: R = [0, 2], lengths 1, 3 (row 4 selected, weight 1).
+    # N = 2 + 4 + 3 + 1 + 3 = 13 valid tokens; selected weight x length = 0.5*2 + 0.5*4 + 3 = 6
+    # scale "sft": w * 13 / 6 -> [13/12, 13/12, 0, 0, 13/6]
+    mask = [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 0]]
+    batch = make_batch([1.0, 1.0, 0.0, 0.0, 2.0], mask, [0, 0, 0, 1, 1])
+    assert_matrix(adv("best_of_group", batch), broadcast([0.5, 0.5, 0, 0, 1], mask))
+    out = adv("best_of_group", batch, scale="sft")
+    assert_matrix(out, broadcast([13 / 12, 13 / 12, 0, 0, 13 / 6], mask))
+    # the weighted token count of the selected rows then equals N: sum_i A_i |o_i| = 13
+    assert (out * torch.tensor(mask)).sum().item() == pytest.approx(13.0)
 
 
 def test_best_of_group():
@@ -781,7 +904,10 @@ def test_matches_plain_python_reference(data, variant):
     elif name == "reinforce_pp":
         expected = ref_reinforce_pp(rewards, mask, gids, data["token_rewards"], **params)
     else:
-        per_seq = ref_per_sequence(name, rewards, gids, baseline=data["baseline"], **params)
+        lengths = [sum(row) for row in mask]
+        per_seq = ref_per_sequence(
+            name, rewards, gids, baseline=data["baseline"], lengths=lengths, **params
+        )
         expected = broadcast(per_seq, mask)
         if name == "best_of_group":  # singleton groups are covered by test_singleton_group_is_zero
             sizes = groups_of(gids)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grape_evo.objective import (
+    KL_AFTER_UPDATE,
     ObjectiveSpec,
     PreferenceBatch,
     RolloutBatch,
@@ -128,6 +129,124 @@ def test_dr_grpo_advantage_is_grpo_times_std():
     hand = torch.tensor([r - m for r, m in zip(_REWARDS, mean, strict=True)]).unsqueeze(-1)
     assert torch.allclose(a_dr, hand * batch.mask, atol=1e-6)
     assert torch.all(a_dr[batch.mask == 0] == 0)
+
+
+# ---- Dr. GRPO's constant normaliser: the generation budget ---------------------------------
+
+# one group of 2, R = [1, 0] -> group_mean A = [0.5, -0.5]; logp row 0 = [-1, -2, -3] (3 tokens),
+# row 1 = [-0.5, -1.5] (2 tokens). Per-token REINFORCE loss -A logp:
+# row 0: 0.5, 1.0, 1.5 (sum 3);  row 1: -0.25, -0.75 (sum -1);  total 2.
+_BUDGET_LOGP = [[-1.0, -2.0, -3.0], [-0.5, -1.5, -7.0]]  # -7.0 at padding: must not count
+_BUDGET_LENGTHS = [3, 2]
+
+
+def _budget_batch(t: int, budget: int) -> RolloutBatch:
+    """The same tokens right-padded to width t (sampling stopped after t steps)."""
+    logp = torch.full((2, t), -9.0)
+    logp[:, :3] = torch.tensor(_BUDGET_LOGP)
+    return RolloutBatch(
+        logp=logp.requires_grad_(True),
+        old_logp=logp.detach().clone(),
+        ref_logp=logp.detach().clone(),
+        mask=_mask(_BUDGET_LENGTHS, t),
+        rewards=torch.tensor([1.0, 0.0]),
+        group_ids=torch.tensor([0, 0]),
+        generation_budget=budget,
+    )
+
+
+def _dr_grpo_like(aggregation) -> ObjectiveSpec:
+    return ObjectiveSpec.from_dict(
+        {"group_size": 2, "advantage": "group_mean", "aggregation": aggregation}
+    )
+
+
+def test_seq_mean_token_sum_norm_divides_by_generation_budget():
+    obj = build_objective(_dr_grpo_like("seq_mean_token_sum_norm"))
+    # budget 16: 2 / (B * 16) = 2 / 32 = 0.0625 whatever the batch's own width T
+    for t in (5, 9, 16):
+        batch = _budget_batch(t, budget=16)
+        loss, _ = obj(batch)
+        assert loss.item() == pytest.approx(0.0625, rel=1e-6), t
+        # d loss / d logp_{i,t} = -A_i / 32 on valid tokens: -0.015625 (row 0), 0.015625 (row 1)
+        (grad,) = torch.autograd.grad(loss, batch.logp)
+        expected = torch.zeros(2, t)
+        expected[0, :3] = -0.5 / 32
+        expected[1, :2] = 0.5 / 32
+        torch.testing.assert_close(grad, expected)
+    # without a known budget the width T is used: 2 / (2 * 5) = 0.2 and 2 / (2 * 9) = 0.1111
+    assert obj(_budget_batch(5, budget=0))[0].item() == pytest.approx(0.2, rel=1e-6)
+    assert obj(_budget_batch(9, budget=0))[0].item() == pytest.approx(2 / 18, rel=1e-6)
+    # a budget below T (not a real sampler's) never truncates: T = 9 is used
+    assert obj(_budget_batch(9, budget=4))[0].item() == pytest.approx(2 / 18, rel=1e-6)
+    # an explicit max_len wins over the budget: 2 / (2 * 10) = 0.1
+    explicit = build_objective(_dr_grpo_like({"name": "seq_mean_token_sum_norm", "max_len": 10}))
+    assert explicit(_budget_batch(5, budget=16))[0].item() == pytest.approx(0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "expected"),
+    [
+        # token_mean: 2 / 5 tokens; seq_mean_token_mean: (3/3 + -1/2) / 2 = 0.25;
+        # seq_mean_token_sum: 2 / 2 = 1; token_sum: 2
+        ("token_mean", 0.4),
+        ("seq_mean_token_mean", 0.25),
+        ("seq_mean_token_sum", 1.0),
+        ("token_sum", 2.0),
+    ],
+)
+def test_other_aggregations_ignore_the_budget(aggregation, expected):
+    obj = build_objective(_dr_grpo_like(aggregation))
+    for t, budget in ((5, 0), (5, 16), (9, 16)):
+        assert obj(_budget_batch(t, budget))[0].item() == pytest.approx(expected, rel=1e-6)
+
+
+# ---- rejection sampling is SFT on the selected completions --------------------------------
+
+
+def test_rejection_sampling_equals_sft_on_the_best_rows():
+    spec = presets.get("rejection_sampling")
+    assert spec.advantage.get("scale") == "sft"
+    batch = _rollouts(seed=6)  # two groups of 4, distinct rewards: best rows 3 (R=2) and 7 (1.5)
+    best = [3, 7]
+    loss, _ = build_objective(spec)(batch)
+    (grad,) = torch.autograd.grad(loss, batch.logp)
+    # SFT on the selected completions: token mean of -log pi over their 1 + 3 = 4 tokens
+    lp = batch.logp.detach()
+    nll = [-lp[i, t].item() for i in best for t in range(_LENGTHS[i])]
+    assert len(nll) == 4
+    assert loss.item() == pytest.approx(sum(nll) / 4, rel=1e-6)
+    expected = torch.zeros(B, T)
+    for i in best:
+        expected[i, : _LENGTHS[i]] = -1.0 / 4
+    torch.testing.assert_close(grad, expected)
+    # and the sft preset on just those rows gives the same loss and gradient
+    logp = batch.logp.detach().clone().requires_grad_(True)
+    subset = RolloutBatch(
+        logp=logp[best],
+        old_logp=batch.old_logp[best],
+        ref_logp=batch.ref_logp[best],
+        mask=batch.mask[best],
+        rewards=batch.rewards[best],
+        group_ids=torch.tensor([0, 1]),
+    )
+    sft_loss, _ = build_objective(presets.get("sft"))(subset)
+    (sft_grad,) = torch.autograd.grad(sft_loss, logp)
+    assert sft_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    torch.testing.assert_close(sft_grad, grad)
+
+
+def test_best_of_group_default_scale_is_one_over_all_tokens():
+    # the earlier behaviour, kept as scale "group": the selected NLL over all 27 valid tokens
+    spec = ObjectiveSpec.from_dict(
+        {"group_size": G, "advantage": "best_of_group", "aggregation": "token_mean"}
+    )
+    batch = _rollouts(seed=6)
+    loss, _ = build_objective(spec)(batch)
+    lp = batch.logp.detach()
+    nll = sum(-lp[i, t].item() for i in (3, 7) for t in range(_LENGTHS[i]))
+    assert sum(_LENGTHS) == 27
+    assert loss.item() == pytest.approx(nll / 27, rel=1e-6)
 
 
 # ---- preference objectives ----------------------------------------------------------------
@@ -270,17 +389,21 @@ def test_kl_penalty_adaptive_beta():
     loss, _ = obj(batch)
     assert loss.item() == pytest.approx(_kl_penalty_loss_by_hand(batch, 1.0), rel=1e-5)
     # KL far above 1.5 * target -> beta doubles
-    obj.end_step({"approx_kl": 1.0})
+    obj.end_step({KL_AFTER_UPDATE: 1.0})
     loss, metrics = obj(batch)
     assert loss.item() == pytest.approx(_kl_penalty_loss_by_hand(batch, 2.0), rel=1e-5)
     assert metrics["kl_beta"].item() == pytest.approx(2.0)
     # KL far below target / 1.5 -> beta halves (back to 1.0, then 0.5)
-    obj.end_step({"approx_kl": 0.0})
-    obj.end_step({"approx_kl": 0.0})
+    obj.end_step({KL_AFTER_UPDATE: 0.0})
+    obj.end_step({KL_AFTER_UPDATE: 0.0})
     loss, _ = obj(batch)
     assert loss.item() == pytest.approx(_kl_penalty_loss_by_hand(batch, 0.5), rel=1e-5)
     # within [target / 1.5, 1.5 target] beta stays
-    obj.end_step({"approx_kl": 0.01})
+    obj.end_step({KL_AFTER_UPDATE: 0.01})
+    loss, _ = obj(batch)
+    assert loss.item() == pytest.approx(_kl_penalty_loss_by_hand(batch, 0.5), rel=1e-5)
+    # the pre-update approx_kl is not the PPO paper's d: without kl_after_update beta stays
+    obj.end_step({"approx_kl": 0.0, "reward_mean": 0.5})
     loss, _ = obj(batch)
     assert loss.item() == pytest.approx(_kl_penalty_loss_by_hand(batch, 0.5), rel=1e-5)
 
@@ -291,7 +414,7 @@ def test_kl_penalty_non_adaptive_keeps_beta():
     )
     obj = build_objective(spec)
     batch = _rollouts(seed=5)
-    obj.end_step({"approx_kl": 10.0})
+    obj.end_step({KL_AFTER_UPDATE: 10.0})
     loss, _ = obj(batch)
     assert loss.item() == pytest.approx(_kl_penalty_loss_by_hand(batch, 1.0), rel=1e-5)
 
@@ -299,7 +422,7 @@ def test_kl_penalty_non_adaptive_keeps_beta():
 def test_separate_objectives_do_not_share_state():
     spec = ObjectiveSpec.from_dict({"surrogate": {"name": "kl_penalty", "beta": 1.0}})
     a, b = build_objective(spec), build_objective(spec)
-    a.end_step({"approx_kl": 1.0})
+    a.end_step({KL_AFTER_UPDATE: 1.0})
     batch = _rollouts(seed=5)
     loss_b, _ = b(batch)
     assert loss_b.item() == pytest.approx(_kl_penalty_loss_by_hand(batch, 1.0), rel=1e-5)

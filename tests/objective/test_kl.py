@@ -22,17 +22,20 @@ DS = [-1.0, 0.0, 0.5, 2.0]
 #   k2 = d^2 / 2                -> 0.5, 0, 0.125, 2
 #   k3 = exp(-d) + d - 1        -> e - 2 = 0.718282, 0, exp(-0.5) - 0.5 = 0.106531,
 #                                  exp(-2) + 1 = 1.135335
+#   k3_clamped = min(k3, 10)    -> as k3 (every value here is below 10)
 #   abs = |d|                   -> 1, 0, 0.5, 2
 HAND = {
     "k1": [-1.0, 0.0, 0.5, 2.0],
     "k2": [0.5, 0.0, 0.125, 2.0],
     "k3": [0.718281828459045, 0.0, 0.10653065971263342, 1.1353352832366128],
+    "k3_clamped": [0.718281828459045, 0.0, 0.10653065971263342, 1.1353352832366128],
     "abs": [1.0, 0.0, 0.5, 2.0],
 }
 FORMULA = {
     "k1": lambda d: d,
     "k2": lambda d: d * d / 2,
     "k3": lambda d: math.exp(-d) + d - 1,
+    "k3_clamped": lambda d: min(math.exp(-d) + d - 1, 10.0),
     "abs": abs,
 }
 
@@ -51,7 +54,7 @@ def test_unknown_estimator_rejected():
 
 
 def test_estimators_have_no_params():
-    for name in ("k1", "k2", "k3", "abs"):
+    for name in ("k1", "k2", "k3", "k3_clamped", "abs"):
         assert KL_ESTIMATORS.get(name).defaults() == {}
 
 
@@ -94,6 +97,31 @@ def test_k3_gradient():
     assert g.item() == pytest.approx(1 - math.exp(-0.5))
 
 
+# d = logp - ref_logp; k3 = exp(-d) + d - 1, its gradient in logp 1 - exp(-d):
+#   d = 1:    k3 = exp(-1) = 0.3678794, gradient 1 - exp(-1) = 0.6321206 (not clamped)
+#   d = -3:   k3 = exp(3) - 4 = 16.0855369 -> clamped to 10, gradient 0
+#   d = 15:   k3 = exp(-15) + 14 = 14.0000003 -> 10, gradient 0
+#   d = -100: k3 = exp(100) - 101 (inf in float32) -> 10, gradient 0 (not NaN)
+CLAMP_DS = [1.0, -3.0, 15.0, -100.0]
+
+
+def test_k3_clamped_hand_values_and_gradient():
+    for dtype in (torch.float32, DT):
+        ref = torch.tensor([-2.0, -0.5, -20.0, -1.0], dtype=dtype)
+        logp = (ref + torch.tensor(CLAMP_DS, dtype=dtype)).requires_grad_(True)
+        out = _kl("k3_clamped", logp, ref)
+        (g,) = torch.autograd.grad(out.sum(), logp)
+        assert out.tolist() == pytest.approx([0.3678794, 10.0, 10.0, 10.0], abs=1e-5)
+        assert g.tolist() == pytest.approx([0.6321206, 0.0, 0.0, 0.0], abs=1e-5)
+
+
+def test_k3_is_unclamped_as_in_trl():
+    # the same d = -3 and 15 without the clamp: 16.0855369 and 14.0000003
+    ref = torch.tensor([-0.5, -20.0], dtype=DT)
+    out = _kl("k3", ref + torch.tensor([-3.0, 15.0], dtype=DT), ref)
+    assert out.tolist() == pytest.approx([16.0855369, 14.0000003], abs=1e-6)
+
+
 def test_k3_small_d_accurate():
     # For tiny d, exp(-d) + d - 1 ~ d^2 / 2 - d^3 / 6: no catastrophic cancellation to 0.
     d = 1e-6
@@ -112,7 +140,7 @@ def test_k3_small_d_accurate():
 def test_nonnegative_estimators(pairs):
     logp = torch.tensor([p for p, _ in pairs], dtype=DT)
     ref = torch.tensor([q for _, q in pairs], dtype=DT)
-    for name in ("k2", "k3", "abs"):
+    for name in ("k2", "k3", "k3_clamped", "abs"):
         out = _kl(name, logp, ref)
         assert torch.isfinite(out).all()
         assert (out >= 0).all(), name

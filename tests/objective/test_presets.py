@@ -130,6 +130,46 @@ def test_preset_keys_distinct():
     assert len(keys) == len(presets.names())
 
 
+# Keys computed at commit 480763a, before the fidelity parameters (batch_zscore.std_of,
+# reinforce_pp.baseline_of, best_of_group.scale, the k3_clamped estimator) existed: a spec that
+# does not use them must keep its key. rejection_sampling changed on purpose (scale "sft").
+KEYS_BEFORE = {
+    "sft": "5090c8b2b06ae6bc",
+    "reinforce": "9be54df3cd55a3b9",
+    "reinforce_baseline": "ba7d2ef1f8c3dfae",
+    "rloo": "16a53f51f43de20b",
+    "trpo": "34425a92f5e9ae63",
+    "ppo": "145f41ee3801f1c8",
+    "grpo": "16baef25218e5c87",
+    "dr_grpo": "50a572ca1f83911c",
+    "dapo": "cde9cef703d6aec9",
+    "gspo": "5fea2772f12e37a1",
+    "cispo": "4cd2b639bde62759",
+    "reinforce_pp": "bc9783b236c71c71",
+    "dpo": "6b3dff358ce8e9ad",
+    "online_dpo": "bbbc38f809b82b4b",
+    "ipo": "47a2536e05ec42e4",
+    "slic": "6c710c9f4c3661c2",
+    "simpo": "99a5aa9633d2672b",
+    "discopop": "7355d20b1d450c3f",
+}
+REJECTION_SAMPLING_KEY_BEFORE = "bfbff4319c827ae9"
+
+
+@pytest.mark.parametrize("name", sorted(KEYS_BEFORE))
+def test_preset_keys_unchanged(name):
+    assert presets.get(name).key() == KEYS_BEFORE[name]
+
+
+def test_rejection_sampling_key_changed_with_its_scale():
+    spec = presets.get("rejection_sampling")
+    assert spec.key() != REJECTION_SAMPLING_KEY_BEFORE
+    group_scaled = ObjectiveSpec.from_dict(
+        {**presets.PRESETS["rejection_sampling"].spec, "advantage": "best_of_group"}
+    )
+    assert group_scaled.key() == REJECTION_SAMPLING_KEY_BEFORE
+
+
 def test_describe_cites_a_paper():
     for name in CONTRACT:
         entry = presets.describe(name)
@@ -181,7 +221,8 @@ def test_gspo_settings():
 
 def test_other_preset_settings():
     assert presets.get("sft").data == "demonstrations"
-    assert presets.get("rejection_sampling").advantage.name == "best_of_group"
+    rs = presets.get("rejection_sampling").advantage
+    assert rs.name == "best_of_group" and rs.get("scale") == "sft"
     assert presets.get("reinforce").advantage.name == "reward"
     assert presets.get("reinforce").surrogate.name == "reinforce"
     assert presets.get("reinforce_baseline").advantage.name == "ema_baseline"

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from grape_evo.objective import ObjectiveError, ObjectiveSpec, presets
-from grape_evo.objective.registry import ADVANTAGES, SURROGATES
+from grape_evo.objective.registry import ADVANTAGES, SURROGATES, Registry
 
 GRPO = {
     "name": "grpo",
@@ -297,6 +297,88 @@ def test_real_differences_change_key():
     assert _spec(kl={"estimator": "k3", "coef": 0.05}).key() != base.key()
     assert _spec(epochs=2).key() != base.key()
     assert _spec(entropy_coef=0.01).key() != base.key()
+
+
+# Keys computed at commit 480763a for specs that use the components given new parameters since
+# (each at its default): the key must not change.
+KEYS_BEFORE = [
+    ({"group_size": 4, "advantage": "batch_zscore"}, "3cbd40d4e76fb346"),
+    (
+        {
+            "group_size": 4,
+            "advantage": {"name": "reinforce_pp", "group_baseline": True},
+            "kl": {"estimator": "k1", "placement": "reward", "coef": 0.05},
+        },
+        "fd0cd395864fdada",
+    ),
+    ({"group_size": 4, "advantage": "best_of_group"}, "6631c2021eee6a9b"),
+    (
+        {
+            "group_size": 4,
+            "advantage": "group_zscore",
+            "kl": {"estimator": "k3", "placement": "loss", "coef": 0.04},
+        },
+        "66e288db67a6c792",
+    ),
+    (
+        {
+            "group_size": 4,
+            "advantage": "group_mean",
+            "aggregation": {"name": "seq_mean_token_sum_norm", "max_len": 0},
+        },
+        "a5c6ce52a3045987",
+    ),
+]
+
+
+@pytest.mark.parametrize(("d", "key"), KEYS_BEFORE)
+def test_keys_unchanged_by_added_parameters_at_default(d, key):
+    assert ObjectiveSpec.from_dict(d).key() == key
+
+
+@pytest.mark.parametrize(
+    ("component", "param", "default", "other"),
+    [
+        ("batch_zscore", "std_of", "raw", "centred"),
+        ("reinforce_pp", "baseline_of", "reward", "return"),
+        ("best_of_group", "scale", "group", "sft"),
+    ],
+)
+def test_added_parameter_enters_key_only_off_default(component, param, default, other):
+    base = {"group_size": 4, "advantage": component}
+    implicit = ObjectiveSpec.from_dict(base)
+    at_default = ObjectiveSpec.from_dict({**base, "advantage": {"name": component, param: default}})
+    off = ObjectiveSpec.from_dict({**base, "advantage": {"name": component, param: other}})
+    assert not ADVANTAGES.get(component).params[param].keyed_at_default
+    assert at_default.key() == implicit.key()
+    assert off.key() != implicit.key()
+    # to_dict still writes the parameter (exact round trip)
+    assert implicit.to_dict()["advantage"][param] == default
+    assert ObjectiveSpec.from_dict(off.to_dict()) == off
+
+
+def test_added_parameter_choices_validated():
+    _raises(
+        {"group_size": 4, "advantage": {"name": "batch_zscore", "std_of": "tokens"}},
+        "std_of",
+        "centred",
+        "raw",
+    )
+
+
+def test_registry_rejects_added_names_that_are_not_parameters():
+    registry = Registry("thing", n_positional=1)
+    with pytest.raises(ValueError, match="nope"):
+        registry.register("x", symbolic=lambda a: a, added=("nope",))(lambda batch, a=1.0: batch)
+    registry.register("y", symbolic=lambda a: a, added=("a",))(lambda batch, a=1.0: batch)
+    assert not registry.get("y").params["a"].keyed_at_default
+
+
+def test_k3_clamped_is_its_own_key():
+    assert (
+        _spec(kl={"estimator": "k3_clamped", "coef": 0.04}).key()
+        != _spec(kl={"estimator": "k3", "coef": 0.04}).key()
+    )
 
 
 def test_key_is_stable_string():

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grape_evo.objective.registry import SURROGATES, ObjectiveError
+from grape_evo.objective.surrogates import KL_AFTER_UPDATE, old_to_new_kl
 
 DT = torch.float64
 
@@ -446,12 +447,38 @@ def test_kl_penalty_adaptive_beta_rule(kl, adaptive, start, expected):
     state = {**comp.state, "kl_beta": start}
     new = comp.update_state(
         state,
-        {"approx_kl": torch.tensor(kl, dtype=DT)},
+        {KL_AFTER_UPDATE: torch.tensor(kl, dtype=DT)},
         beta=1.0,
         target_kl=0.01,
         adaptive=adaptive,
     )
     assert float(new["kl_beta"]) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("start", [None, 0.25])
+def test_kl_penalty_beta_ignores_pre_update_kl(start):
+    # PPO paper sec. 4: d is KL[pi_old, pi] after the update epochs. approx_kl is measured
+    # before each update (exactly 0 at one epoch): it must not halve beta. No d -> no change.
+    comp = SURROGATES.get("kl_penalty")
+    state = {**comp.state, "kl_beta": start}
+    metrics = {"approx_kl": torch.tensor(0.0, dtype=DT), "reward_mean": 1.0}
+    new = comp.update_state(state, metrics, beta=1.0, target_kl=0.01, adaptive=True)
+    assert float(new["kl_beta"]) == pytest.approx(1.0 if start is None else start)
+
+
+def test_kl_after_update_metric_name():
+    assert KL_AFTER_UPDATE == "kl_after_update"
+
+
+def test_old_to_new_kl_hand_value():
+    # ratios 1, 1.5, 0.5, 0.7, 1.1 on the valid tokens (the wild ratio 2.0 at padding is left
+    # out): mean of (r - 1) - ln r
+    # = [0 + (0.5 - 0.405465) + (-0.5 + 0.693147) + (-0.3 + 0.356675) + (0.1 - 0.095310)] / 5
+    # = (0.094535 + 0.193147 + 0.056675 + 0.004690) / 5 = 0.0698094
+    logp, old, _, mask = _batch()
+    kl = old_to_new_kl(logp, old, mask)
+    assert kl.item() == pytest.approx(0.0698094, abs=1e-6)
+    assert not kl.requires_grad
 
 
 # --------------------------------------------------------------------------------------------

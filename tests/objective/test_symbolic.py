@@ -20,7 +20,7 @@ from grape_evo.objective import (
     presets,
 )
 from grape_evo.objective.symbolic import Symbols as S
-from grape_evo.objective.symbolic import clip, sigmoid
+from grape_evo.objective.symbolic import clip, mean_G, sigmoid, whiten_B
 
 matplotlib.use("Agg")
 
@@ -125,6 +125,19 @@ def test_to_sympy_returns_expressions(name):
     assert isinstance(spec.to_sympy(aggregate=True), sp.Expr)
 
 
+def test_reinforce_pp_baseline_of_return_centres_the_shaped_return():
+    # verl: the group mean is of R - coef * sum_s k(d_s), so the centred return is
+    # (R - 0.05 sum d) - mean_G(R - 0.05 sum d); baseline_of reward centres R only (mu_G).
+    kl = {"estimator": "k1", "coef": 0.05, "placement": "reward"}
+    ret = ObjectiveSpec.from_dict(
+        {"group_size": 4, "advantage": {"name": "reinforce_pp", "baseline_of": "return"}, "kl": kl}
+    )
+    rew = ObjectiveSpec.from_dict({"group_size": 4, "advantage": "reinforce_pp", "kl": kl})
+    shaped = S.R - sp.Float(0.05) * sp.Sum(S.d_s, (S.s, 1, S.len_i))
+    assert ret.to_sympy() == -S.logp * whiten_B(shaped - mean_G(shaped))
+    assert rew.to_sympy() == -S.logp * whiten_B(shaped - S.mu_G)
+
+
 def _render(tex: str) -> None:
     mathtext.math_to_image(f"${tex}$", io.BytesIO(), dpi=72, format="png")
 
@@ -148,6 +161,21 @@ def _component_specs():
     out.append(
         ("surrogate:ppo_clip+dual_clip", {"surrogate": {"name": "ppo_clip", "dual_clip": 3}})
     )
+    for name, param, value in [
+        ("batch_zscore", "std_of", "centred"),
+        ("reinforce_pp", "baseline_of", "return"),
+        ("best_of_group", "scale", "sft"),
+    ]:
+        out.append(
+            (
+                f"advantage:{name}+{param}={value}",
+                {
+                    "group_size": 4,
+                    "advantage": {"name": name, param: value},
+                    "kl": {"estimator": "k1", "coef": 0.1, "placement": "reward"},
+                },
+            )
+        )
     for k in KL_ESTIMATORS.names():
         out.append((f"kl:{k}", {"kl": {"estimator": k, "coef": 0.1}}))
         out.append((f"kl-reward:{k}", {"kl": {"estimator": k, "coef": 0.1, "placement": "reward"}}))
