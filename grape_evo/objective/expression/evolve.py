@@ -116,11 +116,13 @@ def random_tree(kind: str, rng: random.Random, max_depth: int = SEARCH_DEPTH) ->
     _check_depth(max_depth)
     if kind not in INPUTS:
         raise ExpressionError(f"unknown expression kind {kind!r}")
+    least = min(max_depth, 2)
     for _ in range(ATTEMPTS):
         tree = _grow(kind, rng, max_depth, leaf_ok=max_depth < 2)
-        if size(tree) <= MAX_NODES:
+        if size(tree) <= MAX_NODES and depth(tree) >= least:
             return tree
-    return _leaf(kind, rng)
+    leaf = Var(rng.choice(INPUTS[kind]))
+    return leaf if max_depth < 2 else negate(leaf)
 
 
 def _paths(tree: Node, slots: tuple[Slot, ...]) -> list[tuple[Path, Slot]]:

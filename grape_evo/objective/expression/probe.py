@@ -22,9 +22,12 @@ resp. both log-ratios). An advantage is a constant to the loss, so only its valu
 * drift: at r = 1 (on-policy) the update moves log pi in the direction of A, i.e.
   -dL/dlog pi has the sign of A for every A != 0 of the grid; and LPO's conditions on the grid
   (Lu et al. 2022, arXiv:2210.05639), as in :func:`drift_conditions`:
-  f(r, A) >= -TOL everywhere, |f(1, A)| <= TOL and |df/dr(1, A)| <= TOL for every A;
-* preference: at the reference policy (both log-ratios 0) the loss falls when the chosen
-  log-ratio rises against the rejected one: dL/da - dL/db < 0, at every probe beta.
+  f(r, A) >= -TOL everywhere, |f(1, A)| <= TOL and |df/dr| <= TOL at r = 1 and at
+  r = 1 +- 1e-9 for every A (the one-sided points catch a kink at 1, where autograd reports
+  the derivative of one branch);
+* preference: on average over the grid, raising the chosen log-ratio against the rejected one
+  lowers the loss: mean(dL/da - dL/db) < 0, at every probe beta. (Not pointwise: DiscoPOP's
+  loss rises with the margin near 0, as its paper notes.)
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ ADVANTAGE_GROUPS: tuple[tuple[float, ...], ...] = (
     (-10.0, -3.0, 0.0, 0.1, 4.0, 25.0),
 )
 RATIOS = (0.25, 0.5, 0.8, 0.9, 0.99, 1.0, 1.01, 1.1, 1.25, 1.5, 2.0, 4.0)
+NEAR_ONE = (1.0 - 1e-9, 1.0, 1.0 + 1e-9)
 ADVANTAGES = (-3.0, -1.0, -0.2, 0.0, 0.2, 1.0, 3.0)
 LOGRATIOS = (-5.0, -2.0, -0.5, 0.0, 0.5, 2.0, 5.0)
 BETAS = (0.1, 1.0)
@@ -84,16 +88,16 @@ def _advantage(tree: Node) -> Tensor:
     return compile_tree(tree, "advantage")(advantage_inputs(rewards, ids)).detach()
 
 
-def _drift_grid() -> tuple[Tensor, Tensor]:
+def _drift_grid(ratios: tuple[float, ...] = RATIOS) -> tuple[Tensor, Tensor]:
     """Flattened (r, A) grid, [N] each, r-major."""
-    r = torch.tensor(RATIOS, dtype=DT).repeat_interleave(len(ADVANTAGES))
-    a = torch.tensor(ADVANTAGES, dtype=DT).repeat(len(RATIOS))
+    r = torch.tensor(ratios, dtype=DT).repeat_interleave(len(ADVANTAGES))
+    a = torch.tensor(ADVANTAGES, dtype=DT).repeat(len(ratios))
     return r, a
 
 
-def _drift(tree: Node) -> dict[str, Tensor]:
-    """f, the loss -(r A - f) and their gradients w.r.t. log pi on the grid."""
-    r, a = _drift_grid()
+def _drift(tree: Node, ratios: tuple[float, ...] = RATIOS) -> dict[str, Tensor]:
+    """f, the loss -(r A - f) and their gradients w.r.t. log pi on the (r, A) grid."""
+    r, a = _drift_grid(ratios)
     logp = r.log().requires_grad_(True)
     inputs = drift_inputs(logp, torch.zeros_like(logp), a)
     f = compile_tree(tree, "drift")(inputs)
@@ -138,22 +142,22 @@ def same_function(kind: str, a: Node | str, b: Node | str, tol: float = TOL) -> 
 
 
 def _drift_findings(tree: Node) -> tuple[DriftConditions, list[str]]:
-    d = _drift(tree)
+    d, near = _drift(tree), _drift(tree, NEAR_ONE)
     r, a = _drift_grid()
-    at_one = r == 1.0
+    r_near, a_near = _drift_grid(NEAR_ONE)
     negative = d["f"] < -TOL
-    off_zero = at_one & (d["f"].abs() > TOL)
-    sloped = at_one & (d["df"].abs() > TOL)
+    off_zero = (r == 1.0) & (d["f"].abs() > TOL)
+    sloped = near["df"].abs() > TOL * r_near  # df/dlog pi = r df/dr
     problems = []
-    for mask, what in (
-        (negative, "f(r, A) < 0"),
-        (off_zero, "f(1, A) != 0"),
-        (sloped, "df/dr(1, A) != 0"),
+    for mask, what, rs, advs in (
+        (negative, "f(r, A) < 0", r, a),
+        (off_zero, "f(1, A) != 0", r, a),
+        (sloped, "df/dr(1, A) != 0", r_near, a_near),
     ):
         if bool(mask.any()):
             i = int(mask.nonzero()[0])
             problems.append(
-                f"LPO condition violated: {what} at r={r[i].item():g}, A={a[i].item():g}"
+                f"LPO condition violated: {what} at r={rs[i].item():.10g}, A={advs[i].item():g}"
             )
     conditions = DriftConditions(
         not bool(negative.any()), not bool(off_zero.any()), not bool(sloped.any())
@@ -207,13 +211,12 @@ def _drift_problems(tree: Node) -> list[str]:
 
 def _preference_problems(tree: Node) -> list[str]:
     problems: list[str] = []
-    centre = LOGRATIOS.index(0.0) * (len(LOGRATIOS) + 1)
     for beta in BETAS:
         p = _preference(tree, beta)
         problems += _nonfinite(p, f"preference (beta={beta:g})")
-        if not bool(p["da"][centre] - p["db"][centre] < 0):
+        if not bool((p["da"] - p["db"]).mean() < 0):
             problems.append(
-                f"at the reference policy (beta={beta:g}) the loss does not fall when the "
+                f"on the probe grid (beta={beta:g}) the loss does not fall on average when the "
                 "chosen log-ratio rises against the rejected one"
             )
     return problems
