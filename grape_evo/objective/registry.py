@@ -170,7 +170,8 @@ class Registry:
         one parameter's value (it runs for dormant values too); ``check(**params)`` may return
         a message for a combination of parameter values that bounds alone cannot reject.
         ``tags`` are facts the spec and builder need: ``group_relative`` (needs group_size >= 2),
-        ``token_rewards`` (consumes per-token rewards itself), ``critic`` (needs a value head);
+        ``token_rewards`` (consumes per-token rewards itself), ``critic`` (needs a value head),
+        ``expression`` (a formula parameter ``expr``, searched on its own axis);
         ``param_tags`` and ``key_params`` are the hooks of the module docstring.
         """
 

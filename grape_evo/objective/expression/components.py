@@ -10,12 +10,17 @@
 * ``preference: {name: expression, expr, beta}``: the pair loss expr(rho, chosen_logratio,
   rejected_logratio, beta); ``-logsigmoid(rho)`` is DPO. Pairing is set by PreferenceSpec.
 
-``expr`` is validated when the spec is loaded (every refusal an ObjectiveError naming the field
-and the reason), compiled once per formula text, and enters the spec's key as its sympy
-canonical key. Inputs are defined in ``inputs``; protections in ``torch_form``.
+All three carry the tag ``expression`` (their ``expr`` is a formula, searched through its own
+axis rather than by component name). ``expr`` is validated when the spec is loaded (every
+refusal an ObjectiveError naming the field and the reason), compiled once per formula text,
+and enters the spec's key as its sympy canonical key (``canonical()`` keeps the written text,
+the function that trains). Inputs are defined in ``inputs``; protections in ``torch_form``;
+a formula that overflows gives a non-finite loss, which the trainer reports as diverged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import sympy as sp
 import torch
@@ -43,7 +48,7 @@ DEFAULT_DRIFT = "relu((r - clip(r, 0.8, 1.2))*A)"
 DEFAULT_PREFERENCE = "-logsigmoid(rho)"
 
 
-def _checker(kind: str):
+def _checker(kind: str) -> Callable[[str], str | None]:
     def check(expr: str) -> str | None:
         try:
             parse(expr, kind)
@@ -63,6 +68,7 @@ def _advantage_tags(expr: str) -> frozenset[str]:
     "expression",
     symbolic=lambda expr: to_sympy(parse(expr, "advantage"), "advantage"),
     param_checks={"expr": _checker("advantage")},
+    tags=("expression",),
     param_tags=_advantage_tags,
     key_params=lambda expr: {"expr": canonical_key("advantage", expr)},
     reference="a formula over group statistics; default: GRPO's z-score with the ddof-0 std",
@@ -81,6 +87,7 @@ def _drift_symbolic(A: sp.Expr, expr: str) -> sp.Expr:
 @SURROGATES.register(
     "drift",
     symbolic=_drift_symbolic,
+    tags=("expression",),
     param_checks={"expr": _checker("drift")},
     key_params=lambda expr: {"expr": canonical_key("drift", expr)},
     reference="Lu et al. 2022 (LPO, arXiv:2210.05639); default: PPO-clip 0.2 as a drift",
@@ -112,6 +119,7 @@ def _preference_symbolic(beta: float, expr: str) -> sp.Expr:
 @PREFERENCE_LOSSES.register(
     "expression",
     symbolic=_preference_symbolic,
+    tags=("expression",),
     bounds={"beta": (1e-4, 100.0)},
     log=("beta",),
     param_checks={"expr": _checker("preference")},
