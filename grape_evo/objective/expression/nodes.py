@@ -207,7 +207,7 @@ def _node_problem(node: Node, kind: str) -> str | None:
     elif isinstance(node, Var):
         if node.name not in INPUTS[kind]:
             return (
-                f"name {_quote(node.name)} is not an input of {kind} expressions "
+                f"name {quote(node.name)} is not an input of {kind} expressions "
                 f"(inputs: {', '.join(INPUTS[kind])})"
             )
     elif isinstance(node, Unary):
@@ -216,10 +216,10 @@ def _node_problem(node: Node, kind: str) -> str | None:
     elif isinstance(node, Binary | Compare):
         ops = BINARY_OPS if isinstance(node, Binary) else COMPARE_OPS
         if node.op not in ops:
-            return f"operator {_quote(node.op)} is not allowed (operators: {' '.join(ops)})"
+            return f"operator {quote(node.op)} is not allowed (operators: {' '.join(ops)})"
     elif isinstance(node, Call):
         if FUNCTIONS.get(node.fn) is None:
-            return f"function {_quote(node.fn)} is not allowed (functions: {', '.join(FUNCTIONS)})"
+            return f"function {quote(node.fn)} is not allowed (functions: {', '.join(FUNCTIONS)})"
         if len(node.args) != FUNCTIONS[node.fn]:
             return f"{node.fn}() takes {FUNCTIONS[node.fn]} argument(s), got {len(node.args)}"
     else:
@@ -227,6 +227,6 @@ def _node_problem(node: Node, kind: str) -> str | None:
     return None
 
 
-def _quote(text: str, limit: int = 40) -> str:
+def quote(text: str, limit: int = 40) -> str:
     """``text`` quoted for a message, cut to ``limit`` characters."""
     return repr(text if len(text) <= limit else text[:limit] + "...")

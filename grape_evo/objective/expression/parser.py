@@ -38,9 +38,9 @@ from grape_evo.objective.expression.nodes import (
     ExpressionError,
     Node,
     Var,
-    _quote,
     check_tree,
     negate,
+    quote,
 )
 
 _ALLOWED = frozenset(string.ascii_letters + string.digits + " \t\n_.+-*/(),<>=")
@@ -97,7 +97,7 @@ def _ast_depth(root: ast.AST) -> int:
 
 def _number(value: object) -> Const:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ExpressionError(f"{_quote(repr(value))} is not a real number")
+        raise ExpressionError(f"{quote(repr(value))} is not a real number")
     try:
         return Const(float(value))
     except OverflowError:
@@ -152,7 +152,7 @@ class _Walker:
         fn = n.func.id
         if fn not in FUNCTIONS:
             raise ExpressionError(
-                f"function {_quote(fn)} is not allowed (functions: {', '.join(FUNCTIONS)})"
+                f"function {quote(fn)} is not allowed (functions: {', '.join(FUNCTIONS)})"
             )
         if n.keywords:
             raise ExpressionError(f"keyword arguments are not allowed in {fn}(...)")

@@ -141,8 +141,9 @@ def same_function(kind: str, a: Node | str, b: Node | str, tol: float = TOL) -> 
     )
 
 
-def _drift_findings(tree: Node) -> tuple[DriftConditions, list[str]]:
-    d, near = _drift(tree), _drift(tree, NEAR_ONE)
+def _drift_findings(tree: Node, d: dict[str, Tensor]) -> tuple[DriftConditions, list[str]]:
+    """LPO's conditions and their violations, from ``d`` = ``_drift(tree)``."""
+    near = _drift(tree, NEAR_ONE)
     r, a = _drift_grid()
     r_near, a_near = _drift_grid(NEAR_ONE)
     negative = d["f"] < -TOL
@@ -167,7 +168,8 @@ def _drift_findings(tree: Node) -> tuple[DriftConditions, list[str]]:
 
 def drift_conditions(expr: Node | str) -> DriftConditions:
     """LPO's conditions f >= 0, f(1, A) = 0 and df/dr(1, A) = 0 on the probe grid."""
-    return _drift_findings(_tree("drift", expr))[0]
+    tree = _tree("drift", expr)
+    return _drift_findings(tree, _drift(tree))[0]
 
 
 def _nonfinite(values: dict[str, Tensor], what: str) -> list[str]:
@@ -206,7 +208,7 @@ def _drift_problems(tree: Node) -> list[str]:
         problems.append(
             f"at r=1 the update does not move log pi in the direction of A={a[i].item():g}"
         )
-    return problems + _drift_findings(tree)[1]
+    return problems + _drift_findings(tree, d)[1]
 
 
 def _preference_problems(tree: Node) -> list[str]:

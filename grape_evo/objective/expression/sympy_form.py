@@ -21,6 +21,7 @@ automatic ordering). Equal keys mean the same function where the protections are
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from math import comb
@@ -58,6 +59,7 @@ _FUNCTIONS: dict[str, Callable[..., sp.Expr]] = {
     "where": where,
 }
 _RELATIONS = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 
 def default_inputs(kind: str) -> dict[str, sp.Expr]:
@@ -110,10 +112,7 @@ class _Renderer:
             if node.op == "**":
                 assert isinstance(node.right, Const)
                 return left ** self.number(node.right.value)
-            right = self(node.right)
-            return {"+": sp.Add, "-": lambda a, b: a - b, "*": sp.Mul, "/": lambda a, b: a / b}[
-                node.op
-            ](left, right)
+            return _ARITHMETIC[node.op](left, self(node.right))
         assert isinstance(node, Call)
         return _FUNCTIONS[node.fn](*(self(a) for a in node.args))
 
