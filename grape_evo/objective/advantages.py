@@ -20,19 +20,22 @@ from grape_evo.objective.symbolic import Symbols as S
 from grape_evo.objective.symbolic import is_group_max, mean_G, num, rank, std_B, whiten_B
 
 
-def _broadcast(per_sequence: Tensor, mask: Tensor) -> Tensor:
+def broadcast(per_sequence: Tensor, mask: Tensor) -> Tensor:
     """[B] -> [B, T] float32, zero on padding (``mask`` may be bool, int or float)."""
     return per_sequence.to(torch.float32).unsqueeze(-1) * mask.to(torch.float32)
 
 
-def group_stats(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def group_stats(
+    values: Tensor, group_ids: Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sequence group size, group mean and group sum of squared deviations, each [B].
 
-    ``values``: [B]; ``group_ids``: [B] integer ids (any values, need not be contiguous).
+    ``values``: [B]; ``group_ids``: [B] integer ids (any values, need not be contiguous);
+    computed in ``dtype``.
     """
     unique, inverse = torch.unique(group_ids, return_inverse=True)
     n_groups = unique.numel()
-    values = values.to(torch.float32)
+    values = values.to(dtype)
     count = torch.zeros(n_groups, dtype=values.dtype, device=values.device)
     count.index_add_(0, inverse, torch.ones_like(values))
     total = torch.zeros_like(count).index_add_(0, inverse, values)
@@ -48,15 +51,30 @@ def group_std(values: Tensor, group_ids: Tensor, unbiased: bool) -> Tensor:
     return torch.where(count > 1, sq / denom.clamp(min=1.0), torch.zeros_like(sq)).sqrt()
 
 
-def _group_constant(values: Tensor, group_ids: Tensor) -> Tensor:
-    """[B] bool: every member of the sequence's group has the same value."""
+def group_min_max(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sequence minimum and maximum of its group, each [B] (in ``values``' dtype)."""
     unique, inverse = torch.unique(group_ids, return_inverse=True)
-    values = values.to(torch.float32)
-    low = torch.full((unique.numel(),), torch.inf, device=values.device)
-    high = torch.full((unique.numel(),), -torch.inf, device=values.device)
+    shape = (unique.numel(),)
+    low = torch.full(shape, torch.inf, dtype=values.dtype, device=values.device)
+    high = torch.full(shape, -torch.inf, dtype=values.dtype, device=values.device)
     low = low.scatter_reduce(0, inverse, values, reduce="amin")
     high = high.scatter_reduce(0, inverse, values, reduce="amax")
-    return (low == high)[inverse]
+    return low[inverse], high[inverse]
+
+
+def group_average_rank(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sequence 0-based rank within its group (ties share their average rank) and the
+    group size, each [B] in ``values``' dtype. Compares all pairs: O(B^2) memory."""
+    same_group = group_ids.unsqueeze(0) == group_ids.unsqueeze(1)
+    less = ((values.unsqueeze(0) < values.unsqueeze(1)) & same_group).sum(1).to(values.dtype)
+    equal = ((values.unsqueeze(0) == values.unsqueeze(1)) & same_group).sum(1).to(values.dtype)
+    return less + (equal - 1.0) / 2.0, same_group.sum(1).to(values.dtype)
+
+
+def _group_constant(values: Tensor, group_ids: Tensor) -> Tensor:
+    """[B] bool: every member of the sequence's group has the same value."""
+    low, high = group_min_max(values.to(torch.float32), group_ids)
+    return low == high
 
 
 def _centred(values: Tensor, group_ids: Tensor) -> Tensor:
@@ -85,7 +103,7 @@ def no_advantage(batch: RolloutBatch) -> Tensor:
 @ADVANTAGES.register("reward", symbolic=lambda: S.R, reference="Williams 1992 (REINFORCE)")
 def reward_advantage(batch: RolloutBatch) -> Tensor:
     """A = R_i: plain REINFORCE without a baseline."""
-    return _broadcast(batch.rewards, batch.mask)
+    return broadcast(batch.rewards, batch.mask)
 
 
 def _update_ema(state: dict[str, Any], metrics: dict[str, Any], decay: float) -> dict[str, Any]:
@@ -112,7 +130,7 @@ def ema_baseline(
     """
     rewards = batch.rewards.to(torch.float32)
     b = rewards.mean() if baseline is None else torch.tensor(baseline, device=rewards.device)
-    return _broadcast(rewards - b, batch.mask)
+    return broadcast(rewards - b, batch.mask)
 
 
 @ADVANTAGES.register(
@@ -123,7 +141,7 @@ def ema_baseline(
 )
 def group_mean(batch: RolloutBatch) -> Tensor:
     """A = R_i - mean_G(R): GRPO without the std division (Dr. GRPO)."""
-    return _broadcast(_centred(batch.rewards, batch.group_ids), batch.mask)
+    return broadcast(_centred(batch.rewards, batch.group_ids), batch.mask)
 
 
 @ADVANTAGES.register(
@@ -141,7 +159,7 @@ def group_zscore(batch: RolloutBatch, eps: float = 1e-6, unbiased_std: bool = Tr
     DeepSeekMath paper does not say which. A group with all rewards equal gets A = 0.
     """
     std = group_std(batch.rewards, batch.group_ids, unbiased_std)
-    return _broadcast(_safe_divide(_centred(batch.rewards, batch.group_ids), std + eps), batch.mask)
+    return broadcast(_safe_divide(_centred(batch.rewards, batch.group_ids), std + eps), batch.mask)
 
 
 def _batch_zscore_symbolic(eps: float, std_of: str) -> sp.Expr:
@@ -175,7 +193,7 @@ def batch_zscore(batch: RolloutBatch, eps: float = 1e-6, std_of: str = "raw") ->
     centred = _centred(batch.rewards, batch.group_ids)
     values = batch.rewards.to(torch.float32) if std_of == "raw" else centred
     std = values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
-    return _broadcast(_safe_divide(centred, std + eps), batch.mask)
+    return broadcast(_safe_divide(centred, std + eps), batch.mask)
 
 
 @ADVANTAGES.register(
@@ -188,7 +206,7 @@ def rloo(batch: RolloutBatch) -> Tensor:
     """A = R_i - mean_{j != i} R_j = G / (G - 1) * (R_i - mean_G R) (leave-one-out baseline)."""
     count, _, _ = group_stats(batch.rewards, batch.group_ids)
     scale = torch.where(count > 1, count / (count - 1.0).clamp(min=1.0), torch.zeros_like(count))
-    return _broadcast(scale * _centred(batch.rewards, batch.group_ids), batch.mask)
+    return broadcast(scale * _centred(batch.rewards, batch.group_ids), batch.mask)
 
 
 def masked_whiten(values: Tensor, mask: Tensor, eps: float, shift_mean: bool = True) -> Tensor:
@@ -260,9 +278,9 @@ def reinforce_pp(
     )
     if group_baseline and baseline_of == "return":
         total = rewards if token_rewards is None else rewards + token_rewards.sum(-1)
-        return masked_whiten(_broadcast(_centred(total, batch.group_ids), mask), mask, eps)
+        return masked_whiten(broadcast(_centred(total, batch.group_ids), mask), mask, eps)
     outcome = _centred(rewards, batch.group_ids) if group_baseline else rewards
-    returns = _broadcast(outcome, mask)
+    returns = broadcast(outcome, mask)
     if token_rewards is not None:
         returns = returns + _reverse_cumsum(token_rewards) * mask
     return masked_whiten(returns, mask, eps)
@@ -304,7 +322,7 @@ def best_of_group(batch: RolloutBatch, scale: str = "group") -> Tensor:
     if scale == "sft":
         lengths = batch.mask.to(torch.float32).sum(-1)
         weight = weight * _safe_divide(lengths.sum(), (weight * lengths).sum())
-    return _broadcast(weight, batch.mask)
+    return broadcast(weight, batch.mask)
 
 
 @ADVANTAGES.register(
@@ -319,15 +337,10 @@ def rank_advantage(batch: RolloutBatch) -> Tensor:
     rank_G is the 0-based rank within the group, ties sharing their average rank; the scale
     1 / (G - 1) makes the range independent of the group size. Singleton groups get 0.
     """
-    rewards = batch.rewards.to(torch.float32)
-    same_group = batch.group_ids.unsqueeze(0) == batch.group_ids.unsqueeze(1)
-    less = ((rewards.unsqueeze(0) < rewards.unsqueeze(1)) & same_group).sum(1).to(rewards.dtype)
-    equal = ((rewards.unsqueeze(0) == rewards.unsqueeze(1)) & same_group).sum(1).to(rewards.dtype)
-    avg_rank = less + (equal - 1.0) / 2.0
-    count = same_group.sum(1).to(rewards.dtype)
+    avg_rank, count = group_average_rank(batch.rewards.to(torch.float32), batch.group_ids)
     centred = avg_rank - (count - 1.0) / 2.0
     adv = torch.where(count > 1, centred / (count - 1.0).clamp(min=1.0), torch.zeros_like(centred))
-    return _broadcast(adv, batch.mask)
+    return broadcast(adv, batch.mask)
 
 
 def _gae_symbolic(gamma: float, lam: float, whiten: bool) -> sp.Expr:

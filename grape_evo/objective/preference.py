@@ -24,7 +24,7 @@ _BETA_BOUNDS = {"beta": (1e-4, 100.0)}
 _SMOOTHING = {"label_smoothing": (0.0, 0.5)}
 
 
-def _log_ratios(pairs: PreferenceBatch) -> tuple[Tensor, Tensor]:
+def log_ratios(pairs: PreferenceBatch) -> tuple[Tensor, Tensor]:
     return (
         pairs.chosen_logp - pairs.ref_chosen_logp.detach(),
         pairs.rejected_logp - pairs.ref_rejected_logp.detach(),
@@ -54,7 +54,7 @@ def _smoothed_symbolic(z: sp.Expr, label_smoothing: float) -> sp.Expr:
 )
 def sigmoid_loss(pairs: PreferenceBatch, beta: float = 0.1, label_smoothing: float = 0.0) -> Tensor:
     """-log sigmoid(beta h) (label-smoothed: cDPO)."""
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     return _smoothed_logistic(beta * (a - b), label_smoothing)
 
 
@@ -69,7 +69,7 @@ def sigmoid_loss(pairs: PreferenceBatch, beta: float = 0.1, label_smoothing: flo
 )
 def sigmoid_norm(pairs: PreferenceBatch, beta: float = 1.0, label_smoothing: float = 0.0) -> Tensor:
     """-log sigmoid(beta (a / |y_w| - b / |y_l|)): DPO with per-token log-ratios."""
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     z = beta * (a / pairs.chosen_len.clamp(min=1.0) - b / pairs.rejected_len.clamp(min=1.0))
     return _smoothed_logistic(z, label_smoothing)
 
@@ -83,7 +83,7 @@ def sigmoid_norm(pairs: PreferenceBatch, beta: float = 1.0, label_smoothing: flo
 )
 def hinge(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
     """max(0, 1 - beta h)."""
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     return torch.relu(1.0 - beta * (a - b))
 
 
@@ -106,7 +106,7 @@ def ipo(pairs: PreferenceBatch, beta: float = 0.1, length_normalize: bool = Fals
     our default); TRL divides every log-ratio by its length first (``length_normalize=True``),
     noting that the IPO authors confirmed the paper's reported results used that form.
     """
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     if length_normalize:
         a = a / pairs.chosen_len.clamp(min=1.0)
         b = b / pairs.rejected_len.clamp(min=1.0)
@@ -131,7 +131,7 @@ def robust(pairs: PreferenceBatch, beta: float = 0.1, label_smoothing: float = 0
 
     An unbiased loss under labels flipped with probability e.
     """
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     z = beta * (a - b)
     e = label_smoothing
     return (-(1.0 - e) * F.logsigmoid(z) + e * F.logsigmoid(-z)) / (1.0 - 2.0 * e)
@@ -146,7 +146,7 @@ def robust(pairs: PreferenceBatch, beta: float = 0.1, label_smoothing: float = 0
 )
 def sppo_hard(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
     """(a - 1 / (2 beta))^2 + (b + 1 / (2 beta))^2: push the winner up, the loser down."""
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     return (a - 0.5 / beta) ** 2 + (b + 0.5 / beta) ** 2
 
 
@@ -161,7 +161,7 @@ def sppo_hard(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
 )
 def nca_pair(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
     """-log sigmoid(beta a) - 1/2 log sigmoid(-beta a) - 1/2 log sigmoid(-beta b)."""
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     return -F.logsigmoid(beta * a) - 0.5 * F.logsigmoid(-beta * a) - 0.5 * F.logsigmoid(-beta * b)
 
 
@@ -174,7 +174,7 @@ def nca_pair(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
 )
 def apo_zero(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
     """(1 - sigmoid(beta a)) + sigmoid(beta b): raise the winner, lower the loser."""
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     return (1.0 - torch.sigmoid(beta * a)) + torch.sigmoid(beta * b)
 
 
@@ -187,7 +187,7 @@ def apo_zero(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
 )
 def apo_down(pairs: PreferenceBatch, beta: float = 0.1) -> Tensor:
     """sigmoid(beta a) + (1 - sigmoid(beta h)): lower both, the loser more."""
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     return torch.sigmoid(beta * a) + (1.0 - torch.sigmoid(beta * (a - b)))
 
 
@@ -208,7 +208,7 @@ def discopop(pairs: PreferenceBatch, beta: float = 0.1, tau: float = 0.05) -> Te
     """Log-ratio modulated loss: (1 - m) (-log sigmoid(z)) + m exp(-z), z = beta h,
     m = sigmoid(z / tau): a blend of the logistic (DPO) and exponential losses.
     """
-    a, b = _log_ratios(pairs)
+    a, b = log_ratios(pairs)
     z = beta * (a - b)
     modulation = torch.sigmoid(z / tau)
     return -F.logsigmoid(z) * (1.0 - modulation) + torch.exp(-z) * modulation

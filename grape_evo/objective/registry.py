@@ -12,7 +12,10 @@ Every component is a pure tensor function registered by name, together with:
   declares ``update_state(state, metrics, **params) -> state``; the built objective owns the state;
 * optional *added* parameters: ones introduced after spec keys were published. Their default
   reproduces the component's earlier behaviour and ``ObjectiveSpec.key()`` leaves them out while
-  they are at that default, so every spec that does not set them keeps its key.
+  they are at that default, so every spec that does not set them keeps its key;
+* optional hooks for components whose parameters change what they are (an expression
+  component's ``expr``): ``param_tags(**params)`` adds tags for those values, and
+  ``key_params(**params)`` gives the parameter values that enter the spec's key.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ class Param:
     ``kind`` is the Python type of the default (float, int, bool, str). ``low``/``high`` are
     inclusive bounds for numbers; ``choices`` the allowed values for strings. ``log`` says the
     natural search scale is logarithmic. ``keyed_at_default`` is False for an *added* parameter
-    (see the module docstring): spec keys omit it while it equals its default.
+    (see the module docstring): spec keys omit it while it equals its default. ``check(value)``
+    may return a message refusing a value that the type and bounds admit (an expression outside
+    its grammar).
     """
 
     name: str
@@ -48,9 +53,17 @@ class Param:
     choices: tuple[str, ...] | None = None
     log: bool = False
     keyed_at_default: bool = True
+    check: Callable[[Any], str | None] | None = None
 
     def validate(self, owner: str, value: Any) -> ParamValue:
         """Return ``value`` coerced to this parameter's type, or raise ObjectiveError."""
+        value = self._coerce(owner, value)
+        problem = self.check(value) if self.check is not None else None
+        if problem:
+            raise ObjectiveError(f"{owner}: parameter '{self.name}': {problem}")
+        return value
+
+    def _coerce(self, owner: str, value: Any) -> ParamValue:
         where = f"{owner}: parameter '{self.name}'"
         if self.kind is bool:
             if not isinstance(value, bool):
@@ -93,6 +106,8 @@ class Component:
     check: Callable[..., str | None] | None = None
     tags: frozenset[str] = frozenset()
     reference: str = ""
+    param_tags: Callable[..., frozenset[str]] | None = None
+    key_params: Callable[..., dict[str, ParamValue]] | None = None
 
     @property
     def summary(self) -> str:
@@ -101,6 +116,23 @@ class Component:
 
     def defaults(self) -> dict[str, ParamValue]:
         return {name: p.default for name, p in self.params.items()}
+
+    def tags_for(self, params: Mapping[str, ParamValue]) -> frozenset[str]:
+        """The static tags plus those the parameter values add (``param_tags``)."""
+        extra = self.param_tags(**params) if self.param_tags is not None else frozenset()
+        return self.tags | extra
+
+    def key_values(self, params: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
+        """The parameter values as they enter the spec's key: an *added* parameter at its
+        default is left out, and ``key_params`` (if any) rewrites the rest."""
+        kept = {
+            k: v
+            for k, v in params.items()
+            if k not in self.params
+            or self.params[k].keyed_at_default
+            or v != self.params[k].default
+        }
+        return kept if self.key_params is None else self.key_params(**kept)
 
     def validate_params(self, values: Mapping[str, Any]) -> dict[str, ParamValue]:
         """Defaults filled in and every value checked; unknown names raise ObjectiveError."""
@@ -137,21 +169,27 @@ class Registry:
         choices: Mapping[str, tuple[str, ...]] | None = None,
         log: tuple[str, ...] = (),
         added: tuple[str, ...] = (),
+        param_checks: Mapping[str, Callable[[Any], str | None]] | None = None,
         update_state: Callable[..., dict[str, Any]] | None = None,
         check: Callable[..., str | None] | None = None,
         tags: tuple[str, ...] = (),
         reference: str = "",
+        param_tags: Callable[..., frozenset[str]] | None = None,
+        key_params: Callable[..., dict[str, ParamValue]] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``fn`` under ``name``.
 
         The first ``n_positional`` arguments of ``fn`` are the data (batch, tensors); every
         later positional-or-keyword argument with a default is a parameter; keyword-only
-        arguments are state (see module docstring). ``check(**params)`` may return a message
-        for a combination of parameter values that bounds alone cannot reject. ``tags`` are
-        facts the spec and builder need: ``group_relative`` (needs group_size >= 2),
+        arguments are state (see module docstring). ``param_checks[name](value)`` may refuse
+        one parameter's value (it runs for dormant values too); ``check(**params)`` may return
+        a message for a combination of parameter values that bounds alone cannot reject.
+        ``tags`` are facts the spec and builder need: ``group_relative`` (needs group_size >= 2),
         ``token_rewards`` (consumes per-token rewards itself), ``critic`` (needs a value head),
-        ``trust_region`` (the trainer takes a natural-gradient step instead of Adam's).
-        ``added`` names parameters introduced after spec keys were published (module docstring).
+        ``trust_region`` (the trainer takes a natural-gradient step instead of Adam's),
+        ``expression`` (a formula parameter ``expr``, searched on its own axis);
+        ``param_tags`` and ``key_params`` are the hooks of the module docstring. ``added``
+        names parameters introduced after spec keys were published (module docstring).
         """
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -179,6 +217,7 @@ class Registry:
                     choices=(choices or {}).get(arg.name),
                     log=arg.name in log,
                     keyed_at_default=arg.name not in added,
+                    check=(param_checks or {}).get(arg.name),
                 )
             stray = sorted(set(added) - set(params))
             if stray:
@@ -194,6 +233,8 @@ class Registry:
                 check=check,
                 tags=frozenset(tags),
                 reference=reference,
+                param_tags=param_tags,
+                key_params=key_params,
             )
             return fn
 

@@ -37,6 +37,7 @@ from grape_evo.objective import aggregation as _aggregation  # noqa: F401
 from grape_evo.objective import kl as _kl  # noqa: F401
 from grape_evo.objective import preference as _preference  # noqa: F401
 from grape_evo.objective import surrogates as _surrogates  # noqa: F401
+from grape_evo.objective.expression import components as _expression  # noqa: F401
 from grape_evo.objective.registry import (
     ADVANTAGES,
     AGGREGATIONS,
@@ -109,18 +110,6 @@ class ComponentSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dict(self.params)}
 
-    def key_dict(self, registry: Registry) -> dict[str, Any]:
-        """``to_dict`` without the *added* parameters that are at their default (registry.py)."""
-        own = registry.get(self.name).params
-        return {
-            "name": self.name,
-            **{
-                k: v
-                for k, v in self.params
-                if k not in own or own[k].keyed_at_default or v != own[k].default
-            },
-        }
-
     @classmethod
     def parse(cls, registry: Registry, path: str, value: Any) -> ComponentSpec:
         """From ``"name"`` or ``{name: ..., param: value, ...}``; ``path`` names the field."""
@@ -151,11 +140,19 @@ class ComponentSpec:
                     f"'{key}'; valid parameters: {sorted(component.params) or ['(none)']}"
                 )
             owner = siblings[key]
-            params[key] = owner.params[key].validate(f"{registry.kind} '{owner.name}'", raw)
+            try:
+                params[key] = owner.params[key].validate(f"{registry.kind} '{owner.name}'", raw)
+            except ObjectiveError as err:
+                raise ObjectiveError(f"field '{path}': {err}") from None
         return cls(component.name, tuple(sorted(params.items())))
 
     def canonical(self, registry: Registry) -> ComponentSpec:
         return ComponentSpec(self.name, tuple(sorted(self.as_kwargs(registry).items())))
+
+    def key_dict(self, registry: Registry) -> dict[str, Any]:
+        """``to_dict`` of the canonical component with its parameters as they enter keys."""
+        values = registry.get(self.name).key_values(self.as_kwargs(registry))
+        return {"name": self.name, **values}
 
 
 def _default_component(registry: Registry, name: str) -> ComponentSpec:
@@ -342,7 +339,8 @@ class ObjectiveSpec:
                 "formed within a group, so group_size must be >= 2"
             )
         adv = ADVANTAGES.get(self.advantage.name)
-        if self.preference is None and "group_relative" in adv.tags and self.group_size < 2:
+        tags = adv.tags_for(self.advantage.as_kwargs(ADVANTAGES))
+        if self.preference is None and "group_relative" in tags and self.group_size < 2:
             raise ObjectiveError(
                 f"fields 'advantage' and 'group_size' clash: advantage '{adv.name}' compares "
                 "completions of the same prompt, so group_size must be >= 2"
@@ -397,9 +395,11 @@ class ObjectiveSpec:
     def key(self) -> str:
         """Stable hash of the canonical spec without its name (16 hex chars).
 
-        Parameters added to a component after keys were published are left out while at their
-        default (which reproduces the earlier behaviour), so a spec that does not use them keeps
-        its key.
+        Components enter with their key values (``ComponentSpec.key_dict``): parameters added
+        to a component after keys were published are left out while at their default (which
+        reproduces the earlier behaviour), so a spec that does not use them keeps its key; an
+        expression enters as its sympy canonical key, so formulas that are the same function by
+        algebra share a key while ``canonical()`` keeps the written text (the trained function).
         """
         spec = self.canonical()
         d = spec.to_dict()

@@ -44,7 +44,7 @@ def _mean_k3(log_r: Tensor, mask: Tensor) -> Tensor:
     return masked_mean(torch.expm1(log_r) - log_r, mask)
 
 
-def _ratio_metrics(ratio: Tensor, mask: Tensor) -> Metrics:
+def ratio_metrics(ratio: Tensor, mask: Tensor) -> Metrics:
     """approx_kl: :func:`old_to_new_kl` at the current parameters (before this update)."""
     r = ratio.detach()
     return {"ratio_mean": masked_mean(r, mask), "approx_kl": _mean_k3(torch.log(r), mask)}
@@ -83,7 +83,7 @@ _CLIP_BOUNDS = {"clip_low": (0.0, 1.0), "clip_high": (0.0, 10.0)}
 def reinforce(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor) -> tuple[Tensor, Metrics]:
     """L = -A * log pi_theta (no importance ratio, no trust region)."""
     loss = -adv.detach() * logp * mask.to(logp.dtype)
-    return loss, _ratio_metrics(_ratio(logp, old_logp), mask)
+    return loss, ratio_metrics(_ratio(logp, old_logp), mask)
 
 
 @SURROGATES.register(
@@ -114,7 +114,7 @@ def ppo_clip(
     if dual_clip > 0.0:
         obj = torch.where(adv < 0, torch.maximum(obj, dual_clip * adv), obj)
     m = mask.to(logp.dtype)
-    metrics = _ratio_metrics(ratio, mask)
+    metrics = ratio_metrics(ratio, mask)
     metrics["clip_fraction"] = was_clipped.sum() / m.sum().clamp(min=1.0)
     return -obj * m, metrics
 
@@ -154,7 +154,7 @@ def gspo(
     seq = sequence_ratio(logp, old_logp, mask).detach()
     token_ratio = seq.unsqueeze(-1) * torch.exp(logp - logp.detach())
     obj, was_clipped = _clipped_objective(token_ratio, adv, mask, clip_low, clip_high)
-    metrics = _ratio_metrics(_ratio(logp, old_logp), mask)
+    metrics = ratio_metrics(_ratio(logp, old_logp), mask)
     metrics["clip_fraction"] = was_clipped.sum() / m.sum().clamp(min=1.0)
     return -obj * m, metrics
 
@@ -183,7 +183,7 @@ def cispo(
     ratio = _ratio(logp, old_logp)
     weight = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high).detach()
     m = mask.to(logp.dtype)
-    metrics = _ratio_metrics(ratio, mask)
+    metrics = ratio_metrics(ratio, mask)
     metrics["clip_fraction"] = masked_mean((weight != ratio.detach()).to(logp.dtype), mask)
     return -weight * adv.detach() * logp * m, metrics
 
@@ -218,7 +218,7 @@ def sapo(
     ratio = _ratio(logp, old_logp)
     tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
     gate = (4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0))
-    return -gate * adv * mask.to(logp.dtype), _ratio_metrics(ratio, mask)
+    return -gate * adv * mask.to(logp.dtype), ratio_metrics(ratio, mask)
 
 
 @SURROGATES.register(
@@ -245,7 +245,7 @@ def trpo(
     surrogate improves.
     """
     ratio = _ratio(logp, old_logp)
-    return -ratio * adv.detach() * mask.to(logp.dtype), _ratio_metrics(ratio, mask)
+    return -ratio * adv.detach() * mask.to(logp.dtype), ratio_metrics(ratio, mask)
 
 
 def _update_kl_beta(
@@ -300,6 +300,6 @@ def kl_penalty(
     adv = adv.detach()
     ratio = _ratio(logp, old_logp)
     penalty = (ratio - 1.0) - torch.log(ratio)
-    metrics = _ratio_metrics(ratio, mask)
+    metrics = ratio_metrics(ratio, mask)
     metrics["kl_beta"] = torch.tensor(coef, device=logp.device)
     return (-ratio * adv + coef * penalty) * mask.to(logp.dtype), metrics

@@ -13,7 +13,9 @@ per-sequence quantity x); ``N_sel`` the tokens of the selected (best-of-group) s
 ``ratio`` r_{i,t} = pi_theta / pi_old; ``seq_ratio`` s_i, GSPO's length-normalised sequence
 ratio; ``H`` the token entropy. Preference pairs: ``logp_w``, ``logp_l`` (policy, chosen /
 rejected, summed over tokens), ``delta_w``, ``delta_l`` (their log-ratios to the reference),
-``len_w``, ``len_l`` (lengths).
+``len_w``, ``len_l`` (lengths). Expression components add ``min_G``, ``max_G``, ``rank_G``
+(rank in [0, 1]), ``p_G`` (fraction of the group with reward > 0), a generic advantage ``A``
+and a symbolic ``beta``.
 """
 
 from __future__ import annotations
@@ -174,6 +176,13 @@ class Symbols:
     delta_l = _sym("delta_l", r"\Delta_l", real=True)
     len_w = _sym("len_w", "|y_w|", positive=True)
     len_l = _sym("len_l", "|y_l|", positive=True)
+    # inputs of expression components (grape_evo.objective.expression)
+    min_G = _sym("min_G", r"R^{\min}_G", real=True)
+    max_G = _sym("max_G", r"R^{\max}_G", real=True)
+    rank_G = _sym("rank_G", r"\mathrm{rank}_G", nonnegative=True)
+    p_G = _sym("p_G", "p_G", nonnegative=True)
+    A = _sym("A", "A_{i,t}", real=True)
+    beta = _sym("beta", r"\beta", positive=True)
     # indices and sizes for aggregation sums
     i = _sym("i", "i", integer=True, positive=True)
     t = _sym("t", "t", integer=True, positive=True)

@@ -56,6 +56,8 @@ VARIANTS = [
     ("gae", {}),
     ("gae", {"whiten": False}),
     ("gae", {"gamma": 0.9, "lam": 0.5, "whiten": False}),
+    ("expression", {}),
+    ("expression", {"expr": "(R - min_G)/(max_G - min_G + 0.1) + rank_G*p_G - G/8"}),
 ]
 VARIANT_IDS = [n + "".join(f"-{k}={v}" for k, v in p.items()) for n, p in VARIANTS]
 
@@ -159,6 +161,20 @@ def whiten_list(xs, eps):
 
 
 # ---- plain-Python references -----------------------------------------------------------------
+def ref_expression(expr, r, members):
+    """The expression advantages of VARIANTS from their written formulas, in plain Python."""
+    g = len(members)
+    less = sum(1 for x in members if x < r)
+    equal = sum(1 for x in members if x == r)
+    rank = 0.5 if g == 1 else (less + (equal - 1) / 2) / (g - 1)
+    p = sum(1 for x in members if x > 0) / g
+    lo, hi = min(members), max(members)
+    if expr == "(R - mean_G)/(std_G + 1e-6)":  # the default
+        return (r - mean(members)) / (std(members, unbiased=False) + 1e-6)
+    assert expr == "(R - min_G)/(max_G - min_G + 0.1) + rank_G*p_G - G/8"
+    return (r - lo) / (hi - lo + 0.1) + rank * p - g / 8
+
+
 def ref_per_sequence(
     name,
     rewards,
@@ -169,6 +185,7 @@ def ref_per_sequence(
     std_of="raw",
     scale="group",
     lengths=None,
+    expr=None,
 ):
     """Per-sequence advantage for the outcome estimators, straight from the formulas.
 
@@ -201,6 +218,8 @@ def ref_per_sequence(
             top = max(members)
             n_top = sum(1 for x in members if x == top)
             out.append(1.0 / n_top if r == top and g > 1 else 0.0)
+        elif name == "expression":
+            out.append(ref_expression(expr or "(R - mean_G)/(std_G + 1e-6)", r, members))
         elif name == "rank":
             if g == 1:
                 out.append(0.0)

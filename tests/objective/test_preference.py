@@ -116,6 +116,18 @@ def ref_discopop(row, beta=0.1, tau=0.05):
     return -_logsig(z) * (1 - m) + math.exp(-z) * m
 
 
+_IPO_EXPR = "(chosen_logratio - rejected_logratio - 1/(2*beta))**2"
+
+
+def ref_expression(row, beta=0.1, expr="-logsigmoid(rho)"):
+    # the written formula, with rho = beta (a - b)
+    a, b, _, _ = _ratios(row)
+    if expr == "-logsigmoid(rho)":
+        return -_logsig(beta * (a - b))
+    assert expr == _IPO_EXPR
+    return (a - b - 1 / (2 * beta)) ** 2
+
+
 def ref_simpo(row, beta=2.0, gamma=0.5, label_smoothing=0.0):
     # SimPO (Meng 2024): -log s(beta/|y_w| log pi(y_w) - beta/|y_l| log pi(y_l) - gamma)
     cw, cl, _, _, lw, ll = row
@@ -147,6 +159,8 @@ CASES = [
     ("discopop", {"beta": 0.05, "tau": 0.05}, ref_discopop),
     ("discopop", {"beta": 1.0, "tau": 1.0}, ref_discopop),
     ("simpo", {}, ref_simpo),
+    ("expression", {}, ref_expression),
+    ("expression", {"beta": 0.7, "expr": _IPO_EXPR}, ref_expression),
     ("simpo", {"beta": 2.0, "gamma": 1.0, "label_smoothing": 0.1}, ref_simpo),
 ]
 

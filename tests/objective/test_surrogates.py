@@ -69,7 +69,7 @@ def _clip(x: float, lo: float, hi: float) -> float:
 # --------------------------------------------------------------------------------------------
 # Registry-level checks
 # --------------------------------------------------------------------------------------------
-EXPECTED_NAMES = {"reinforce", "ppo_clip", "gspo", "cispo", "sapo", "trpo", "kl_penalty"}
+EXPECTED_NAMES = {"reinforce", "ppo_clip", "gspo", "cispo", "sapo", "trpo", "kl_penalty", "drift"}
 
 
 def test_contract_names_registered():
@@ -139,6 +139,33 @@ def test_ppo_clip_symmetric_hand_values():
     loss, metrics = _run("ppo_clip", logp, old, adv, mask, clip_low=0.2, clip_high=0.2)
     _assert_matrix(loss, [[-2.0, -1.2, 0.0], [0.8, 1.6, -0.55]])
     assert metrics["clip_fraction"].item() == pytest.approx(3 / 5)
+
+
+def test_drift_default_is_ppo_clip_hand_values():
+    # f = relu((r - clip(r, 0.8, 1.2)) A); L = -(r A - f): the PPO values above
+    # (r=1.5, A=1): f = 0.3 -> -(1.5 - 0.3) = -1.2; (r=0.5, A=-1): f = relu(0.3) -> 0.8
+    # (r=0.7, A=-2): f = 0.2 -> -(-1.4 - 0.2) = 1.6; f > 0 on 3 of 5 valid tokens
+    logp, old, adv, mask = _batch()
+    loss, metrics = _run("drift", logp, old, adv, mask)
+    _assert_matrix(loss, [[-2.0, -1.2, 0.0], [0.8, 1.6, -0.55]])
+    assert metrics["clip_fraction"].item() == pytest.approx(3 / 5)
+    assert metrics["drift_mean"].item() == pytest.approx((0.3 + 0.3 + 0.2) / 5)
+
+
+def test_drift_kl_form_hand_values_and_gradient():
+    # f = (r - 1) - log r (k3 of KL(old || new)); L = -(r A - f)
+    # dL/dlogp = -(r A - (r - 1)) since d/dlogp [(r - 1) - log r] = r - 1
+    logp, old, adv, mask = _batch()
+    loss, _ = _run("drift", logp, old, adv, mask, expr="(r - 1) - log_r")
+
+    def f(r: float) -> float:
+        return (r - 1) - math.log(r)
+
+    _assert_matrix(
+        loss, _expected_matrix(lambda i, j: -(RATIOS[i][j] * ADV[i][j] - f(RATIOS[i][j])))
+    )
+    expected = _expected_matrix(lambda i, j: -(RATIOS[i][j] * ADV[i][j] - (RATIOS[i][j] - 1)))
+    _assert_matrix(_grad(loss, logp), expected)
 
 
 def test_ppo_clip_asymmetric_clip_higher():
@@ -507,6 +534,7 @@ PARAM_SETS = [(n, {}) for n in sorted(EXPECTED_NAMES)] + [
     ("ppo_clip", {"clip_low": 0.1, "clip_high": 0.5, "dual_clip": 3.0}),
     ("gspo", {"clip_low": 0.2, "clip_high": 0.2}),
     ("kl_penalty", {"beta": 0.3, "kl_beta": 2.0}),
+    ("drift", {"expr": "where(A > 0, (r - 1)**2, abs(log_r)) * sigmoid(A)"}),
 ]
 
 
