@@ -2,14 +2,14 @@
 
 Prompt format: ``f"{a}{op}{b}="`` with ``op`` ``+`` or ``*``, operands in decimal without leading
 zeros; the gold completion is the exact result, answer only (``"58231+90412="`` ->
-``"148643"``, ``"374*56="`` -> ``"20944"``). An operand of ``d`` digits is uniform in
+``"148643"``, ``"74*56="`` -> ``"4144"``). An operand of ``d`` digits is uniform in
 ``[10**(d-1), 10**d)``, with ``d`` uniform in the task's range for that operand:
 
-* ``long_addition(min_digits=5, max_digits=8)``: both operands have ``min_digits..max_digits``
-  digits; answers have 5 to 9 digits.
-* ``multiplication(min_digits=2, max_digits=3, right_digits=2)``: the left operand has
-  ``min_digits..max_digits`` digits, the right one ``right_digits``; 2x2 and 3x2 products have
-  3 to 5 digits.
+* ``long_addition(min_digits=5, max_digits=5)``: both operands have ``min_digits..max_digits``
+  digits; 5-digit sums have 5 or 6 digits (``max_digits=8``: 5 to 9).
+* ``multiplication(min_digits=2, max_digits=2, right_digits=2)``: the left operand has
+  ``min_digits..max_digits`` digits, the right one ``right_digits``; 2x2 products have 3 or 4
+  digits (``max_digits=3`` mixes in 3x2 products, up to 5 digits).
 
 Both operations commute, so ``a op b=`` and ``b op a=`` share a split (the split key is the
 unordered pair of operands).
@@ -20,6 +20,19 @@ already teaches (a digit string) and per-digit credit is the dense partial credi
 saturated in the committed experiments; the whole signal is whether the answer is right.
 Completions are compared as strings and never converted to numbers, so a hostile completion
 (a million digits) costs one string comparison. Accuracy is ``exact``.
+
+Warm start (measured on the ``tiny`` policy: SFT at lr 3e-3, batch 64, seed 0; greedy accuracy
+on 128 held-out prompts after 400 / 800 / 1200 steps). Operands of mixed lengths are much
+harder for it than fixed lengths (it seems to find digits by absolute position), hence the
+fixed-length defaults:
+
+* ``long_addition`` 5 digits: 0.023 / 0.031 / 0.055 (4 digits: 0.023 / 0.070 / 0.109;
+  3 to 5 digits: 0.000 at all three; 5 to 8 digits: 0.000 through 600 steps);
+* ``multiplication`` 2x2: 0.008 / 0.008 / 0.039 (3x2: 0.000 / 0.008 / 0.016).
+
+``warm_start_steps`` suggests 1000 and 1200 steps: a start near 0.05 where, sampling 8
+completions at temperature 1, a third (addition) and a fifth (multiplication) of the prompts
+get both right and wrong answers, which is what group-relative objectives learn from.
 """
 
 from __future__ import annotations
@@ -94,15 +107,15 @@ class ArithmeticTask(Task):
 
 @register_task("long_addition")
 class LongAdditionTask(ArithmeticTask):
-    """Add two 5- to 8-digit numbers, 0/1 exact: ``"58231+90412="`` -> ``"148643"``."""
+    """Add two 5-digit numbers, 0/1 exact: ``"58231+90412="`` -> ``"148643"``."""
 
     op = "+"
     name = "long_addition"
     alphabet = DIGITS + "+="
-    summary = "add two 5-8 digit numbers, 0/1 exact: '58231+90412=' -> '148643'"
-    warm_start_steps = 600
+    summary = "add two 5-digit numbers: '58231+90412=' -> '148643'"
+    warm_start_steps = 1000
 
-    def __init__(self, min_digits: int = 5, max_digits: int = 8) -> None:
+    def __init__(self, min_digits: int = 5, max_digits: int = 5) -> None:
         check_range(self.name, "min_digits", min_digits, "max_digits", max_digits)
         self.min_digits, self.max_digits = min_digits, max_digits
         digits = (min_digits, max_digits)
@@ -114,15 +127,15 @@ class LongAdditionTask(ArithmeticTask):
 
 @register_task("multiplication")
 class MultiplicationTask(ArithmeticTask):
-    """Multiply a 2- or 3-digit number by a 2-digit one, 0/1 exact: ``"374*56="`` -> ``"20944"``."""
+    """Multiply two 2-digit numbers, answer only, 0/1 exact: ``"74*56="`` -> ``"4144"``."""
 
     op = "*"
     name = "multiplication"
     alphabet = DIGITS + "*="
-    summary = "2x2 and 3x2 digit products, answer only, 0/1 exact: '374*56=' -> '20944'"
-    warm_start_steps = 600
+    summary = "multiply two 2-digit numbers, answer only: '74*56=' -> '4144'"
+    warm_start_steps = 1200
 
-    def __init__(self, min_digits: int = 2, max_digits: int = 3, right_digits: int = 2) -> None:
+    def __init__(self, min_digits: int = 2, max_digits: int = 2, right_digits: int = 2) -> None:
         check_range(self.name, "min_digits", min_digits, "max_digits", max_digits)
         check_int(self.name, "right_digits", right_digits)
         self.min_digits, self.max_digits, self.right_digits = min_digits, max_digits, right_digits

@@ -63,11 +63,11 @@ def check_int(task: str, field: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-def check_range(task: str, low_field: str, low: object, high_field: str, high: object) -> None:
+def check_range(task: str, low_field: str, low: int, high_field: str, high: int) -> None:
     """Check that ``low`` and ``high`` are integers >= 1 with ``low <= high``."""
     check_int(task, low_field, low)
     check_int(task, high_field, high)
-    if high < low:  # type: ignore[operator]
+    if high < low:
         raise ValueError(f"{task}: {high_field} ({high}) must be >= {low_field} ({low})")
 
 
@@ -189,9 +189,10 @@ class Task(abc.ABC):
     summary: str = ""
     """One line for listings: what the task asks, with an example."""
     warm_start_steps: int = 600
-    """Suggested SFT warm-start budget (steps of batch 64 on the ``tiny`` policy): a hint for
-    the trainer's ``warm_start_steps``. Sparse tasks set it low enough that the warm start
-    leaves headroom for RL (measured figures in the task's module docstring)."""
+    """Suggested SFT warm-start budget (steps of batch 64 at the default warm-start learning
+    rate, on the ``tiny`` policy): a hint for the trainer's ``warm_start_steps``. Tasks with 0/1
+    rewards set it where the warm start is right often enough for RL to get a signal and far
+    from solved (measured figures in the task's module docstring)."""
     bt_scale: float = 10.0
     """Bradley-Terry temperature: ``P(a > b) = sigmoid(bt_scale * (h(a) - h(b)))``."""
     alphabet: str = ""

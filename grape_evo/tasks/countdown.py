@@ -2,9 +2,9 @@
 
 Prompt format: ``f"{n1},{n2},...,{nk}:{target}="`` (``"3,7,2,4:23="``): ``n_numbers`` numbers,
 each uniform in ``[1, max_number]`` (repeats allowed), then the target. The completion is an
-arithmetic expression such as ``"3*7+4-2"`` or ``"(7-4)*3+2*7"``... many expressions solve one
-prompt, so a policy has to explore. ``"3,7,2,4:23="`` and ``"7,3,4,2:23="`` share a split (the
-split key is the sorted numbers and the target).
+arithmetic expression: ``"3*7+4-2"``, ``"4*7-3-2"`` and ``"(7-2)*4+3"`` all solve that prompt
+(many expressions solve most prompts), so a policy has to explore. ``"3,7,2,4:23="`` and
+``"7,3,4,2:23="`` share a split (the split key is the sorted numbers and the target).
 
 Expression grammar (a completion outside it scores 0; it is parsed by a small recursive-descent
 parser, never evaluated by Python)::
@@ -27,6 +27,11 @@ Instances: the target is drawn uniformly from the values in ``[min_target, max_t
 that some expression over the numbers reaches (intermediate values may be negative), so
 every prompt is solvable; numbers with no such value are redrawn. ``gold(prompt)`` is the first
 solution of a deterministic depth-first solver, written with the fewest parentheses.
+
+Warm start (measured on the ``tiny`` policy: SFT at lr 3e-3, batch 64, seed 0; greedy accuracy
+on 128 held-out prompts): 0.016 / 0.055 / 0.039 / 0.086 after 400 / 600 / 1000 / 1200 steps.
+``warm_start_steps`` suggests 1000: sampling 8 completions at temperature 1, a fifth of the
+prompts then get both right and wrong answers.
 """
 
 from __future__ import annotations
@@ -221,8 +226,8 @@ class CountdownTask(Task):
     alphabet = "0123456789,:=+-*()"
     completion_alphabet = "0123456789+-*()"
     reward_kind = "0/1 verified (many answers)"
-    summary = "use every number once with + - * to hit the target: '3,7,2,4:23=' -> '3*7+4-2'"
-    warm_start_steps = 600
+    summary = "hit the target using every number once with + - *: '3,7,2,4:23=' -> '3*7+4-2'"
+    warm_start_steps = 1000
 
     def __init__(
         self, n_numbers: int = 4, max_number: int = 9, min_target: int = 10, max_target: int = 99
@@ -238,7 +243,7 @@ class CountdownTask(Task):
         # Each number once, n - 1 operators, and at most n - 2 parenthesised sub-expressions.
         longest = n_numbers * width + (n_numbers - 1) + 2 * (n_numbers - 2)
         self.answer_tokens = (2 * n_numbers - 1, longest)
-        self.max_new_tokens = longest + 4
+        self.max_new_tokens = longest + 4  # the end-of-sequence token and redundant parentheses
         self.rubric = COUNTDOWN_RUBRIC
 
     def config(self) -> dict[str, Any]:

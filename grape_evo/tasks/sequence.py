@@ -18,8 +18,20 @@ Rubric (weighted mean, weights in brackets), on the completion with trailing whi
 Accuracy is ``exact``.
 
 ``long_reverse`` and ``long_sort`` are the same problems on ``min_length..max_length`` digits
-(default 8 to 16, the length uniform per prompt) with the 0/1 reward ``exact`` alone, so a
-policy earns nothing for an almost-right answer.
+(the length uniform per prompt; defaults 8 to 12 and 8 to 16) with the 0/1 reward ``exact``
+alone, so a policy earns nothing for an almost-right answer.
+
+Warm start (measured on the ``tiny`` policy: SFT at lr 3e-3, batch 64, seed 0; greedy accuracy
+on 128 held-out prompts):
+
+* ``long_sort`` (8 to 16): 0.023 / 0.133 / 0.344 / 0.586 / 0.828 after 200 / 300 / 400 / 500 /
+  600 steps; ``warm_start_steps`` suggests 300 (sampling 8 completions at temperature 1, 31% of
+  the prompts then get both right and wrong answers).
+* ``long_reverse`` (8 to 12): 0.000 / 0.258 / 0.398 / 0.461 after 400 / 600 / 1000 / 1200
+  steps; ``warm_start_steps`` suggests 600. The spread of lengths sets the difficulty (the
+  model seems to find digits by absolute position): a fixed length of 8 is solved (1.000)
+  after 200 steps, 8 to 10 jumps from 0.117 to 0.844 between 400 and 600 steps, and 8 to 16
+  stays at 0.000 through 1200 steps.
 """
 
 from __future__ import annotations
@@ -150,7 +162,6 @@ class LongSequenceMixin(SequenceTask):
     """
 
     reward_kind = "0/1 exact"
-    warm_start_steps = 600
 
     def __init__(self, min_length: int = 8, max_length: int = 16) -> None:
         check_range(self.name, "min_length", min_length, "max_length", max_length)
@@ -164,10 +175,14 @@ class LongSequenceMixin(SequenceTask):
 
 @register_task("long_reverse")
 class LongReverseTask(LongSequenceMixin, ReverseTask):
-    """Reverse 8 to 16 digits, 0/1 exact reward: ``"rev:40913882="`` -> ``"28831904"``."""
+    """Reverse 8 to 12 digits, 0/1 exact reward: ``"rev:40913882="`` -> ``"28831904"``."""
 
     name = "long_reverse"
-    summary = "reverse 8-16 digits, 0/1 exact: 'rev:40913882=' -> '28831904'"
+    summary = "reverse 8-12 digits: 'rev:40913882=' -> '28831904'"
+    warm_start_steps = 600
+
+    def __init__(self, min_length: int = 8, max_length: int = 12) -> None:
+        super().__init__(min_length, max_length)
 
 
 @register_task("long_sort")
@@ -175,4 +190,5 @@ class LongSortTask(LongSequenceMixin, SortTask):
     """Sort 8 to 16 digits ascending, 0/1 exact reward: ``"sort:40913882="`` -> ``"01234889"``."""
 
     name = "long_sort"
-    summary = "sort 8-16 digits, 0/1 exact: 'sort:40913882=' -> '01234889'"
+    summary = "sort 8-16 digits: 'sort:40913882=' -> '01234889'"
+    warm_start_steps = 300

@@ -15,7 +15,7 @@ def test_tasks_table_lists_every_task() -> None:
     assert set(task_names()) <= set(rows)
     # name | reward | answer tokens | budget | warm start | summary
     cells = [c.strip() for c in rows["long_addition"].split("│")[1:-1]]
-    assert cells[:4] == ["long_addition", "0/1 exact", "5-9", "11"]
+    assert cells[:5] == ["long_addition", "0/1 exact", "5-6", "8", "1000"]
     cells = [c.strip() for c in rows["preference"].split("│")[1:-1]]
     assert cells[2:4] == ["8", "12"]
     assert "hidden" in rows["proxy"]

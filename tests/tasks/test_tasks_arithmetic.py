@@ -9,7 +9,7 @@ import pytest
 
 from grape_evo.tasks import LongAdditionTask, MultiplicationTask, get_task
 
-# 58231 + 90412 = 148643;  374 * 56 = 374 * 50 + 374 * 6 = 18700 + 2244 = 20944.
+# 58231 + 90412 = 148643;  374 * 56 = 374 * 50 + 374 * 6 = 18700 + 2244 = 20944 (3x2 digits).
 ADDITION_CASES = [
     ("148643", 1.0),
     ("148643 \n", 1.0),  # trailing whitespace stripped
@@ -43,7 +43,7 @@ def test_long_addition_reward_by_hand(completion: str, reward: float) -> None:
 
 @pytest.mark.parametrize(("completion", "reward"), MULTIPLICATION_CASES)
 def test_multiplication_reward_by_hand(completion: str, reward: float) -> None:
-    task = MultiplicationTask()
+    task = MultiplicationTask(max_digits=3)
     assert task.gold("374*56=") == "20944"
     assert task.gold("56*374=") == "20944"
     assert task.reward(["374*56="], [completion]) == [reward]
@@ -60,7 +60,11 @@ def test_hostile_completions_are_cheap_and_zero() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "left", "right"),
-    [({}, (5, 8), (5, 8)), ({"min_digits": 3, "max_digits": 3}, (3, 3), (3, 3))],
+    [
+        ({}, (5, 5), (5, 5)),
+        ({"max_digits": 8}, (5, 8), (5, 8)),
+        ({"min_digits": 3, "max_digits": 3}, (3, 3), (3, 3)),
+    ],
 )
 def test_long_addition_prompt_format(kwargs: dict, left: tuple, right: tuple) -> None:
     task = get_task("long_addition", **kwargs)
@@ -75,8 +79,9 @@ def test_long_addition_prompt_format(kwargs: dict, left: tuple, right: tuple) ->
     assert seen == set(range(left[0], left[1] + 1))  # every operand length occurs
 
 
-def test_multiplication_prompt_format() -> None:
-    task = MultiplicationTask()
+@pytest.mark.parametrize(("max_digits", "left_lengths"), [(2, {2}), (3, {2, 3})])
+def test_multiplication_prompt_format(max_digits: int, left_lengths: set[int]) -> None:
+    task = MultiplicationTask(max_digits=max_digits)
     lengths = set()
     for prompt in task.prompts("eval", 1000, 0):
         m = re.fullmatch(r"([1-9]\d*)\*([1-9]\d*)=", prompt)
@@ -85,17 +90,21 @@ def test_multiplication_prompt_format() -> None:
         assert len(b) == 2
         lengths.add(len(a))
         assert task.gold(prompt) == str(int(a) * int(b))
-    assert lengths == {2, 3}  # both 2x2 and 3x2 problems
+    assert lengths == left_lengths  # max_digits=3: both 2x2 and 3x2 problems
 
 
 def test_budgets_by_hand() -> None:
-    # 5..8-digit sums: 10000 + 10000 = 20000 (5 digits) to 99999999 * 2 (9 digits).
-    assert LongAdditionTask().answer_tokens == (5, 9)
-    assert LongAdditionTask().max_new_tokens == 11
-    # 2x2 to 3x2 products: 10 * 10 = 100 (3 digits) to 999 * 99 = 98901 (5 digits).
-    assert MultiplicationTask().answer_tokens == (3, 5)
-    assert MultiplicationTask().max_new_tokens == 7
-    assert MultiplicationTask(min_digits=2, max_digits=2).answer_tokens == (3, 4)
+    # 5-digit sums: 10000 + 10000 = 20000 (5 digits) to 99999 * 2 = 199998 (6 digits).
+    assert LongAdditionTask().answer_tokens == (5, 6)
+    assert LongAdditionTask().max_new_tokens == 8
+    # 5..8-digit sums: 20000 (5 digits) to 99999999 * 2 (9 digits).
+    assert LongAdditionTask(max_digits=8).answer_tokens == (5, 9)
+    assert LongAdditionTask(max_digits=8).max_new_tokens == 11
+    # 2x2 products: 10 * 10 = 100 (3 digits) to 99 * 99 = 9801 (4 digits).
+    assert MultiplicationTask().answer_tokens == (3, 4)
+    assert MultiplicationTask().max_new_tokens == 6
+    # 2x2 to 3x2: up to 999 * 99 = 98901 (5 digits).
+    assert MultiplicationTask(max_digits=3).answer_tokens == (3, 5)
 
 
 def test_commuted_problems_share_a_split() -> None:
@@ -118,7 +127,7 @@ def test_config_round_trip_and_bad_arguments() -> None:
     assert LongAdditionTask().config() == {
         "name": "long_addition",
         "min_digits": 5,
-        "max_digits": 8,
+        "max_digits": 5,
     }
     with pytest.raises(
         ValueError, match=re.escape("long_addition: max_digits (4) must be >= min_digits (5)")
