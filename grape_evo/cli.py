@@ -1,4 +1,4 @@
-"""The ``grape`` command line: presets, show, train, evolve, worker."""
+"""The ``grape`` command line: presets, show, tasks, train, evolve, worker."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from grape_evo.search.campaign import (
     summarize,
 )
 from grape_evo.search.space import SpaceError, load_space
-from grape_evo.tasks import get_task
+from grape_evo.tasks import describe_tasks, get_task
 from grape_evo.training import TrainConfig, train
 
 app = typer.Typer(
@@ -113,6 +113,25 @@ def show_command(
     console.print(str(spec.to_sympy()), highlight=False, soft_wrap=True)
     console.print("[bold]LaTeX:[/]")
     console.print(spec.latex(), highlight=False, soft_wrap=True)
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the built-in tasks: reward type, answer length and a one-line summary."""
+    table = Table(title="GRAPE tasks (answer tokens: gold length in characters, min-max)")
+    for column in ("name", "reward", "answer tokens", "budget", "warm start", "summary"):
+        table.add_column(column, overflow="fold")
+    for info in describe_tasks():
+        low, high = info.answer_tokens
+        table.add_row(
+            info.name,
+            info.reward_kind,
+            str(low) if low == high else f"{low}-{high}",
+            str(info.max_new_tokens),
+            str(info.warm_start_steps),
+            info.summary,
+        )
+    console.print(table)
 
 
 @app.command("train")

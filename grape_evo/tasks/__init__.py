@@ -1,10 +1,13 @@
 """Tasks: self-generated data, train/eval splits, rubric rewards, demonstrations, preferences.
 
-Registered tasks: ``addition``, ``reverse``, ``sort``, ``preference``. Build one with
-``get_task(name, **kwargs)``.
+Registered tasks: ``addition``, ``reverse``, ``sort``, ``preference`` (dense rubric rewards) and
+``long_addition``, ``multiplication``, ``long_reverse``, ``long_sort``, ``countdown``, ``proxy``
+(0/1 rewards, longer answers). Build one with ``get_task(name, **kwargs)``; ``describe_tasks()``
+lists them with their reward type and answer length.
 """
 
 from grape_evo.tasks.addition import AdditionTask
+from grape_evo.tasks.arithmetic import ArithmeticTask, LongAdditionTask, MultiplicationTask
 from grape_evo.tasks.base import (
     SPLITS,
     Criterion,
@@ -12,26 +15,54 @@ from grape_evo.tasks.base import (
     PreferencePair,
     Rubric,
     Task,
+    exact_rubric,
     sigmoid,
 )
+from grape_evo.tasks.countdown import CountdownTask, ExpressionError, parse_expression
 from grape_evo.tasks.preference import PreferenceTask
-from grape_evo.tasks.registry import TASKS, get_task, register_task, task_names
-from grape_evo.tasks.sequence import ReverseTask, SequenceTask, SortTask
+from grape_evo.tasks.proxy import ProxyTask
+from grape_evo.tasks.registry import (
+    TASKS,
+    TaskInfo,
+    describe_tasks,
+    get_task,
+    register_task,
+    task_names,
+)
+from grape_evo.tasks.sequence import (
+    LongReverseTask,
+    LongSortTask,
+    ReverseTask,
+    SequenceTask,
+    SortTask,
+)
 
 __all__ = [
     "SPLITS",
     "TASKS",
     "AdditionTask",
+    "ArithmeticTask",
+    "CountdownTask",
     "Criterion",
     "EvalResult",
+    "ExpressionError",
+    "LongAdditionTask",
+    "LongReverseTask",
+    "LongSortTask",
+    "MultiplicationTask",
     "PreferencePair",
     "PreferenceTask",
+    "ProxyTask",
     "ReverseTask",
     "Rubric",
     "SequenceTask",
     "SortTask",
     "Task",
+    "TaskInfo",
+    "describe_tasks",
+    "exact_rubric",
     "get_task",
+    "parse_expression",
     "register_task",
     "sigmoid",
     "task_names",

@@ -21,7 +21,7 @@ import random
 import re
 from typing import Any
 
-from grape_evo.tasks.base import Criterion, Rubric, Task
+from grape_evo.tasks.base import Criterion, Rubric, Task, check_int
 from grape_evo.tasks.registry import register_task
 
 DIGITS = "0123456789"
@@ -89,13 +89,14 @@ class AdditionTask(Task):
 
     alphabet = DIGITS + "+="
     completion_alphabet = DIGITS
+    reward_kind = "rubric: exact + digits + format (dense)"
+    summary = "add two numbers: '37+45=' -> '82'"
 
     def __init__(self, digits: int = 2) -> None:
-        if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
-            raise ValueError(f"addition: digits must be an integer >= 1, got {digits!r}")
-        self.digits = digits
+        self.digits = check_int("addition", "digits", digits)
         self.name = "addition"
         self.max_new_tokens = digits + 2
+        self.answer_tokens = (1, digits + 1)
         self.rubric = ADDITION_RUBRIC
 
     def config(self) -> dict[str, Any]:

@@ -8,7 +8,9 @@ A task works on plain strings and floats only (no models, no tensors):
   equivalent problems, e.g. ``37+45=`` and ``45+37=``, to the same key so they share a split).
 * ``gold(prompt)`` is the correct completion; ``demonstrations`` pairs prompts with it.
 * ``reward(prompts, completions)`` is the rubric score in [0, 1], a weighted mean of named
-  criteria; ``is_correct`` is the task's accuracy criterion.
+  criteria: the reward training optimises. ``gold_reward`` is the score held-out evaluation
+  reports; it is ``reward`` for every task except those whose training reward is a gameable
+  proxy of a hidden gold reward (``proxy``). ``is_correct`` is the task's accuracy criterion.
 * ``preference(prompt, a, b, rng)`` draws a Bradley-Terry preference from the task's
   ``hidden_score``: ``P(a preferred) = sigmoid(bt_scale * (h(a) - h(b)))``.
 
@@ -51,6 +53,22 @@ def check_split(split: str) -> None:
     """Raise ValueError unless ``split`` is one of :data:`SPLITS`."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+
+
+def check_int(task: str, field: str, value: object, minimum: int = 1) -> int:
+    """``value`` when it is an integer (not a bool) >= ``minimum``; else ValueError naming
+    the task and the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{task}: {field} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_range(task: str, low_field: str, low: int, high_field: str, high: int) -> None:
+    """Check that ``low`` and ``high`` are integers >= 1 with ``low <= high``."""
+    check_int(task, low_field, low)
+    check_int(task, high_field, high)
+    if high < low:
+        raise ValueError(f"{task}: {high_field} ({high}) must be >= {low_field} ({low})")
 
 
 @dataclass(frozen=True)
@@ -105,7 +123,7 @@ class Rubric:
         self, prompts: Sequence[str], completions: Sequence[str]
     ) -> dict[str, list[float]]:
         """Per-criterion (clamped) scores: ``{name: [score for each pair]}``."""
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         return {
             c.name: [clip01(c.score(p, x)) for p, x in zip(prompts, completions, strict=True)]
             for c in self.criteria
@@ -129,11 +147,20 @@ class PreferencePair(NamedTuple):
     rejected: str
 
 
-def _check_lengths(prompts: Sequence[str], completions: Sequence[str]) -> None:
+def check_lengths(prompts: Sequence[str], completions: Sequence[str]) -> None:
+    """ValueError unless there is one completion per prompt."""
     if len(prompts) != len(completions):
         raise ValueError(
             f"got {len(prompts)} prompts but {len(completions)} completions; they must match"
         )
+
+
+def exact_rubric(answer: Callable[[str], str]) -> Rubric:
+    """The 0/1 rubric of one criterion, ``exact``: 1.0 when the completion equals
+    ``answer(prompt)``, else 0.0 (no partial credit)."""
+    return Rubric(
+        (Criterion("exact", 1.0, lambda prompt, completion: float(completion == answer(prompt))),)
+    )
 
 
 def stable_hash(text: str) -> int:
@@ -144,15 +171,28 @@ def stable_hash(text: str) -> int:
 class Task(abc.ABC):
     """Base class of all tasks.
 
-    Subclasses set ``name``, ``max_new_tokens`` and ``rubric`` (and usually ``alphabet`` and
-    ``completion_alphabet``), and implement :meth:`sample_prompt` and :meth:`gold`. They may
-    override :meth:`split_key`, :meth:`is_correct`, :meth:`hidden_score` and
-    :meth:`sample_completion`.
+    Subclasses set ``name``, ``max_new_tokens``, ``rubric`` and ``answer_tokens`` (and usually
+    ``alphabet``, ``completion_alphabet``, ``reward_kind``, ``summary`` and
+    ``warm_start_steps``), and implement :meth:`sample_prompt` and :meth:`gold`. They may
+    override :meth:`split_key`, :meth:`is_correct`, :meth:`hidden_score`, :meth:`gold_reward`
+    and :meth:`sample_completion`.
     """
 
     name: str
     max_new_tokens: int
     rubric: Rubric
+    answer_tokens: tuple[int, int]
+    """``(min, max)`` length of the gold completions in tokens of the character tokenizer
+    (one per character, end-of-sequence token not counted)."""
+    reward_kind: str = "rubric"
+    """What the training reward is, for listings: e.g. ``"0/1 exact"``, ``"rubric (dense)"``."""
+    summary: str = ""
+    """One line for listings: what the task asks, with an example."""
+    warm_start_steps: int = 600
+    """Suggested SFT warm-start budget (steps of batch 64 at the default warm-start learning
+    rate, on the ``tiny`` policy): a hint for the trainer's ``warm_start_steps``. Tasks with 0/1
+    rewards set it where the warm start is right often enough for RL to get a signal and far
+    from solved (measured figures in the task's module docstring)."""
     bt_scale: float = 10.0
     """Bradley-Terry temperature: ``P(a > b) = sigmoid(bt_scale * (h(a) - h(b)))``."""
     alphabet: str = ""
@@ -217,7 +257,7 @@ class Task(abc.ABC):
 
     def reward(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Rubric score of each (prompt, completion), in [0, 1]; never raises on completions."""
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         return [
             self.rubric.score(p, self.normalize(c))
             for p, c in zip(prompts, completions, strict=True)
@@ -228,6 +268,11 @@ class Task(abc.ABC):
     ) -> dict[str, list[float]]:
         """Per-criterion scores on normalised completions (see :meth:`Rubric.breakdown`)."""
         return self.rubric.breakdown(prompts, [self.normalize(c) for c in completions])
+
+    def gold_reward(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """The held-out score :meth:`evaluate` reports, in [0, 1]: :meth:`reward` itself, except
+        for tasks whose training reward is a proxy of a hidden gold reward."""
+        return self.reward(prompts, completions)
 
     def is_correct(self, prompt: str, completion: str) -> bool:
         """Accuracy criterion; by default an exact match with the gold answer."""
@@ -293,7 +338,7 @@ class Task(abc.ABC):
     def evaluate(
         self, generate: Callable[[list[str]], list[str]], n: int = 64, seed: int = 0
     ) -> EvalResult:
-        """Mean reward and accuracy on ``n`` held-out (``eval``) prompts.
+        """Mean :meth:`gold_reward` and accuracy on ``n`` held-out (``eval``) prompts.
 
         ``generate`` is called once with the list of prompts and must return one completion
         per prompt.
@@ -306,7 +351,7 @@ class Task(abc.ABC):
             raise ValueError(
                 f"generate returned {len(completions)} completions for {len(prompts)} prompts"
             )
-        rewards = self.reward(prompts, completions)
+        rewards = self.gold_reward(prompts, completions)
         correct = [self.is_correct(p, c) for p, c in zip(prompts, completions, strict=True)]
         return EvalResult(
             reward=sum(rewards) / len(rewards), accuracy=sum(correct) / len(correct), n=len(prompts)

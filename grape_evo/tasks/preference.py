@@ -115,6 +115,9 @@ class PreferenceTask(Task):
     bt_scale = 10.0
     alphabet = string.ascii_lowercase + ":=!"
     completion_alphabet = string.ascii_lowercase + "!"
+    reward_kind = "hidden Bradley-Terry score (dense)"
+    summary = "free text on a topic word, judged by a hidden score: 'topic:bak=' -> 'bakabak!'"
+    answer_tokens = (TARGET_LENGTH, TARGET_LENGTH)
 
     def __init__(self, n_topics: int = 200, topic_seed: int = 0) -> None:
         self.n_topics = n_topics

@@ -1,8 +1,9 @@
-"""Registry of tasks by name: ``register_task``, ``get_task``, ``task_names``."""
+"""Registry of tasks by name: `register_task`, `get_task`, `task_names`, `describe_tasks`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from grape_evo.tasks.base import Task
@@ -36,3 +37,33 @@ def get_task(name: str, **kwargs: Any) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task '{name}'; valid tasks: {task_names()}")
     return TASKS[name](**kwargs)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One line of the task listing (``grape tasks``), read from a task built with defaults."""
+
+    name: str
+    reward_kind: str
+    answer_tokens: tuple[int, int]
+    max_new_tokens: int
+    warm_start_steps: int
+    summary: str
+
+
+def describe_tasks() -> list[TaskInfo]:
+    """Every registered task, by name, with its default constructor arguments."""
+    infos = []
+    for name in task_names():
+        task = get_task(name)
+        infos.append(
+            TaskInfo(
+                name=name,
+                reward_kind=task.reward_kind,
+                answer_tokens=task.answer_tokens,
+                max_new_tokens=task.max_new_tokens,
+                warm_start_steps=task.warm_start_steps,
+                summary=task.summary,
+            )
+        )
+    return infos

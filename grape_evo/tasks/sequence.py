@@ -16,6 +16,22 @@ Rubric (weighted mean, weights in brackets), on the completion with trailing whi
   characters, divided by ``max(len(answer), len(completion))``.
 
 Accuracy is ``exact``.
+
+``long_reverse`` and ``long_sort`` are the same problems on ``min_length..max_length`` digits
+(the length uniform per prompt; defaults 8 to 12 and 8 to 16) with the 0/1 reward ``exact``
+alone, so a policy earns nothing for an almost-right answer.
+
+Warm start (measured on the ``tiny`` policy: SFT at lr 3e-3, batch 64, seed 0; greedy accuracy
+on 128 held-out prompts):
+
+* ``long_sort`` (8 to 16): 0.023 / 0.133 / 0.344 / 0.586 / 0.828 after 200 / 300 / 400 / 500 /
+  600 steps; ``warm_start_steps`` suggests 300 (sampling 8 completions at temperature 1, 31% of
+  the prompts then get both right and wrong answers).
+* ``long_reverse`` (8 to 12): 0.000 / 0.258 / 0.398 / 0.461 after 400 / 600 / 1000 / 1200
+  steps; ``warm_start_steps`` suggests 600. The spread of lengths sets the difficulty (the
+  model seems to find digits by absolute position): a fixed length of 8 is solved (1.000)
+  after 200 steps, 8 to 10 jumps from 0.117 to 0.844 between 400 and 600 steps, and 8 to 16
+  stays at 0.000 through 1200 steps.
 """
 
 from __future__ import annotations
@@ -25,7 +41,7 @@ import re
 from collections import Counter
 from typing import Any, ClassVar
 
-from grape_evo.tasks.base import Criterion, Rubric, Task
+from grape_evo.tasks.base import Criterion, Rubric, Task, check_int, check_range, exact_rubric
 from grape_evo.tasks.registry import register_task
 
 DIGITS = "0123456789"
@@ -79,24 +95,34 @@ SEQUENCE_RUBRIC = Rubric(
 )
 
 
+EXACT_RUBRIC = exact_rubric(sequence_answer)
+
+
 class SequenceTask(Task):
     """Shared implementation of ``reverse`` and ``sort`` (subclasses set ``op`` and ``name``)."""
 
     op: ClassVar[str]
     completion_alphabet = DIGITS
+    reward_kind = "rubric: exact + position + multiset (dense)"
 
     def __init__(self, length: int = 4) -> None:
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"{self.name}: length must be an integer >= 1, got {length!r}")
-        self.length = length
-        self.max_new_tokens = length + 2
+        self.length = check_int(self.name, "length", length)
+        self._set_lengths(length, length)
         self.rubric = SEQUENCE_RUBRIC
+
+    def _set_lengths(self, low: int, high: int) -> None:
+        """Prompts hold ``low..high`` digits; sets ``max_new_tokens`` and ``answer_tokens``."""
+        self.lengths = (low, high)
+        self.max_new_tokens = high + 2
+        self.answer_tokens = (low, high)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "length": self.length}
 
     def sample_prompt(self, rng: random.Random) -> str:
-        return f"{self.op}:{''.join(rng.choice(DIGITS) for _ in range(self.length))}="
+        low, high = self.lengths
+        n = low if low == high else rng.randint(low, high)
+        return f"{self.op}:{''.join(rng.choice(DIGITS) for _ in range(n))}="
 
     def gold(self, prompt: str) -> str:
         op, _ = _parse(prompt)
@@ -112,6 +138,7 @@ class ReverseTask(SequenceTask):
     op = "rev"
     name = "reverse"
     alphabet = DIGITS + "rev:="
+    summary = "reverse a digit string: 'rev:4913=' -> '3194'"
 
 
 @register_task("sort")
@@ -121,6 +148,47 @@ class SortTask(SequenceTask):
     op = "sort"
     name = "sort"
     alphabet = DIGITS + "sort:="
+    summary = "sort a digit string: 'sort:4913=' -> '1349'"
 
     def split_key(self, prompt: str) -> str:
         return sequence_answer(prompt)
+
+
+class LongSequenceMixin(SequenceTask):
+    """Long variants: ``min_length..max_length`` digits per prompt and the 0/1 ``exact`` reward.
+
+    Placed before ``ReverseTask`` or ``SortTask`` in a subclass's bases, which supply ``op``,
+    the alphabet and the split key.
+    """
+
+    reward_kind = "0/1 exact"
+
+    def __init__(self, min_length: int = 8, max_length: int = 16) -> None:
+        check_range(self.name, "min_length", min_length, "max_length", max_length)
+        self._set_lengths(min_length, max_length)
+        self.min_length, self.max_length = min_length, max_length
+        self.rubric = EXACT_RUBRIC
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "min_length": self.min_length, "max_length": self.max_length}
+
+
+@register_task("long_reverse")
+class LongReverseTask(LongSequenceMixin, ReverseTask):
+    """Reverse 8 to 12 digits, 0/1 exact reward: ``"rev:40913882="`` -> ``"28831904"``."""
+
+    name = "long_reverse"
+    summary = "reverse 8-12 digits: 'rev:40913882=' -> '28831904'"
+    warm_start_steps = 600
+
+    def __init__(self, min_length: int = 8, max_length: int = 12) -> None:
+        super().__init__(min_length, max_length)
+
+
+@register_task("long_sort")
+class LongSortTask(LongSequenceMixin, SortTask):
+    """Sort 8 to 16 digits ascending, 0/1 exact reward: ``"sort:40913882="`` -> ``"01234889"``."""
+
+    name = "long_sort"
+    summary = "sort 8-16 digits: 'sort:40913882=' -> '01234889'"
+    warm_start_steps = 300

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -14,6 +15,8 @@ from grape_evo.tasks import (
     EvalResult,
     Rubric,
     Task,
+    TaskInfo,
+    describe_tasks,
     get_task,
     register_task,
     sigmoid,
@@ -142,3 +145,67 @@ def test_preference_probability_matches_bt() -> None:
     rng = random.Random(0)
     draws = [task.preference("37+45=", "82", "83", rng) for _ in range(500)]
     assert all(isinstance(d, bool) for d in draws)
+
+
+class _Echo(Task):
+    """A toy task: the answer is the prompt; the training reward pays for length 3 only."""
+
+    name = "echo"
+    max_new_tokens = 4
+    answer_tokens = (1, 3)
+    rubric = Rubric((Criterion("len3", 1.0, lambda p, c: float(len(c) == 3)),))
+
+    def sample_prompt(self, rng: random.Random) -> str:
+        return rng.choice(["abc", "de", "fgh"])
+
+    def gold(self, prompt: str) -> str:
+        return prompt
+
+
+class _HiddenEcho(_Echo):
+    def gold_reward(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        return [float(self.is_correct(p, c)) for p, c in zip(prompts, completions, strict=True)]
+
+
+def test_evaluate_reports_gold_reward() -> None:
+    # Every completion is "xyz": training reward 1 (length 3), never correct.
+    def generate(prompts: list[str]) -> list[str]:
+        return ["xyz"] * len(prompts)
+
+    plain, hidden = _Echo(), _HiddenEcho()
+    assert plain.gold_reward(["abc", "de"], ["xyz", "de"]) == [1.0, 0.0]  # = reward by default
+    assert plain.evaluate(generate, n=8).reward == 1.0
+    assert hidden.reward(["abc"], ["xyz"]) == [1.0]
+    result = hidden.evaluate(generate, n=8)
+    assert (result.reward, result.accuracy) == (0.0, 0.0)
+
+
+def test_task_metadata_defaults() -> None:
+    assert (Task.reward_kind, Task.summary, Task.warm_start_steps) == ("rubric", "", 600)
+
+
+def test_describe_tasks_lists_every_task_with_its_defaults() -> None:
+    infos = describe_tasks()
+    assert [i.name for i in infos] == task_names()
+    by_name = {i.name: i for i in infos}
+    # Worked out in each task's test module: (min, max) gold length and generation budget.
+    expected = {
+        "addition": ((1, 3), 4),
+        "reverse": ((4, 4), 6),
+        "preference": ((8, 8), 12),
+        "long_addition": ((5, 6), 8),
+        "multiplication": ((3, 4), 6),
+        "long_reverse": ((8, 12), 14),
+        "long_sort": ((8, 16), 18),
+        "countdown": ((7, 11), 15),
+        "proxy": ((8, 16), 18),
+    }
+    for name, (answer_tokens, budget) in expected.items():
+        assert (by_name[name].answer_tokens, by_name[name].max_new_tokens) == (
+            answer_tokens,
+            budget,
+        )
+    assert by_name["long_addition"].reward_kind == "0/1 exact"
+    assert "proxy" in by_name["proxy"].reward_kind and "hidden" in by_name["proxy"].reward_kind
+    assert "dense" in by_name["addition"].reward_kind
+    assert all(isinstance(i, TaskInfo) and i.summary for i in infos)

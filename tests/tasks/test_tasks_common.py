@@ -12,12 +12,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from grape_evo.policy.tokenizer import ALPHABET
 from grape_evo.tasks import SPLITS, Task, get_task, task_names
 
-ALL_TASKS = ["addition", "reverse", "sort", "preference"]
+SPARSE_TASKS = [
+    "long_addition",
+    "multiplication",
+    "long_reverse",
+    "long_sort",
+    "countdown",
+    "proxy",
+]
+ALL_TASKS = ["addition", "reverse", "sort", "preference", *SPARSE_TASKS]
 
 # Score of the gold completion, worked out by hand in each task's test module.
 GOLD_REWARD = {"addition": 1.0, "reverse": 1.0, "sort": 1.0, "preference": 0.953125}
+GOLD_REWARD.update(dict.fromkeys(SPARSE_TASKS, 1.0))
+TINY_POSITIONS = 128  # n_positions of the tiny policy preset
 
 
 @pytest.fixture(params=ALL_TASKS)
@@ -90,6 +101,36 @@ def test_gold_fits_token_budget_and_alphabet(task: Task) -> None:
         assert set(gold) <= set(task.alphabet)
 
 
+def test_fits_the_tokenizer_and_the_tiny_policy(task: Task) -> None:
+    # Every character a task emits is in the character tokenizer's alphabet (none maps to
+    # <unk>), and <bos> + prompt + max_new_tokens fits the tiny policy's 128 positions.
+    assert set(task.alphabet) <= set(ALPHABET)
+    assert set(task.completion_alphabet) <= set(ALPHABET)
+    low, high = task.answer_tokens
+    for prompt in task.prompts("train", 500, 3) + task.prompts("eval", 500, 3):
+        assert 1 + len(prompt) + task.max_new_tokens <= TINY_POSITIONS
+        assert low <= len(task.gold(prompt)) <= high
+
+
+def test_listing_metadata(task: Task) -> None:
+    assert task.reward_kind and task.summary
+    assert task.warm_start_steps >= 1
+    low, high = task.answer_tokens
+    assert 1 <= low <= high <= task.max_new_tokens - 1
+
+
+@pytest.mark.parametrize("name", SPARSE_TASKS)
+def test_sparse_rewards_are_zero_or_one(name: str) -> None:
+    # 0/1 rewards, on gold answers and on their random corruptions alike.
+    task = get_task(name)
+    rng = random.Random(0)
+    prompts = task.prompts("train", 200, 0)
+    completions = [task.sample_completion(p, rng) for p in prompts]
+    rewards = task.reward(prompts, completions)
+    assert set(rewards) == {0.0, 1.0}
+    assert set(task.gold_reward(prompts, completions)) == {0.0, 1.0}
+
+
 def test_demonstrations(task: Task) -> None:
     demos = task.demonstrations("train", 20, 5)
     assert [p for p, _ in demos] == task.prompts("train", 20, 5)
@@ -110,6 +151,8 @@ def test_reward_never_raises_on_arbitrary_text(completion: str, index: int) -> N
         prompt = task.prompts("train", 10, 0)[index]
         (r,) = task.reward([prompt], [completion])
         assert 0.0 <= r <= 1.0 and not math.isnan(r)
+        (g,) = task.gold_reward([prompt], [completion])
+        assert 0.0 <= g <= 1.0 and not math.isnan(g)
         assert isinstance(task.is_correct(prompt, completion), bool)
         assert 0.0 <= task.hidden_score(prompt, completion) <= 1.0
         parts = task.breakdown([prompt], [completion])

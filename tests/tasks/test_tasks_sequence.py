@@ -80,3 +80,71 @@ def test_bad_arguments() -> None:
         ReverseTask().gold("rev:12a=")
     with pytest.raises(ValueError, match="'sort:'"):
         SortTask().gold("rev:1234=")
+
+
+def test_registered_reverse_and_sort_keep_their_prompts() -> None:
+    # First prompts of the defaults and of length=7, recorded from the code before the long
+    # variants were added (commit 480763a): the existing tasks draw exactly as before.
+    assert get_task("reverse").prompts("train", 3, 0) == ["rev:5281=", "rev:2441=", "rev:0718="]
+    assert get_task("reverse").prompts("eval", 3, 0) == ["rev:1981=", "rev:8359=", "rev:7689="]
+    assert get_task("sort").prompts("train", 3, 0) == ["sort:7305=", "sort:7893=", "sort:5536="]
+    assert get_task("sort").prompts("eval", 3, 0) == ["sort:0671=", "sort:6981=", "sort:5401="]
+    assert get_task("reverse", length=7).prompts("train", 2, 1) == ["rev:0978451=", "rev:2652543="]
+    assert get_task("sort", length=7).prompts("train", 2, 1) == ["sort:7416759=", "sort:8410262="]
+    assert get_task("sort").config() == {"name": "sort", "length": 4}
+    assert get_task("reverse").rubric.names == ("exact", "position", "multiset")
+
+
+LONG_CASES = [
+    # "rev:40913882=" -> "28831904"; "sort:40913882=" -> "01234889"
+    ("long_reverse", "rev:40913882=", "28831904", 1.0),
+    ("long_reverse", "rev:40913882=", "28831904\n", 1.0),
+    ("long_reverse", "rev:40913882=", "28831940", 0.0),  # dense rubric: (0 + 6/8 + 0.5) / 2.5
+    ("long_reverse", "rev:40913882=", "40913882", 0.0),  # echo
+    ("long_reverse", "rev:40913882=", "2883190", 0.0),
+    ("long_sort", "sort:40913882=", "01234889", 1.0),
+    ("long_sort", "sort:40913882=", "01234888", 0.0),
+    ("long_sort", "sort:40913882=", "012348899", 0.0),
+    ("long_sort", "sort:40913882=", "", 0.0),
+]
+
+
+@pytest.mark.parametrize(("name", "prompt", "completion", "reward"), LONG_CASES)
+def test_long_variants_reward_is_exact_match(
+    name: str, prompt: str, completion: str, reward: float
+) -> None:
+    task = get_task(name)
+    assert task.reward([prompt], [completion]) == [reward]
+    assert task.is_correct(prompt, completion) == (reward == 1.0)
+
+
+def test_long_variants_prompt_lengths() -> None:
+    for name, op, longest in (("long_reverse", "rev", 12), ("long_sort", "sort", 16)):
+        task = get_task(name)
+        assert task.max_new_tokens == longest + 2 and task.answer_tokens == (8, longest)
+        lengths = set()
+        for prompt in task.prompts("train", 1000, 0):
+            m = re.fullmatch(rf"{op}:(\d+)=", prompt)
+            assert m, prompt
+            lengths.add(len(m.group(1)))
+        assert lengths == set(range(8, longest + 1))
+        short = get_task(name, min_length=3, max_length=5)
+        assert short.config() == {"name": name, "min_length": 3, "max_length": 5}
+        assert short.max_new_tokens == 7 and short.answer_tokens == (3, 5)
+        assert {len(p) - len(op) - 2 for p in short.prompts("eval", 300, 0)} == {3, 4, 5}
+
+
+def test_long_sort_split_by_multiset() -> None:
+    task = get_task("long_sort")
+    for prompt in task.prompts("eval", 300, 0):
+        digits = prompt[5:-1]
+        assert task.split_of(f"sort:{digits[::-1]}=") == "eval"
+
+
+def test_long_variants_bad_arguments() -> None:
+    with pytest.raises(
+        ValueError, match=re.escape("long_sort: max_length (4) must be >= min_length (8)")
+    ):
+        get_task("long_sort", max_length=4)
+    with pytest.raises(ValueError, match="long_reverse: min_length must be an integer >= 1"):
+        get_task("long_reverse", min_length=0)
