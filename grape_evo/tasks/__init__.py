@@ -3,7 +3,9 @@
 Registered tasks: ``addition``, ``reverse``, ``sort``, ``preference`` (dense rubric rewards) and
 ``long_addition``, ``multiplication``, ``long_reverse``, ``long_sort``, ``countdown``, ``proxy``
 (0/1 rewards, longer answers). Build one with ``get_task(name, **kwargs)``; ``describe_tasks()``
-lists them with their reward type and answer length.
+lists them with their reward type and answer length. A task from your own data and reward is a
+YAML task file, loaded with ``load_task_file(path)``; ``build_task(ref)`` accepts either (or a
+task's ``config()``).
 """
 
 from grape_evo.tasks.addition import AdditionTask
@@ -19,13 +21,17 @@ from grape_evo.tasks.base import (
     sigmoid,
 )
 from grape_evo.tasks.countdown import CountdownTask, ExpressionError, parse_expression
+from grape_evo.tasks.data_rows import TaskFileError
+from grape_evo.tasks.data_task import DataTask, RowPrompt, load_task_file
 from grape_evo.tasks.preference import PreferenceTask
 from grape_evo.tasks.proxy import ProxyTask
 from grape_evo.tasks.registry import (
     TASKS,
     TaskInfo,
+    build_task,
     describe_tasks,
     get_task,
+    is_task_file_ref,
     register_task,
     task_names,
 )
@@ -44,6 +50,7 @@ __all__ = [
     "ArithmeticTask",
     "CountdownTask",
     "Criterion",
+    "DataTask",
     "EvalResult",
     "ExpressionError",
     "LongAdditionTask",
@@ -54,14 +61,19 @@ __all__ = [
     "PreferenceTask",
     "ProxyTask",
     "ReverseTask",
+    "RowPrompt",
     "Rubric",
     "SequenceTask",
     "SortTask",
     "Task",
+    "TaskFileError",
     "TaskInfo",
+    "build_task",
     "describe_tasks",
     "exact_rubric",
     "get_task",
+    "is_task_file_ref",
+    "load_task_file",
     "parse_expression",
     "register_task",
     "sigmoid",

@@ -13,6 +13,10 @@ A task works on plain strings and floats only (no models, no tensors):
   proxy of a hidden gold reward (``proxy``). ``is_correct`` is the task's accuracy criterion.
 * ``preference(prompt, a, b, rng)`` draws a Bradley-Terry preference from the task's
   ``hidden_score``: ``P(a preferred) = sigmoid(bt_scale * (h(a) - h(b)))``.
+* ``has_demonstrations`` says whether ``gold`` exists (a task file may name no answer field);
+  ``require_demonstrations()`` raises a clear ValueError when it does not.
+* ``fingerprint()`` is a content hash of everything that decides the task (by default of
+  ``config()``; tasks built from files also hash the files' bytes): caches key on it.
 
 Completions are compared after stripping trailing whitespace (``completion.rstrip()``), so a
 policy may end its output with a newline or spaces at no cost. Leading whitespace counts.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -148,7 +153,7 @@ class PreferencePair(NamedTuple):
 
 
 def check_lengths(prompts: Sequence[str], completions: Sequence[str]) -> None:
-    """ValueError unless there is one completion per prompt."""
+    """Raise ValueError unless there is one completion per prompt."""
     if len(prompts) != len(completions):
         raise ValueError(
             f"got {len(prompts)} prompts but {len(completions)} completions; they must match"
@@ -200,6 +205,10 @@ class Task(abc.ABC):
     completion_alphabet: str = ""
     """Characters used to corrupt gold answers in :meth:`sample_completion`."""
     max_sampling_attempts: int = 1_000_000
+    has_demonstrations: bool = True
+    """Whether :meth:`gold` exists (every built-in task; task files with an ``answer`` field)."""
+    chat_template: bool = False
+    """Whether prompts are wrapped in the tokenizer's chat template before encoding."""
 
     # ----------------------------------------------------------------- to implement
     @abc.abstractmethod
@@ -214,6 +223,11 @@ class Task(abc.ABC):
     def config(self) -> dict[str, Any]:
         """``{"name": ..., **constructor parameters}``: enough to rebuild the task (and to hash)."""
         return {"name": self.name}
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of everything that decides the task; by default of :meth:`config`."""
+        text = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
@@ -245,8 +259,14 @@ class Task(abc.ABC):
                 out.append(prompt)
         return out
 
+    def require_demonstrations(self) -> None:
+        """Raise ValueError unless :attr:`has_demonstrations` (call before an SFT warm start)."""
+        if not self.has_demonstrations:
+            raise ValueError(f"task '{self.name}' has no gold completions for an SFT warm start")
+
     def demonstrations(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
         """``(prompt, gold(prompt))`` pairs for supervised warm starts."""
+        self.require_demonstrations()
         return [(p, self.gold(p)) for p in self.prompts(split, n, seed)]
 
     # ----------------------------------------------------------------- scoring
@@ -277,6 +297,13 @@ class Task(abc.ABC):
     def is_correct(self, prompt: str, completion: str) -> bool:
         """Accuracy criterion; by default an exact match with the gold answer."""
         return self.normalize(completion) == self.gold(prompt)
+
+    def correct_flags(
+        self, prompts: Sequence[str], completions: Sequence[str], rewards: Sequence[float]
+    ) -> list[bool]:
+        """:meth:`is_correct` of each pair; ``rewards`` (their :meth:`gold_reward`) lets a task
+        whose accuracy is a reward threshold avoid scoring twice."""
+        return [self.is_correct(p, c) for p, c in zip(prompts, completions, strict=True)]
 
     def hidden_score(self, prompt: str, completion: str) -> float:
         """Score behind :meth:`preference`; by default the rubric reward (in [0, 1])."""
@@ -335,24 +362,29 @@ class Task(abc.ABC):
         return pairs
 
     # ----------------------------------------------------------------- evaluation
+    def eval_prompts(self, n: int, seed: int) -> list[str]:
+        """The held-out prompts :meth:`evaluate` scores: ``prompts("eval", n, seed)``."""
+        return self.prompts("eval", n, seed)
+
     def evaluate(
         self, generate: Callable[[list[str]], list[str]], n: int = 64, seed: int = 0
     ) -> EvalResult:
-        """Mean :meth:`gold_reward` and accuracy on ``n`` held-out (``eval``) prompts.
+        """Mean :meth:`gold_reward` and accuracy on the held-out prompts :meth:`eval_prompts`
+        ``(n, seed)``.
 
         ``generate`` is called once with the list of prompts and must return one completion
         per prompt.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        prompts = self.prompts("eval", n, seed)
+        prompts = self.eval_prompts(n, seed)
         completions = list(generate(list(prompts)))
         if len(completions) != len(prompts):
             raise ValueError(
                 f"generate returned {len(completions)} completions for {len(prompts)} prompts"
             )
         rewards = self.gold_reward(prompts, completions)
-        correct = [self.is_correct(p, c) for p, c in zip(prompts, completions, strict=True)]
+        correct = self.correct_flags(prompts, completions, rewards)
         return EvalResult(
             reward=sum(rewards) / len(rewards), accuracy=sum(correct) / len(correct), n=len(prompts)
         )
