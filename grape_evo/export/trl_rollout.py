@@ -104,7 +104,12 @@ def _aggregation(fit: Fit, agg: dict[str, Any], minibatches: int, max_new_tokens
             "mean; keep gradient_accumulation_steps 1)"
         )
         return "bnpo"
-    fit.notes.append(f"aggregation {name} -> loss_type '{_LOSS_TYPE[name]}'")
+    warning = (
+        " (TRL warns that luspo is meant for sequence-level ratios; the normaliser is the same)"
+        if name == "seq_mean_token_sum"
+        else ""
+    )
+    fit.notes.append(f"aggregation {name} -> loss_type '{_LOSS_TYPE[name]}'{warning}")
     return _LOSS_TYPE[name]
 
 
