@@ -1,4 +1,4 @@
-"""The ``grape`` command line: presets, show, tasks, train, evolve, worker."""
+"""The ``grape`` command line: presets, show, tasks, train, evolve, worker, report, export, docs."""
 
 from __future__ import annotations
 
@@ -348,6 +348,76 @@ def report_command(
     except (ValueError, OSError, KeyError) as err:
         fail(f"cannot write the report for {run_dir}: {err}")
     console.print(f"report: {path}", markup=False)
+
+
+@app.command("export")
+def export_command(
+    objective: str = typer.Argument(..., help="A preset name or a YAML objective file."),
+    to: str = typer.Option(..., "--to", help="Target library: trl or verl."),
+    out: Path = typer.Option(..., help="Export folder: config, objective.yaml, README.md."),
+    lr: float | None = typer.Option(None, help="Learning rate to write into the config."),
+    batch_size: int | None = typer.Option(None, help="Completions per rollout batch."),
+    group_size: int | None = typer.Option(None, help="Replace the objective's group size."),
+    steps: int | None = typer.Option(None, help="Rollout batches (training steps)."),
+    temperature: float | None = typer.Option(None, help="Sampling temperature."),
+    max_new_tokens: int | None = typer.Option(None, help="Generation budget per completion."),
+) -> None:
+    """Write TRL or verl settings that compute this objective's loss (or a TRL trainer
+    subclass that computes grape's loss where no stock setting does)."""
+    from grape_evo.export import ExportSettings, check_target, export
+
+    try:
+        check_target(to)
+        spec = load_objective(objective)
+        settings = ExportSettings(
+            lr=lr,
+            batch_size=batch_size,
+            group_size=group_size,
+            steps=steps,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+        )
+        prepare_out_dir(out, min_free_mb=1)
+        result = export(spec, to, out, settings)
+    except (ObjectiveError, ValueError, OSError) as err:
+        fail(str(err))
+    mapping = result.mapping
+    detail = mapping.trainer if mapping.status == "exact" else "; ".join(mapping.notes)
+    console.print(f"[bold]{spec.name}[/] -> {to}: [bold]{mapping.status}[/] ({escape(detail)})")
+    console.print("wrote " + ", ".join(str(p) for p in result.files), markup=False)
+
+
+docs_app = typer.Typer(help="Regenerate the generated documentation.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
+
+
+@docs_app.command("algorithms")
+def docs_algorithms_command(
+    out: Path = typer.Option(Path("docs/algorithms.md"), help="Markdown file to write."),
+) -> None:
+    """Write docs/algorithms.md: every preset's axes, formula, nearest neighbour and origin."""
+    from grape_evo.docs import algorithms_markdown
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(algorithms_markdown())
+    except OSError as err:
+        fail(f"cannot write {out}: {err.strerror or err}")
+    console.print(f"wrote {out}", markup=False)
+
+
+@docs_app.command("export-table")
+def docs_export_table_command(
+    readme: Path = typer.Option(Path("README.md"), help="README holding the table's markers."),
+) -> None:
+    """Rewrite the README's table of presets against TRL and verl from the export mappings."""
+    from grape_evo.export import update_readme
+
+    try:
+        changed = update_readme(readme)
+    except (ValueError, OSError) as err:
+        fail(f"cannot update {readme}: {err}")
+    console.print(f"{readme}: {'updated' if changed else 'up to date'}", markup=False)
 
 
 def prepare_out_dir(out: Path, min_free_mb: float | None = None) -> None:

@@ -17,9 +17,12 @@ from grape_evo.objective.spec import ObjectiveSpec
 
 @dataclass(frozen=True)
 class Preset:
+    """A published algorithm: its spec, its paper, our settings note and why it was proposed."""
+
     spec: dict[str, Any]
     paper: str
     note: str = ""
+    why: str = ""
 
 
 _PPO_CLIP = {"name": "ppo_clip", "clip_low": 0.2, "clip_high": 0.2}
@@ -35,6 +38,11 @@ PRESETS: dict[str, Preset] = {
         },
         "supervised fine-tuning (maximum likelihood on demonstrations)",
         "loss = mean over tokens of -log pi(y_t)",
+        why=(
+            "Imitation is the cheapest learning signal: where demonstrations exist, maximising "
+            "their likelihood needs no reward, no sampling and no reference; it is the warm "
+            "start of every other method here."
+        ),
     ),
     "rejection_sampling": Preset(
         {
@@ -46,6 +54,11 @@ PRESETS: dict[str, Preset] = {
         "Dong et al. 2023, RAFT (arXiv:2304.06767)",
         "SFT on the best of 8 samples per prompt: token mean of -log pi over the selected "
         "completions (ties share the weight)",
+        why=(
+            "RL from a reward model was unstable and costly; RAFT keeps only the best of "
+            "several samples per prompt and fine-tunes on them, turning reward-driven "
+            "improvement into plain supervised learning."
+        ),
     ),
     "reinforce": Preset(
         {
@@ -56,6 +69,10 @@ PRESETS: dict[str, Preset] = {
         },
         "Williams 1992, REINFORCE",
         "-R * log pi(y) per sequence, no baseline",
+        why=(
+            "The first unbiased estimator of the gradient of expected reward for a stochastic "
+            "policy: weight each sample's log-likelihood gradient by its reward."
+        ),
     ),
     "reinforce_baseline": Preset(
         {
@@ -66,6 +83,11 @@ PRESETS: dict[str, Preset] = {
         },
         "Williams 1992; Sutton & Barto 2018, sec. 13.4",
         "moving-average reward baseline, decay 0.9",
+        why=(
+            "Subtracting a baseline that does not depend on the sample keeps the gradient "
+            "unbiased and cuts its variance; a running mean of past rewards is the simplest "
+            "one."
+        ),
     ),
     "rloo": Preset(
         {
@@ -77,6 +99,11 @@ PRESETS: dict[str, Preset] = {
         },
         "Ahmadian et al. 2024, Back to Basics (arXiv:2402.14740)",
         "k = 4 samples, leave-one-out baseline, sequence KL in the reward (TRL kl_coef 0.05)",
+        why=(
+            "From a strong SFT start PPO's critic and clipping are unnecessary: k samples per "
+            "prompt give each one a leave-one-out baseline that is unbiased and needs no value "
+            "model."
+        ),
     ),
     "trpo": Preset(
         {
@@ -87,6 +114,11 @@ PRESETS: dict[str, Preset] = {
         },
         "Schulman et al. 2015, TRPO (arXiv:1502.05477)",
         "natural-gradient step with max KL 0.01, GAE critic",
+        why=(
+            "Large policy-gradient steps can wreck the policy; bounding each update's KL to the "
+            "sampling policy (a trust region), solved with a natural-gradient step and a line "
+            "search, guarantees improvement in theory."
+        ),
     ),
     "ppo": Preset(
         {
@@ -99,6 +131,11 @@ PRESETS: dict[str, Preset] = {
         },
         "Schulman et al. 2017 (arXiv:1707.06347); Ouyang et al. 2022, InstructGPT",
         "clip 0.2, GAE(1, 0.95) with whitening, k1 KL 0.05 in the reward, 4 epochs (TRL PPO)",
+        why=(
+            "TRPO's constrained second-order step is complex; clipping the importance ratio "
+            "gives a first-order surrogate as stable that allows several epochs per batch, and "
+            "InstructGPT used it with a KL penalty in the reward for RLHF."
+        ),
     ),
     "grpo": Preset(
         {
@@ -110,6 +147,11 @@ PRESETS: dict[str, Preset] = {
         },
         "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300)",
         "group z-score, clip 0.2, k3 KL 0.04 in the loss, per-sequence token mean",
+        why=(
+            "PPO's value model is as large as the policy and hard to fit on outcome rewards; a "
+            "group of samples per prompt supplies the baseline and scale instead, and the KL "
+            "moves from the reward into the loss."
+        ),
     ),
     "dr_grpo": Preset(
         {
@@ -121,6 +163,11 @@ PRESETS: dict[str, Preset] = {
         },
         "Liu et al. 2025, Understanding R1-Zero-Like Training (arXiv:2503.20783)",
         "no std division, constant length normaliser (generation budget), no KL",
+        why=(
+            "GRPO's per-sequence length normalisation and std division bias it: long wrong "
+            "answers are penalised less and prompts of low reward variance weigh more; removing "
+            "both gives an unbiased estimator."
+        ),
     ),
     "dapo": Preset(
         {
@@ -133,6 +180,11 @@ PRESETS: dict[str, Preset] = {
         "Yu et al. 2025, DAPO (arXiv:2503.14476)",
         "clip-higher 0.28, token-level mean, no KL; dynamic sampling and overlong shaping are "
         "data-side and not modelled (the paper uses 16 samples)",
+        why=(
+            "For long chain-of-thought RL at scale: a higher upper clip keeps exploration "
+            "(entropy) from collapsing, and a token-level mean stops long sequences from being "
+            "under-weighted; the KL term is dropped."
+        ),
     ),
     "gspo": Preset(
         {
@@ -144,6 +196,11 @@ PRESETS: dict[str, Preset] = {
         },
         "Zheng et al. 2025, GSPO (arXiv:2507.18071)",
         "sequence-level ratio clipped to [1 - 3e-4, 1 + 4e-4]",
+        why=(
+            "Token-level importance ratios are noisy and destabilised large (MoE) models; one "
+            "length-normalised ratio per sequence matches the sequence-level reward and clips "
+            "whole sequences."
+        ),
     ),
     "cispo": Preset(
         {
@@ -155,6 +212,11 @@ PRESETS: dict[str, Preset] = {
         },
         "MiniMax 2025, MiniMax-M1 (arXiv:2506.13585)",
         "clipped, stop-gradient importance weight; no lower bound; eps_high 0.28",
+        why=(
+            "PPO-style clipping zeroes the gradient of rare high-ratio tokens, often the "
+            "reflective forks of a reasoning trace; clipping the stop-gradient importance "
+            "weight instead keeps every token's gradient."
+        ),
     ),
     "reinforce_pp": Preset(
         {
@@ -166,36 +228,70 @@ PRESETS: dict[str, Preset] = {
         },
         "Hu 2025, REINFORCE++ (arXiv:2501.03262)",
         "token-level KL 0.01 in the reward, batch-whitened returns, clip 0.2",
+        why=(
+            "A critic-free method without per-prompt statistics: normalising returns over the "
+            "whole batch avoids the prompt-level bias and over-fitting of group normalisation, "
+            "keeping PPO's clip and a token-level KL penalty."
+        ),
     ),
     "dpo": Preset(
         {"data": "preference_pairs", "preference": {"name": "sigmoid", "beta": 0.1}},
         "Rafailov et al. 2023, DPO (arXiv:2305.18290)",
         "beta 0.1 on offline pairs",
+        why=(
+            "RLHF with a reward model and PPO is complex and unstable; the KL-regularised "
+            "reward maximisation has a closed-form optimum, so the reward can be written as the "
+            "policy's log-ratio and fitted to preference pairs with a logistic loss."
+        ),
     ),
     "online_dpo": Preset(
         {"group_size": 2, "preference": {"name": "sigmoid", "beta": 0.1, "pairing": "best_worst"}},
         "Guo et al. 2024, Direct Language Model Alignment from Online AI Feedback",
         "2 samples per prompt ranked by the task reward, beta 0.1",
+        why=(
+            "DPO learns from fixed pairs sampled by another policy; sampling the pairs from the "
+            "current policy and labelling them online (here by the task reward) removes that "
+            "distribution shift."
+        ),
     ),
     "ipo": Preset(
         {"data": "preference_pairs", "preference": {"name": "ipo", "beta": 0.1}},
         "Azar et al. 2023, A General Theoretical Paradigm (arXiv:2310.12036)",
         "beta 0.1, sequence log-ratios",
+        why=(
+            "On deterministic preferences DPO's logistic loss pushes log-ratio gaps to infinity "
+            "and the KL regulariser stops acting; a squared loss towards the finite gap 1/(2 "
+            "beta) keeps it effective."
+        ),
     ),
     "slic": Preset(
         {"data": "preference_pairs", "preference": {"name": "hinge", "beta": 0.1}},
         "Zhao et al. 2023, SLiC-HF (arXiv:2305.10425)",
         "hinge on the beta-scaled log-ratio gap, margin 1, beta 0.1 (TRL hinge)",
+        why=(
+            "Calibrating sequence likelihoods to preferences with a ranking hinge loss aligns a "
+            "model more simply and cheaply than PPO-based RLHF."
+        ),
     ),
     "simpo": Preset(
         {"data": "preference_pairs", "preference": {"name": "simpo", "beta": 2.0, "gamma": 1.0}},
         "Meng et al. 2024, SimPO (arXiv:2405.14734)",
         "reference-free, length-normalised, beta 2.0, margin gamma 1.0",
+        why=(
+            "DPO's implicit reward (a log-ratio to the reference) is not what generation "
+            "optimises (the average log-likelihood); SimPO uses the length-normalised "
+            "log-likelihood with a target margin and needs no reference model."
+        ),
     ),
     "discopop": Preset(
         {"data": "preference_pairs", "preference": {"name": "discopop", "beta": 0.05, "tau": 0.05}},
         "Chan et al. 2024, Discovering Preference Optimization Algorithms (arXiv:2406.08414)",
         "log-ratio modulated loss, beta 0.05, tau 0.05",
+        why=(
+            "Instead of hand-designing a preference loss, an LLM proposed and tested "
+            "candidates; the best blends the logistic and exponential losses, weighted by the "
+            "log-ratio gap."
+        ),
     ),
 }
 
@@ -213,6 +309,6 @@ def get(name: str) -> ObjectiveSpec:
 
 
 def describe(name: str) -> Preset:
-    """The preset's table entry: spec dict, paper and note."""
+    """The preset's table entry: spec dict, paper, settings note and why it was proposed."""
     get(name)
     return PRESETS[name]
