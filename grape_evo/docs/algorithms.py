@@ -29,7 +29,7 @@ updates each batch gets. This page derives seven classic algorithms in one notat
 lists every preset with its formula, its nearest neighbour and the reason it exists."""
 _AXES = (
     "preset", "data", "G", "advantage", "surrogate", "KL (estimator, placement, coef)",
-    "aggregation", "preference", "epochs",
+    "aggregation", "preference", "regime (epochs x minibatches, staleness)",
 )  # fmt: skip
 
 
@@ -59,7 +59,7 @@ def axes_row(name: str) -> list[str]:
         kl_text,
         component_text(d["aggregation"]) if rollout else "pair mean",
         component_text(pref),
-        str(d["epochs"]),
+        f"{d['epochs']} x {d['minibatches']}" + (f", {d['staleness']}" if d["staleness"] else ""),
     ]
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from trl import GRPOTrainer
 
 from grape_evo.objective import ObjectiveSpec, RolloutBatch, build_objective
-from grape_evo.training.batches import online_pairs, preference_batch
+from grape_evo.training.batches import online_pairs, pair_batch
 
 
 class GrapeGRPOTrainer(GRPOTrainer):
@@ -179,7 +179,7 @@ class GrapeGRPOTrainer(GRPOTrainer):
         )
         if chosen.numel() == 0:
             return (logp * 0.0).sum(), {"pairs": torch.zeros(())}
-        pairs = preference_batch(logp, ref, mask, chosen.to(logp.device), rejected.to(logp.device))
+        pairs = pair_batch(logp, mask, (chosen.to(logp.device), rejected.to(logp.device)), ref)
         loss, metrics = self.grape(pairs)
         metrics["pairs"] = torch.tensor(float(chosen.numel()))
         return loss, metrics

@@ -137,11 +137,21 @@ def _advantage(fit: Fit, adv: dict[str, Any], kl: dict[str, Any]) -> None:
         if not adv["whiten"]:
             fit.miss("advantage", "gae without whitening: verl always whitens GAE")
             return
+        if adv["critic"] != "separate":
+            fit.miss("advantage", "a value head on the policy's trunk: verl's critic is a model")
+            return
+        clip = adv["value_clip"] or 1e9  # 0 is unclipped in grape; verl always clips
         fit.set(
-            f"advantage gae(gamma {adv['gamma']:g}, lam {adv['lam']:g}) -> adv_estimator 'gae' "
-            "(verl trains a separate critic model with a clipped value loss; grape a value "
-            "head on the policy)",
-            **{key: "gae", f"{_ALGO}.gamma": num(adv["gamma"]), f"{_ALGO}.lam": num(adv["lam"])},
+            f"advantage gae(gamma {adv['gamma']:g}, lam {adv['lam']:g}), a separate critic "
+            f"with value clip {adv['value_clip']:g} -> adv_estimator 'gae', "
+            "critic.cliprange_value (grape weights the value loss by value_coef and clips the "
+            "policy's and critic's gradients together; verl's critic has its own optimizer)",
+            **{
+                key: "gae",
+                f"{_ALGO}.gamma": num(adv["gamma"]),
+                f"{_ALGO}.lam": num(adv["lam"]),
+                "critic.cliprange_value": num(clip),
+            },
         )
     else:
         fit.miss("advantage", f"'{name}' has no verl adv_estimator")

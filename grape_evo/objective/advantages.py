@@ -343,7 +343,7 @@ def rank_advantage(batch: RolloutBatch) -> Tensor:
     return broadcast(adv, batch.mask)
 
 
-def _gae_symbolic(gamma: float, lam: float, whiten: bool) -> sp.Expr:
+def _gae_symbolic(gamma: float, lam: float, whiten: bool, **_critic: object) -> sp.Expr:
     k = sp.Symbol("l", integer=True, nonnegative=True)
     delta = sp.Function(r"\delta")
     expr = sp.Sum((num(gamma) * num(lam)) ** k * delta(S.t + k), (k, 0, sp.oo))
@@ -354,10 +354,28 @@ def _gae_symbolic(gamma: float, lam: float, whiten: bool) -> sp.Expr:
     "gae",
     tags=("token_rewards", "critic"),
     symbolic=_gae_symbolic,
-    bounds={"gamma": (0.0, 1.0), "lam": (0.0, 1.0)},
-    reference="Schulman et al. 2016 (GAE); Ouyang et al. 2022 (PPO for LMs)",
+    bounds={
+        "gamma": (0.0, 1.0),
+        "lam": (0.0, 1.0),
+        "value_coef": (0.0, 100.0),
+        "value_clip": (0.0, 10.0),
+    },
+    choices={"critic": ("shared", "separate")},
+    added=("critic", "value_coef", "value_clip"),
+    reference=(
+        "Schulman et al. 2016 (GAE); Ouyang et al. 2022 (PPO for LMs); critic separate, "
+        "value_clip 0.2, value_coef 0.1: TRL PPOTrainer (vf_coef, cliprange_value)"
+    ),
 )
-def gae(batch: RolloutBatch, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True) -> Tensor:
+def gae(
+    batch: RolloutBatch,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    whiten: bool = True,
+    critic: str = "shared",
+    value_coef: float = 0.5,
+    value_clip: float = 0.0,
+) -> Tensor:
     """Generalised advantage estimation with the critic ``batch.values`` [B, T].
 
     Token rewards r_t = token_rewards_t, plus R_i on the last completion token;
@@ -365,6 +383,12 @@ def gae(batch: RolloutBatch, gamma: float = 1.0, lam: float = 0.95, whiten: bool
     A_t = sum_l (gamma * lam)^l delta_{t+l}. ``whiten`` standardises A over the batch's valid
     tokens, as TRL's PPO trainer does. Returns for the value loss are A (before whitening) + V;
     see :func:`gae_advantages_and_returns`.
+
+    The critic itself is trained by the trainer with these settings: ``critic`` ``shared`` is a
+    value head on the policy's trunk, ``separate`` a value model of its own (a copy of the warm
+    start with a value head, as TRL and verl train it); its loss, added to the policy's with
+    weight ``value_coef``, is 0.5 * token mean of max((V - G)^2, (V_clip - G)^2) with
+    V_clip = V_old + clip(V - V_old, -value_clip, value_clip) (``value_clip`` 0: unclipped).
     """
     adv, _ = gae_advantages_and_returns(batch, gamma, lam)
     return masked_whiten(adv, batch.mask.to(adv.dtype), 1e-8) if whiten else adv

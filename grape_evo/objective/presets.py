@@ -123,14 +123,23 @@ PRESETS: dict[str, Preset] = {
     "ppo": Preset(
         {
             "group_size": 1,
-            "advantage": {"name": "gae", "gamma": 1.0, "lam": 0.95},
+            "advantage": {
+                "name": "gae",
+                "gamma": 1.0,
+                "lam": 0.95,
+                "critic": "separate",
+                "value_coef": 0.1,
+                "value_clip": 0.2,
+            },
             "surrogate": _PPO_CLIP,
             "kl": {"estimator": "k1", "placement": "reward", "coef": 0.05},
             "aggregation": "token_mean",
             "epochs": 4,
+            "minibatches": 4,
         },
         "Schulman et al. 2017 (arXiv:1707.06347); Ouyang et al. 2022, InstructGPT",
-        "clip 0.2, GAE(1, 0.95) with whitening, k1 KL 0.05 in the reward, 4 epochs (TRL PPO)",
+        "clip 0.2, GAE(1, 0.95) with whitening, k1 KL 0.05 in the reward, 4 epochs x 4 "
+        "minibatches; a separate value model, value loss clipped at 0.2 with weight 0.1 (TRL)",
         why=(
             "TRPO's constrained second-order step is complex; clipping the importance ratio "
             "gives a first-order surrogate as stable that allows several epochs per batch, and "

@@ -187,6 +187,7 @@ class Registry:
         ``tags`` are facts the spec and builder need: ``group_relative`` (needs group_size >= 2),
         ``token_rewards`` (consumes per-token rewards itself), ``critic`` (needs a value head),
         ``trust_region`` (the trainer takes a natural-gradient step instead of Adam's),
+        ``kl_after_update`` (``update_state`` reads the KL the batch's updates moved by),
         ``expression`` (a formula parameter ``expr``, searched on its own axis);
         ``param_tags`` and ``key_params`` are the hooks of the module docstring. ``added``
         names parameters introduced after spec keys were published (module docstring).

@@ -11,7 +11,9 @@ Written in YAML/JSON as (DESIGN.md section 2)::
     aggregation: {name: seq_mean_token_mean}
     entropy_coef: 0.0
     preference: null                # or {name: sigmoid, beta: 0.1, pairing: best_worst}
-    epochs: 1
+    epochs: 1                       # optimisation passes over each batch
+    minibatches: 1                  # optimiser steps per epoch (the batch split in as many parts)
+    staleness: 0                    # rollouts come from the policy of this many steps ago
 
 A component may carry *dormant* parameters that belong to a sibling of the same kind (the
 search keeps a ``clip_high`` gene while the surrogate is ``reinforce``): they are validated,
@@ -65,10 +67,14 @@ SPEC_FIELDS = (
     "entropy_coef",
     "preference",
     "epochs",
+    "minibatches",
+    "staleness",
 )
 _LIMITS = {
     "group_size": (1, 1024),
     "epochs": (1, 64),
+    "minibatches": (1, 64),
+    "staleness": (0, 64),
     "entropy_coef": (0.0, 1.0),
     "kl.coef": (0.0, 100.0),
 }
@@ -240,6 +246,8 @@ class ObjectiveSpec:
     entropy_coef: float = 0.0
     preference: PreferenceSpec | None = None
     epochs: int = 1
+    minibatches: int = 1
+    staleness: int = 0
 
     # ---- construction -------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -271,6 +279,8 @@ class ObjectiveSpec:
             entropy_coef=_check_number("entropy_coef", d.get("entropy_coef", 0.0), integer=False),
             preference=PreferenceSpec.parse(d.get("preference")),
             epochs=_check_number("epochs", d.get("epochs", 1), integer=True),
+            minibatches=_check_number("minibatches", d.get("minibatches", 1), integer=True),
+            staleness=_check_number("staleness", d.get("staleness", 0), integer=True),
         )
 
     @classmethod
@@ -302,6 +312,8 @@ class ObjectiveSpec:
             "entropy_coef": self.entropy_coef,
             "preference": None if self.preference is None else self.preference.to_dict(),
             "epochs": self.epochs,
+            "minibatches": self.minibatches,
+            "staleness": self.staleness,
         }
 
     def to_yaml(self) -> str:
@@ -352,14 +364,16 @@ class ObjectiveSpec:
         Dormant parameters are dropped; a zero KL coefficient resets the estimator and
         placement; demonstrations train -log pi (advantage ``none``, surrogate ``reinforce``);
         preference objectives ignore advantage, surrogate, aggregation, KL and entropy (the
-        reference enters through the pairwise loss); TRPO takes one trust-region step per
-        batch (epochs 1); offline data has no groups and no pairing rule.
+        reference enters through the pairwise loss); a trust-region surrogate takes one step
+        on the whole batch (epochs 1, minibatches 1); offline data has no groups and no pairing
+        rule; only sampled (on-policy) data can be stale.
         """
         advantage = self.advantage.canonical(ADVANTAGES)
         surrogate = self.surrogate.canonical(SURROGATES)
         aggregation = self.aggregation.canonical(AGGREGATIONS)
         kl = self.kl if self.kl.active else KLSpec()
         entropy_coef, group_size, epochs = self.entropy_coef, self.group_size, self.epochs
+        minibatches, staleness = self.minibatches, self.staleness
         preference = self.preference
         if preference is not None:
             preference = PreferenceSpec(
@@ -378,7 +392,9 @@ class ObjectiveSpec:
                 preference = PreferenceSpec(preference.loss, "best_worst")
                 group_size = 1
         if "trust_region" in SURROGATES.get(surrogate.name).tags:
-            epochs = 1
+            epochs = minibatches = 1
+        if self.data != "on_policy":
+            staleness = 0
         return ObjectiveSpec(
             name=self.name,
             data=self.data,
@@ -390,6 +406,8 @@ class ObjectiveSpec:
             entropy_coef=entropy_coef,
             preference=preference,
             epochs=epochs,
+            minibatches=minibatches,
+            staleness=staleness,
         )
 
     def key(self) -> str:
@@ -400,10 +418,14 @@ class ObjectiveSpec:
         reproduces the earlier behaviour), so a spec that does not use them keeps its key; an
         expression enters as its sympy canonical key, so formulas that are the same function by
         algebra share a key while ``canonical()`` keeps the written text (the trained function).
+        The regime fields ``minibatches`` and ``staleness`` enter only when not 1 and 0.
         """
         spec = self.canonical()
         d = spec.to_dict()
         d.pop("name")
+        for name, neutral in (("minibatches", 1), ("staleness", 0)):
+            if d[name] == neutral:
+                d.pop(name)
         d["advantage"] = spec.advantage.key_dict(ADVANTAGES)
         d["surrogate"] = spec.surrogate.key_dict(SURROGATES)
         d["aggregation"] = spec.aggregation.key_dict(AGGREGATIONS)

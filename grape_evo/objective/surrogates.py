@@ -45,9 +45,19 @@ def _mean_k3(log_r: Tensor, mask: Tensor) -> Tensor:
 
 
 def ratio_metrics(ratio: Tensor, mask: Tensor) -> Metrics:
-    """approx_kl: :func:`old_to_new_kl` at the current parameters (before this update)."""
+    """The ratio's mean, min and max over valid tokens (1 where there is none) and approx_kl,
+    :func:`old_to_new_kl` at the current parameters (before this update)."""
     r = ratio.detach()
-    return {"ratio_mean": masked_mean(r, mask), "approx_kl": _mean_k3(torch.log(r), mask)}
+    valid = mask.bool()
+    low = torch.where(valid, r, torch.inf).amin()
+    high = torch.where(valid, r, -torch.inf).amax()
+    one = torch.ones((), dtype=r.dtype, device=r.device)
+    return {
+        "ratio_mean": masked_mean(r, mask),
+        "ratio_min": torch.where(torch.isfinite(low), low, one),
+        "ratio_max": torch.where(torch.isfinite(high), high, one),
+        "approx_kl": _mean_k3(torch.log(r), mask),
+    }
 
 
 def _clipped_objective(
@@ -272,6 +282,7 @@ def _update_kl_beta(
     bounds={"beta": (0.0, 100.0), "target_kl": (1e-6, 1.0)},
     log=("beta", "target_kl"),
     update_state=_update_kl_beta,
+    tags=("kl_after_update",),
     reference="Schulman et al. 2017 (PPO, arXiv:1707.06347, sec. 4: adaptive KL penalty)",
 )
 def kl_penalty(

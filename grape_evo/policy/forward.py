@@ -162,9 +162,14 @@ class Forward(Protocol):
     reference)."""
 
     def score(
-        self, rows: MemberRows, weights: Sequence[Weights] | None, full: bool = False
+        self,
+        rows: MemberRows,
+        weights: Sequence[Weights] | None,
+        full: bool = False,
+        temperature: float = 1.0,
     ) -> TokenOutputs:
-        """Per-token outputs [M, B, T] of the rows' completions."""
+        """Per-token outputs [M, B, T] of the rows' completions; log-probs, entropies and
+        distributions of softmax(logits / ``temperature``)."""
         ...
 
     def decoder(self, prompts: MemberPrompts, weights: Sequence[Weights] | None) -> Decoder:

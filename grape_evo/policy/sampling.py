@@ -47,8 +47,9 @@ class Rollout:
         completion_ids: [B, T] long, right-padded with the pad id after EOS; the EOS itself is
             the completion's last token (absent if the completion was cut at the length limit).
         completion_mask: [B, T] long, 1 on completion tokens including EOS.
-        sample_logp: [B, T] float32, log_softmax(raw logits) of the chosen token (the
-            temperature-1 distribution, whatever temperature was sampled at); 0 on padding.
+        sample_logp: [B, T] float32, the chosen token's log-prob under the sampling
+            distribution softmax(logits / T) or, as `decode` is asked, under softmax(logits)
+            (temperature 1); 0 on padding.
         group_ids: [B] long, index of each row's prompt.
         texts: B decoded completions (without EOS).
         prompts: B prompt strings, one per row.
@@ -105,9 +106,11 @@ def next_tokens(
     temperature: float,
     keys: torch.Tensor | None,
     position: int,
+    logprob_temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step of M members' B rows: (tokens [M, B] long, temperature-1 log-probs
-    [M, B] float32); rows not ``active`` [M, B] get ``pad_id`` and log-prob 0.
+    """One decode step of M members' B rows: (tokens [M, B] long, log-probs [M, B] float32 of
+    softmax(logits / ``logprob_temperature``)); rows not ``active`` [M, B] get ``pad_id`` and
+    log-prob 0.
 
     Inverse-CDF sampling from softmax(logits / temperature) with the counter-based uniform
     ``uniforms(keys, B, position)[m, b]``: the token is the first index whose cumulative
@@ -125,7 +128,7 @@ def next_tokens(
         below_total = torch.nextafter(total, torch.zeros_like(total))
         drawn = torch.searchsorted(cdf, torch.minimum(u * total, below_total), right=True)[..., 0]
     tokens = torch.where(active, drawn, torch.full_like(drawn, pad_id))
-    logp = F.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]
+    logp = F.log_softmax(logits / logprob_temperature, dim=-1).gather(-1, tokens[..., None])[..., 0]
     return tokens, torch.where(active, logp, torch.zeros_like(logp))
 
 
@@ -210,6 +213,7 @@ def decode(
     temperature: float = 1.0,
     max_length: int | None = None,
     device: torch.device | str = "cpu",
+    temper_logprobs: bool = False,
 ) -> list[Rollout]:
     """One `Rollout` per member: member m samples ``group_sizes[m]`` completions of each of its
     ``prompts[m]`` with its ``weights[m]`` (``weights`` None: the reference, one member).
@@ -219,7 +223,8 @@ def decode(
     uniform of (``keys[m]``, b, j) (`grape_evo.policy.streams`), or greedily when ``keys`` is
     None; a row that emitted EOS emits padding (mask 0) afterwards. Member m stops at the step
     where all its rows have finished, or after ``max_new_tokens``, so its T_m <= max_new_tokens.
-    `Rollout.sample_logp` is the temperature-1 log-prob of each drawn token.
+    `Rollout.sample_logp` is the log-prob of each drawn token under softmax(logits / temperature)
+    with ``temper_logprobs``, else under softmax(logits) (temperature 1).
     """
     if keys is not None and not temperature > 0:
         raise ValueError(f"temperature must be > 0 (or sample greedily), got {temperature}")
@@ -250,7 +255,10 @@ def decode(
     tokens, logps, masks = [], [], []
     for step in range(max_new_tokens):
         active = ~done & running[:, None]
-        tok, lp = next_tokens(logits, active, tokenizer.pad_id, temperature, key_tensor, step)
+        lp_temperature = temperature if temper_logprobs else 1.0
+        tok, lp = next_tokens(
+            logits, active, tokenizer.pad_id, temperature, key_tensor, step, lp_temperature
+        )
         tokens.append(tok)
         logps.append(lp)
         masks.append(active.long())

@@ -269,10 +269,14 @@ class StackedGPT2:
 
     # ---- the Forward protocol -------------------------------------------------------------
     def score(
-        self, rows: MemberRows, weights: Sequence[Weights] | None, full: bool = False
+        self,
+        rows: MemberRows,
+        weights: Sequence[Weights] | None,
+        full: bool = False,
+        temperature: float = 1.0,
     ) -> TokenOutputs:
-        """Per-token outputs [M, B, T]; completion positions 0 .. T - 2 run as tree levels
-        (position T - 1 predicts nothing that is scored)."""
+        """Per-token outputs [M, B, T] of softmax(logits / ``temperature``); completion
+        positions 0 .. T - 2 run as tree levels (position T - 1 predicts nothing scored)."""
         w = self._stack(weights)
         m, b, t = rows.ids.shape
         level = self._prompts(w, rows.prompts)
@@ -289,6 +293,8 @@ class StackedGPT2:
             index.append(node + offset)
             offset += level.width
         logits, hidden = self._head(w, torch.cat(states, 1))  # [M, K, V], [M, K, H]
+        if temperature != 1.0:
+            logits = logits / temperature
         k = logits.shape[1]
         member = torch.arange(m, device=logits.device)[:, None, None]
         flat_index = (torch.stack(index, -1) + member * k).view(m * b, t)

@@ -120,12 +120,18 @@ class TransformersForward:
         return logits, states if hidden else None
 
     def score(
-        self, rows: MemberRows, weights: Sequence[Weights] | None, full: bool = False
+        self,
+        rows: MemberRows,
+        weights: Sequence[Weights] | None,
+        full: bool = False,
+        temperature: float = 1.0,
     ) -> TokenOutputs:
         heads = None
         if weights is not None:
             heads = value_head_of(weights, self._width(), rows.ids.device)
         logits, hidden = self._logits(rows, weights, hidden=heads is not None)
+        if temperature != 1.0:
+            logits = logits / temperature
         m, b, t, v = logits.shape
         flat = logits.reshape(m * b * t, v)
         index = torch.arange(m * b * t, device=flat.device).view(m * b, t)

@@ -205,6 +205,7 @@ class Task(abc.ABC):
     completion_alphabet: str = ""
     """Characters used to corrupt gold answers in :meth:`sample_completion`."""
     max_sampling_attempts: int = 1_000_000
+    eval_set_patience: int = 20_000
     has_demonstrations: bool = True
     """Whether :meth:`gold` exists (every built-in task; task files with an ``answer`` field)."""
     chat_template: bool = False
@@ -362,22 +363,32 @@ class Task(abc.ABC):
         return pairs
 
     # ----------------------------------------------------------------- evaluation
-    def eval_prompts(self, n: int, seed: int) -> list[str]:
-        """The held-out prompts :meth:`evaluate` scores: ``prompts("eval", n, seed)``."""
-        return self.prompts("eval", n, seed)
+    def eval_set(self, n: int) -> list[str]:
+        """The fixed held-out evaluation set: ``n`` distinct ``eval`` prompts in an order fixed
+        by the task alone, so every run of the task, whatever its seed, is scored on the same
+        prompts; the whole held-out split when it holds fewer (drawing stops after
+        ``eval_set_patience`` draws in a row find no new held-out prompt)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rng = random.Random(f"{self.name}|eval set")
+        chosen: dict[str, None] = {}
+        misses = 0
+        while len(chosen) < n and misses < self.eval_set_patience:
+            prompt = self.sample_prompt(rng)
+            if prompt not in chosen and self.split_of(prompt) == "eval":
+                chosen[prompt] = None
+                misses = 0
+            else:
+                misses += 1
+        return list(chosen)
 
-    def evaluate(
-        self, generate: Callable[[list[str]], list[str]], n: int = 64, seed: int = 0
-    ) -> EvalResult:
-        """Mean :meth:`gold_reward` and accuracy on the held-out prompts :meth:`eval_prompts`
-        ``(n, seed)``.
+    def evaluate(self, generate: Callable[[list[str]], list[str]], n: int = 64) -> EvalResult:
+        """Mean :meth:`gold_reward` and accuracy on the evaluation set :meth:`eval_set` ``(n)``.
 
         ``generate`` is called once with the list of prompts and must return one completion
         per prompt.
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        prompts = self.eval_prompts(n, seed)
+        prompts = self.eval_set(n)
         completions = list(generate(list(prompts)))
         if len(completions) != len(prompts):
             raise ValueError(

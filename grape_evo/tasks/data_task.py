@@ -22,8 +22,9 @@
   are the ``k`` prompts of ``prompts(split, k, seed)``.
 * **Reward.** The user function, called once per batch with TRL's signature (see `reward_fn`) on
   the completions with trailing whitespace stripped (like every task); any finite float.
-* **Evaluation.** ``evaluate(generate, n, seed)`` scores ``min(n, eval rows)`` held-out rows,
-  each once; a completion is correct when its reward is ``>= correct_threshold`` (default 1.0).
+* **Evaluation.** The evaluation set (``eval_set(n)``) is the first ``min(n, eval rows)``
+  held-out rows in file order, each once, for every run alike; a completion is correct when its
+  reward is ``>= correct_threshold`` (default 1.0).
 * **Demonstrations** come from the ``answer`` field; without one, :meth:`DataTask.gold` and
   :meth:`DataTask.require_demonstrations` raise :class:`TaskFileError`.
 * **Identity.** :meth:`DataTask.fingerprint` is a sha256 of the data's bytes, the reward source
@@ -240,9 +241,12 @@ class DataTask(Task):
             epoch += 1
         return [self._prompts[i] for i in picks]
 
-    def eval_prompts(self, n: int, seed: int) -> list[str]:
-        """``min(n, eval rows)`` held-out prompts: each held-out row is scored at most once."""
-        return self.prompts("eval", min(n, len(self._split_rows["eval"])), seed)
+    def eval_set(self, n: int) -> list[str]:
+        """The first ``n`` held-out rows in file order (all of them when fewer): each held-out
+        row is scored at most once, by every run alike."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return [self._prompts[i] for i in self._split_rows["eval"][:n]]
 
     # ----------------------------------------------------------------- answers
     def require_demonstrations(self) -> None:

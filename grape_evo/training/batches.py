@@ -115,25 +115,29 @@ def sample_members(
     tokenizer: TextTokenizer,
     task: Task,
     config: TrainConfig,
-    step: int,
+    steps: Sequence[int],
     specs: Sequence[ObjectiveSpec],
     max_length: int | None,
     device: torch.device,
 ) -> list[MemberBatch]:
-    """On-policy batches of M members, sampled in lockstep from their ``weights``: member m's
-    ``group_size`` completions of `train_prompts`, with the step's sampling stream."""
-    key = stream_key(config.seed, step, "sample")
+    """On-policy batches, sampled in lockstep: entry j is the batch of step ``steps[j]`` (its
+    `train_prompts` and sampling stream) drawn from ``weights[j]`` with ``specs[j]``'s group
+    size. A member with staleness draws the batch of a later step than the current one."""
     rollouts = decode(
         forward,
         weights,
         tokenizer,
-        [train_prompts(task, config, step, s.group_size) for s in specs],
+        [
+            train_prompts(task, config, step, s.group_size)
+            for step, s in zip(steps, specs, strict=True)
+        ],
         [s.group_size for s in specs],
         task.max_new_tokens,
-        [key] * len(specs),
+        [stream_key(config.seed, step, "sample") for step in steps],
         config.temperature,
         max_length,
         device,
+        config.temper_logprobs,
     )
     return [MemberBatch(r, task_rewards(task, r), r.sample_logp) for r in rollouts]
 

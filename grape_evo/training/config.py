@@ -13,7 +13,13 @@ class TrainConfig:
 
     ``batch_size`` counts sampled completions per step (prompts = batch_size // group_size), so
     objectives with different group sizes see the same number of samples; preference objectives
-    use batch_size // 2 pairs and SFT batch_size demonstrations. ``warm_start_steps`` of SFT
+    use batch_size // 2 pairs and SFT batch_size demonstrations (how often and in how many
+    parts a batch is used is the objective's: ``epochs``, ``minibatches``, ``staleness``).
+    ``temper_logprobs``: the log-probs of the loss (new, old, reference) are those of the
+    sampling distribution, softmax(logits / temperature), as TRL and verl compute them; False
+    keeps them at temperature 1. Held-out evaluation scores the task's fixed set of
+    ``eval_prompts`` held-out prompts: greedy accuracy, and the expected reward under sampling
+    at ``temperature`` from ``eval_samples`` completions per prompt. ``warm_start_steps`` of SFT
     build the reference policy (cached on disk). A run is declared diverged when its loss is not
     finite or its mean per-sequence KL to the reference exceeds ``max_kl_to_ref`` nats.
     """
@@ -22,12 +28,12 @@ class TrainConfig:
     seed: int = 0
     lr: float = 1e-4
     batch_size: int = 64
-    minibatches: int = 1
     temperature: float = 1.0
+    temper_logprobs: bool = True
     max_grad_norm: float = 1.0
-    value_coef: float = 0.5
     eval_every: int = 25
-    eval_prompts: int = 128
+    eval_prompts: int = 1024
+    eval_samples: int = 4
     warm_start_steps: int = 600
     warm_start_lr: float = 3e-3
     offline_pairs: int = 1024
@@ -35,7 +41,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        positive_ints = ("steps", "batch_size", "minibatches", "eval_every", "eval_prompts")
+        positive_ints = ("steps", "batch_size", "eval_every", "eval_prompts", "eval_samples")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -48,10 +54,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be a finite number >= 0, got {value!r}")
         if self.temperature == 0:
             raise ValueError("train.temperature must be > 0 (evaluation is greedy already)")
-        if self.batch_size % self.minibatches:
+        if not isinstance(self.temper_logprobs, bool):
             raise ValueError(
-                f"train.batch_size ({self.batch_size}) must be divisible by train.minibatches "
-                f"({self.minibatches})"
+                f"train.temper_logprobs must be true or false, got {self.temper_logprobs!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:

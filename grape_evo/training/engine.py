@@ -2,10 +2,13 @@
 
 Every member starts from the same warm start (a copy of the policy's trainable tensors) and has
 its own objective, learning rate, Adam state, objective state (EMA baselines, adaptive KL) and
-status; all share the task, the `TrainConfig` and the frozen reference. One step::
+status; all share the task, the `TrainConfig` and the frozen reference. A member whose critic is
+``separate`` also has a value model of its own (a copy of the warm start with a value head).
+One step::
 
     batches   = per member, by its data kind (`grape_evo.training.batches`): on-policy members
-                sample in one lockstep decode over [M, B] from their own weights; demonstration
+                sample in one lockstep decode over [M, B] from their own weights (a member with
+                ``staleness`` s trains on the batch it sampled s steps earlier); demonstration
                 and offline-pair members read the step's rows
     fixed     = under no_grad: reference log-probs (one pass over the distinct rows of every
                 member), old log-probs and critic values where an update needs them, critic
@@ -16,6 +19,7 @@ status; all share the task, the `TrainConfig` and the frozen reference. One step
                 member m's own); per-member gradient clipping; Adam with one parameter group
                 per member (Adam is elementwise: P groups are P separate Adams; a member without
                 a gradient in an update is skipped, its moments untouched)
+    after     = members tagged ``kl_after_update``: KL(old || new) after the last update
 
 A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
 ``max_kl_to_ref``) stops there; so does one its caller stops (`Engine.stop`); the others go on.
@@ -33,15 +37,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from grape_evo.objective import SURROGATES, Objective, build_objective
+from grape_evo.objective import KL_AFTER_UPDATE, SURROGATES, Objective, build_objective
 from grape_evo.objective.aggregation import masked_mean
 from grape_evo.objective.spec import ObjectiveSpec
+from grape_evo.objective.surrogates import old_to_new_kl
 from grape_evo.policy import (
     Policy,
     Rollout,
     TokenOutputs,
     Weights,
-    decode,
     encode_pairs,
     forward_for,
     policy_weights,
@@ -62,13 +66,16 @@ from grape_evo.training.batches import (
     slice_rollout,
 )
 from grape_evo.training.config import TrainConfig
+from grape_evo.training.evaluation import evaluate
 from grape_evo.training.losses import (
     LossHook,
     critic_returns,
     full_batch,
     member_loss,
     needs_critic,
+    needs_kl_after_update,
     needs_trust_region,
+    separate_critic,
     sequence_k3,
 )
 from grape_evo.training.records import EvalReport, RunStatus
@@ -88,6 +95,10 @@ class Member:
 def adam(params: list[dict[str, object]], device: torch.device) -> torch.optim.Adam:
     """Adam over parameter groups; the fused kernel on CPU and CUDA."""
     return torch.optim.Adam(params, fused=device.type in ("cpu", "cuda"))
+
+
+def _copy(weights: Weights) -> dict[str, nn.Parameter]:
+    return {n: nn.Parameter(p.detach().clone()) for n, p in weights.items()}
 
 
 class Engine:
@@ -118,16 +129,17 @@ class Engine:
         self.task, self.config, self.policy = task, config, policy
         self.tokenizer, self.device = policy.tokenizer, policy.device
         self.forward = forward_for(policy)
+        self.logprob_temperature = config.temperature if config.temper_logprobs else 1.0
         self.offline_pairs = offline_pairs
         self._offline_ref: tuple[Tensor, Tensor] | None = None
+        self._eval_prompts: list[str] | None = None
+        self._pending: list[dict[int, MemberBatch]] = [{} for _ in members]
         base = policy_weights(policy)
-        self.weights: list[dict[str, nn.Parameter]] = [
-            {
-                name: nn.Parameter(p.detach().clone())
-                for name, p in base.items()
-                if critic or name not in VALUE_KEYS
-            }
-            for critic in self.critics
+        lm = {n: p for n, p in base.items() if n not in VALUE_KEYS}
+        head = [needs_critic(o) and not separate_critic(o) for o in self.objectives]
+        self.weights: list[dict[str, nn.Parameter]] = [_copy(base if h else lm) for h in head]
+        self.critic_weights: list[dict[str, nn.Parameter] | None] = [
+            _copy(base) if separate_critic(o) else None for o in self.objectives
         ]
         self.status = [(RunStatus.OK, "") for _ in members]
         groups = [
@@ -149,20 +161,42 @@ class Engine:
         self.status[i] = (status, reason)
 
     def _adam_params(self, i: int) -> list[nn.Parameter]:
-        """What Adam trains of member i: all its tensors, or only its value head when a
-        trust-region step trains the policy."""
-        return [p for n, p in self.weights[i].items() if not self.trust[i] or n in VALUE_KEYS]
+        """What Adam trains of member i: its policy tensors (only its value head when a
+        trust-region step trains the policy) and its separate critic's."""
+        own = [p for n, p in self.weights[i].items() if not self.trust[i] or n in VALUE_KEYS]
+        return own + list((self.critic_weights[i] or {}).values())
 
     def member_state(self, i: int) -> dict[str, Tensor]:
-        """A copy of member i's current tensors by parameter name."""
+        """A copy of member i's current policy tensors by parameter name."""
         return {name: p.detach().clone() for name, p in self.weights[i].items()}
 
     def export(self, i: int, policy: Policy) -> None:
-        """Copy member i's tensors into ``policy`` (e.g. to save the trained weights)."""
+        """Copy member i's policy tensors into ``policy`` (e.g. to save the trained weights)."""
         target = policy_weights(policy)
         with torch.no_grad():
             for name, p in self.weights[i].items():
                 target[name].copy_(p)
+
+    def _outputs(
+        self, members: list[int], rollouts: list[Rollout], values: bool = True, full: bool = False
+    ) -> list[TokenOutputs]:
+        """Each member's outputs on its rollout, cut to its own [B, T], in one forward: its
+        policy's, with ``values`` from its value head or its separate critic (which joins the
+        forward as one more weight set on the same rows)."""
+        critics = [j for j, i in enumerate(members) if values and self.critic_weights[i]]
+        weights: list[Weights] = [self.weights[i] for i in members]
+        weights += [self.critic_weights[members[j]] or {} for j in critics]
+        rows = rows_of(rollouts + [rollouts[j] for j in critics], self.tokenizer.pad_id)
+        out = self.forward.score(rows, weights, full, self.logprob_temperature)
+        critic_of = {j: len(members) + k for k, j in enumerate(critics)}
+        cut = []
+        for j, rollout in enumerate(rollouts):
+            b, t = rollout.completion_mask.shape
+            own = TokenOutputs(*(None if x is None else x[j, :b, :t] for x in out))
+            source = critic_of.get(j, j)
+            value = None if out.values is None or not values else out.values[source, :b, :t]
+            cut.append(own._replace(values=value if self.critics[members[j]] else None))
+        return cut
 
     # ---- one step -------------------------------------------------------------------------
     def step(self, step: int) -> list[dict[str, float] | None]:
@@ -178,27 +212,39 @@ class Engine:
         with torch.no_grad():
             self._fix(step, live, batches)
         metrics = self._train(live, batches)
+        with torch.no_grad():
+            self._kl_after_update(live, batches, metrics)
         for i in live:
             results[i] = self._finish(i, {**metrics[i], **batches[i].metrics}, step)
         return results
 
     def _collect(self, step: int, live: list[int]) -> dict[int, MemberBatch]:
+        """Each live member's batch of ``step``. On-policy members draw, in one decode, the
+        batch of step ``step + staleness`` (and at step 0 also those of steps 0 .. staleness
+        - 1, all from the warm start), and train on the one of ``step``."""
         cfg, device = self.config, self.device
-        batches: dict[int, MemberBatch] = {}
-        sampled = [i for i in live if self.specs[i].data == "on_policy"]
-        if sampled:
+        draws = [
+            (i, target)
+            for i in live
+            if self.specs[i].data == "on_policy"
+            for target in range(step, step + self.specs[i].staleness + 1)
+            if target not in self._pending[i]
+        ]
+        if draws:
             drawn = sample_members(
                 self.forward,
-                [self.weights[i] for i in sampled],
+                [self.weights[i] for i, _ in draws],
                 self.tokenizer,
                 self.task,
                 cfg,
-                step,
-                [self.specs[i] for i in sampled],
+                [target for _, target in draws],
+                [self.specs[i] for i, _ in draws],
                 self.policy.max_length,
                 device,
             )
-            batches.update(zip(sampled, drawn, strict=True))
+            for (i, target), batch in zip(draws, drawn, strict=True):
+                self._pending[i][target] = batch
+        batches = {i: self._pending[i].pop(step) for i in live if step in self._pending[i]}
         shared: dict[str, MemberBatch] = {}
         for i in live:
             data = self.specs[i].data
@@ -226,15 +272,20 @@ class Engine:
                         self.tokenizer, pairs.prompts[chunk], texts[chunk], device=self.device
                     )
                     with torch.no_grad():
-                        out = self.forward.score(rows_of([rollout], self.tokenizer.pad_id), None)
+                        rows = rows_of([rollout], self.tokenizer.pad_id)
+                        out = self.forward.score(rows, None, temperature=self.logprob_temperature)
                     parts.append(sequence_sums(out.logp[0], rollout.completion_mask)[0])
                 sums.append(torch.cat(parts))
             self._offline_ref = (sums[0], sums[1])
         return self._offline_ref
 
     def _fix(self, step: int, live: list[int], batches: dict[int, MemberBatch]) -> None:
-        """Everything that stays fixed during the step's updates (see the module docstring)."""
-        cfg = self.config
+        """Everything that stays fixed during the step's updates (see the module docstring).
+
+        One update on a fresh batch (epochs 1, minibatches 1, no staleness, no trust region)
+        uses its own detached log-probs as the old ones: the ratio is exactly 1. Several updates
+        use the log-probs of a no-grad forward before the first; a stale batch uses its
+        sampling log-probs, those of the policy that drew it."""
         on_policy = [i for i in live if self.specs[i].data == "on_policy"]
         need_ref = on_policy + [
             i for i in live if self.specs[i].data == "demonstrations" and self.specs[i].kl.active
@@ -244,21 +295,21 @@ class Engine:
         ):
             batches[i].ref_logp = ref
         for i in on_policy:
-            spec, batch = self.specs[i], batches[i]
-            single = spec.epochs == 1 and cfg.minibatches == 1 and not self.trust[i]
-            batch.old_is_new = single and cfg.temperature == 1.0
-        rescore = [i for i in on_policy if not batches[i].old_is_new or self.critics[i]]
-        if rescore:
-            out = self.forward.score(
-                rows_of([batches[i].rollout for i in rescore], self.tokenizer.pad_id),
-                [self.weights[i] for i in rescore],
+            spec = self.specs[i]
+            batches[i].old_is_new = (
+                spec.epochs == spec.minibatches == 1 and not spec.staleness and not self.trust[i]
             )
-            for j, i in enumerate(rescore):
-                b, t = batches[i].mask.shape
-                if not batches[i].old_is_new:
-                    batches[i].old_logp = out.logp[j, :b, :t]
-                if self.critics[i] and out.values is not None:
-                    batches[i].old_values = out.values[j, :b, :t]
+        rescore = [
+            i
+            for i in on_policy
+            if self.critics[i] or not (batches[i].old_is_new or self.specs[i].staleness)
+        ]
+        if rescore:
+            outs = self._outputs(rescore, [batches[i].rollout for i in rescore])
+            for i, out in zip(rescore, outs, strict=True):
+                if not (batches[i].old_is_new or self.specs[i].staleness):
+                    batches[i].old_logp = out.logp
+                batches[i].old_values = out.values
         for i in live:
             self._plan(step, i, batches[i])
         for i in on_policy:
@@ -276,12 +327,13 @@ class Engine:
             return []
         rows = rows_of([b.rollout for b in batches], self.tokenizer.pad_id)
         distinct, index = rows.distinct()
-        logp = self.forward.score(distinct, None).logp[0][index]  # [M, B, T]
+        out = self.forward.score(distinct, None, temperature=self.logprob_temperature)
+        logp = out.logp[0][index]  # [M, B, T]
         return [logp[j, : b.mask.shape[0], : b.mask.shape[1]] for j, b in enumerate(batches)]
 
     def _plan(self, step: int, i: int, batch: MemberBatch) -> None:
         """Critic returns, advantages, preference pairs and the rows of each update."""
-        spec, objective, cfg = self.specs[i], self.objectives[i], self.config
+        spec, objective = self.specs[i], self.objectives[i]
         if self.critics[i]:
             batch.returns = critic_returns(objective, batch)
         if spec.preference is not None and spec.data == "on_policy":
@@ -295,42 +347,40 @@ class Engine:
         if self.trust[i]:
             batch.updates = [None] if self.critics[i] else []
             return
-        if cfg.minibatches == 1 or batch.pairs is not None:
+        if spec.minibatches == 1 or batch.pairs is not None:
             batch.updates = [None] * spec.epochs
             return
         # Group and batch statistics must not depend on how the batch is split.
         batch.advantages = objective.advantages(full_batch(batch))
-        key = stream_key(cfg.seed, step, "minibatch")
+        key = stream_key(self.config.seed, step, "minibatch")
         size = batch.rewards.shape[0]
         for epoch in range(spec.epochs):
             order = permutation(key, size, epoch, self.device)
-            batch.updates.extend(order.chunk(cfg.minibatches))
+            batch.updates.extend(order.chunk(spec.minibatches))
 
     def _train(self, live: list[int], batches: dict[int, MemberBatch]) -> dict[int, Metrics]:
         metrics: dict[int, Metrics] = {i: {} for i in live}
         trust = [i for i in live if self.trust[i]]
         if trust:
             metrics.update(self._trust_region(trust, batches))
+        budget = self.task.max_new_tokens
         for k in range(max(len(batches[i].updates) for i in live)):
             active = [i for i in live if len(batches[i].updates) > k]
-            parts = [batches[i].rollout for i in active]
             subsets = [batches[i].updates[k] for i in active]
             parts = [
-                p if r is None else slice_rollout(p, r) for p, r in zip(parts, subsets, strict=True)
+                batches[i].rollout if r is None else slice_rollout(batches[i].rollout, r)
+                for i, r in zip(active, subsets, strict=True)
             ]
-            out = self.forward.score(
-                rows_of(parts, self.tokenizer.pad_id), [self.weights[i] for i in active]
-            )
+            outs = self._outputs(active, parts)
             losses = []
-            for j, (i, part, rows) in enumerate(zip(active, parts, subsets, strict=True)):
-                own = _member_outputs(out, j, part.completion_mask.shape)
+            for i, rows, out in zip(active, subsets, outs, strict=True):
                 loss, member_metrics = member_loss(
                     i,
                     self.objectives[i],
                     batches[i],
                     rows,
-                    own,
-                    self.config.value_coef,
+                    out,
+                    budget,
                     policy_loss=not self.trust[i],
                     hook=self.loss_hook,
                 )
@@ -344,7 +394,7 @@ class Engine:
             self.optimizer.step()
             # Members left out of the next update must have no gradient: Adam skips them.
             for i in active:
-                for p in self.weights[i].values():
+                for p in [*self.weights[i].values(), *(self.critic_weights[i] or {}).values()]:
                     p.grad = None
         return metrics
 
@@ -352,31 +402,30 @@ class Engine:
         self, members: list[int], batches: dict[int, MemberBatch]
     ) -> dict[int, Metrics]:
         """One batched TRPO step of ``members`` on their whole batches."""
-        rows = rows_of([batches[i].rollout for i in members], self.tokenizer.pad_id)
-        weights: list[Weights] = [
-            {n: p for n, p in self.weights[i].items() if n not in VALUE_KEYS} for i in members
-        ]
+        rollouts = [batches[i].rollout for i in members]
         with torch.no_grad():
-            old = self.forward.score(rows, weights, full=True).log_dist
-        assert old is not None
+            old = [o.log_dist for o in self._outputs(members, rollouts, values=False, full=True)]
         state: dict[int, Metrics] = {}
 
         def losses() -> Tensor:
-            out = self.forward.score(rows, weights)
+            outs = self._outputs(members, rollouts, values=False)
             values = []
-            for j, i in enumerate(members):
-                own = _member_outputs(out, j, batches[i].mask.shape)
-                loss, state[i] = member_loss(i, self.objectives[i], batches[i], None, own, 0.0)
+            for i, out in zip(members, outs, strict=True):
+                budget = self.task.max_new_tokens
+                loss, state[i] = member_loss(i, self.objectives[i], batches[i], None, out, budget)
                 values.append(loss)
             return torch.stack(values)
 
         def kls() -> Tensor:
-            new = self.forward.score(rows, weights, full=True).log_dist
-            assert new is not None
-            kl = (old.exp() * (old - new)).sum(-1)  # [M, B, T]
-            return torch.stack([masked_mean(kl[j], rows.mask[j]) for j in range(len(members))])
+            new = self._outputs(members, rollouts, values=False, full=True)
+            per_member = []
+            for before, after, rollout in zip(old, new, rollouts, strict=True):
+                assert before is not None and after.log_dist is not None
+                kl = (before.exp() * (before - after.log_dist)).sum(-1)  # [B, T]
+                per_member.append(masked_mean(kl, rollout.completion_mask))
+            return torch.stack(per_member)
 
-        params = [list(w.values()) for w in weights]
+        params = [[p for n, p in self.weights[i].items() if n not in VALUE_KEYS] for i in members]
         settings = [self.specs[i].surrogate.as_kwargs(SURROGATES) for i in members]
         max_kl = torch.tensor([s["max_kl"] for s in settings], device=self.device)
         damping = torch.tensor([s["damping"] for s in settings], device=self.device)
@@ -391,6 +440,23 @@ class Engine:
             }
             for j, i in enumerate(members)
         }
+
+    def _kl_after_update(
+        self, live: list[int], batches: dict[int, MemberBatch], metrics: dict[int, Metrics]
+    ) -> None:
+        """`KL_AFTER_UPDATE` for the members whose surrogate adapts to it: KL(old || new) on
+        the batch, with the weights after the step's last update."""
+        members = [
+            i
+            for i in live
+            if needs_kl_after_update(self.objectives[i]) and self.specs[i].data == "on_policy"
+        ]
+        if not members:
+            return
+        outs = self._outputs(members, [batches[i].rollout for i in members], values=False)
+        for i, out in zip(members, outs, strict=True):
+            batch = batches[i]
+            metrics[i][KL_AFTER_UPDATE] = old_to_new_kl(out.logp, batch.old_logp, batch.mask)
 
     def _finish(self, i: int, metrics: Metrics, step: int) -> dict[str, float]:
         """Member i's float metrics (the step's one host sync); a diverged member stops."""
@@ -412,46 +478,25 @@ class Engine:
         return out
 
     # ---- evaluation -----------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, members: Sequence[int] | None = None) -> list[EvalReport | None]:
-        """Per member (default: the live ones; None for the others): greedy held-out reward
-        and accuracy on ``eval_prompts`` prompts, and the sampled per-sequence KL to the
-        reference (k3 summed over tokens, mean over sequences)."""
+        """Per member (default: the live ones; None for the others), its held-out evaluation
+        on the task's fixed evaluation set (`grape_evo.training.evaluation`)."""
         chosen = self.live if members is None else list(members)
         reports: list[EvalReport | None] = [None] * len(self.specs)
         if not chosen:
             return reports
-        cfg, task = self.config, self.task
-        weights = [self.weights[i] for i in chosen]
-        prompts = task.prompts("eval", cfg.eval_prompts, cfg.seed)
-        each = [prompts] * len(chosen)
-        ones = [1] * len(chosen)
-        args = (self.tokenizer, each, ones, task.max_new_tokens)
-        greedy = decode(
-            self.forward, weights, *args, None, 1.0, self.policy.max_length, self.device
+        if self._eval_prompts is None:
+            self._eval_prompts = self.task.eval_set(self.config.eval_prompts)
+        found = evaluate(
+            self.forward,
+            [self.weights[i] for i in chosen],
+            self.tokenizer,
+            self.task,
+            self._eval_prompts,
+            self.config,
+            self.policy.max_length,
+            self.device,
         )
-        keys = [stream_key(cfg.seed, "eval")] * len(chosen)
-        sampled = decode(
-            self.forward, weights, *args, keys, 1.0, self.policy.max_length, self.device
-        )
-        kls = self._sequence_kl(sampled, weights)
-        for j, i in enumerate(chosen):
-            texts = greedy[j].texts
-            result = task.evaluate(
-                lambda _prompts, texts=texts: texts, n=cfg.eval_prompts, seed=cfg.seed
-            )
-            reports[i] = EvalReport(result.reward, result.accuracy, kls[j])
+        for i, report in zip(chosen, found, strict=True):
+            reports[i] = report
         return reports
-
-    def _sequence_kl(self, rollouts: list[Rollout], weights: list[Weights]) -> list[float]:
-        rows = rows_of(rollouts, self.tokenizer.pad_id)
-        own = self.forward.score(rows, weights).logp
-        distinct, index = rows.distinct()
-        ref = self.forward.score(distinct, None).logp[0][index]
-        return sequence_k3(own, ref, rows.mask).mean(-1).tolist()
-
-
-def _member_outputs(out: TokenOutputs, j: int, shape: torch.Size) -> TokenOutputs:
-    """Member j's outputs cut to its own rows and completion length ``shape`` (B_j, T_j)."""
-    b, t = shape
-    return TokenOutputs(*(None if x is None else x[j, :b, :t] for x in out))

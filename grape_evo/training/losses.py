@@ -27,6 +27,17 @@ def needs_critic(objective: Objective) -> bool:
     return objective.preference is None and "critic" in objective.advantage.component.tags
 
 
+def separate_critic(objective: Objective) -> bool:
+    """Whether the critic is a value model of its own rather than a head on the policy."""
+    return needs_critic(objective) and objective.advantage.params["critic"] == "separate"
+
+
+def needs_kl_after_update(objective: Objective) -> bool:
+    """Whether a component adapts to the KL the batch's updates moved the policy by (tag
+    ``kl_after_update``: the metric `KL_AFTER_UPDATE` is measured after the last update)."""
+    return "kl_after_update" in objective.surrogate.component.tags
+
+
 def needs_trust_region(objective: Objective) -> bool:
     """Whether the objective's surrogate is optimised by a trust-region step instead of Adam
     (tag ``trust_region``: TRPO's natural gradient)."""
@@ -61,9 +72,17 @@ def critic_returns(objective: Objective, batch: MemberBatch) -> Tensor:
     return returns
 
 
-def critic_loss(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
-    """0.5 * token mean of (V - (A + V_old))^2 over ``mask``, the PPO critic loss (unclipped)."""
-    return 0.5 * masked_mean((values - returns) ** 2, mask)
+def critic_loss(
+    values: Tensor, returns: Tensor, old_values: Tensor, mask: Tensor, clip: float
+) -> Tensor:
+    """The PPO value loss: 0.5 * token mean over ``mask`` of max((V - G)^2, (V_c - G)^2) with
+    G = A + V_old (``returns``) and V_c = V_old + clip(V - V_old, -clip, clip) (TRL's
+    ``cliprange_value``); ``clip`` 0 is the unclipped 0.5 * (V - G)^2."""
+    loss = (values - returns) ** 2
+    if clip > 0:
+        clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        loss = torch.maximum(loss, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
 
 
 def _pick(t: Tensor | None, rows: Tensor | None) -> Tensor | None:
@@ -76,16 +95,17 @@ def member_loss(
     batch: MemberBatch,
     rows: Tensor | None,
     out: TokenOutputs,
-    value_coef: float,
+    generation_budget: int = 0,
     policy_loss: bool = True,
     hook: LossHook | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss and metrics of ``member`` on ``rows`` of its batch (None: all), from the
-    outputs ``out`` [len(rows), T] of its current weights.
+    outputs ``out`` [len(rows), T] of its current weights (``out.values``: its critic's).
 
     Preference objectives: the pairwise loss on ``batch.pairs``. Everything else: the rollout
-    objective (demonstrations are rows of reward 1). With a critic, ``value_coef`` times the
-    value loss is added; ``policy_loss=False`` keeps only that (a trust-region member's critic).
+    objective (demonstrations are rows of reward 1) with the task's ``generation_budget``. With
+    a critic, its value loss (`critic_loss`) times the advantage's ``value_coef`` is added;
+    ``policy_loss=False`` keeps only that (a trust-region member's critic).
     """
     mask = batch.mask if rows is None else batch.mask[rows]
     if batch.pairs is not None:
@@ -108,6 +128,7 @@ def member_loss(
         values=_pick(batch.old_values, rows),
         entropy=out.entropy,
         advantages=_pick(batch.advantages, rows),
+        generation_budget=generation_budget,
     )
     loss, metrics = objective(rollout_batch)
     if hook is not None:
@@ -115,7 +136,10 @@ def member_loss(
     if not policy_loss:
         loss = torch.zeros((), device=loss.device)
     if batch.returns is not None and out.values is not None:
-        value_loss = critic_loss(out.values, _pick(batch.returns, rows), mask)
-        loss = loss + value_coef * value_loss
+        params = objective.advantage.params
+        returns, old_values = _pick(batch.returns, rows), _pick(batch.old_values, rows)
+        assert returns is not None and old_values is not None
+        value_loss = critic_loss(out.values, returns, old_values, mask, params["value_clip"])
+        loss = loss + params["value_coef"] * value_loss
         metrics["value_loss"] = value_loss.detach()
     return loss, metrics

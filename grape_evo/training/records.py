@@ -31,19 +31,23 @@ class RunStatus(StrEnum):
 
 @dataclass(frozen=True)
 class EvalReport:
-    """A held-out evaluation: mean reward, accuracy and sampled KL to the reference (nats per
-    sequence)."""
+    """A held-out evaluation (see `grape_evo.training.evaluation`): ``reward``, the expected
+    gold reward under sampling; ``accuracy`` and ``greedy_reward`` of greedy completions;
+    ``kl_to_ref``, the sampled KL to the reference (nats per sequence)."""
 
     reward: float
     accuracy: float
     kl_to_ref: float
+    greedy_reward: float | None = None
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EvalReport | None:
-        return None if data is None else cls(**{f.name: data[f.name] for f in fields(cls)})
+        if data is None:
+            return None
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,8 @@ class StepRecord:
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
         evaluation = None
         if data.get("eval_reward") is not None:
-            evaluation = EvalReport(
-                data["eval_reward"], data.get("eval_accuracy"), data.get("eval_kl_to_ref")
+            evaluation = EvalReport.from_dict(
+                {f.name: data.get(f"eval_{f.name}") for f in fields(EvalReport)}
             )
         skip = {"step", "seconds"} | {f"eval_{f.name}" for f in fields(EvalReport)}
         metrics = {k: v for k, v in data.items() if k not in skip and v is not None}

@@ -31,7 +31,7 @@ def test_every_preset_has_a_reason_formula_and_row() -> None:
 def test_rows_and_nearest_presets_worked_out_by_hand() -> None:
     assert axes_row("dapo") == [
         "`dapo`", "on_policy", "8", "group_zscore(eps=1e-06, unbiased_std=True)",
-        "ppo_clip(clip_high=0.28, clip_low=0.2, dual_clip=0.0)", "-", "token_mean", "-", "1",
+        "ppo_clip(clip_high=0.28, clip_low=0.2, dual_clip=0.0)", "-", "token_mean", "-", "1 x 1",
     ]  # fmt: skip
     assert axes_row("dpo")[1:4] == ["preference_pairs", "-", "-"]
     text = algorithms_markdown()

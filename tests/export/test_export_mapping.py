@@ -196,9 +196,12 @@ VERL_EXACT = {
         f"{ACTOR}.use_kl_loss": False,
         f"{ACTOR}.entropy_coeff": 0.0,
         f"{ACTOR}.ppo_epochs": 4,
-        f"{ACTOR}.ppo_mini_batch_size": "${data.train_batch_size}",
+        "data.train_batch_size": 64,  # 64 completions of group size 1, 4 minibatches
+        f"{ACTOR}.ppo_mini_batch_size": 16,
+        "critic.cliprange_value": 0.2,
     },
 }
+VERL_SETTINGS = {"ppo": ExportSettings(batch_size=64)}  # 4 minibatches need the batch size
 VERL_KEY_ARGS = {  # the parts that identify each algorithm in verl
     "rloo": {"algorithm.adv_estimator": "rloo", f"{ACTOR}.policy_loss.loss_mode": "gpg",
              f"{ACTOR}.loss_agg_mode": "seq-mean-token-sum", "algorithm.kl_penalty": "kl"},
@@ -215,7 +218,7 @@ VERL_KEY_ARGS = {  # the parts that identify each algorithm in verl
 
 @pytest.mark.parametrize("name", list(VERL_EXACT))
 def test_verl_exact_configs_match_hand_written_settings(name: str) -> None:
-    mapping = to_verl(presets.get(name))
+    mapping = to_verl(presets.get(name), VERL_SETTINGS.get(name))
     assert mapping.status == "exact", mapping.notes
     assert mapping.config == VERL_EXACT[name]
 
@@ -246,9 +249,9 @@ NOT_EXACT = {
         variant("grpo", kl={"estimator": "k1", "placement": "reward", "coef": 0.1}),
         "custom", ("advantage", "kl"), "exact", (),
     ),
-    "ppo": (presets.get("ppo"), "unsupported", ("advantage",), "exact", ()),
+    "ppo": (presets.get("ppo"), "unsupported", ("advantage",), "custom", ("minibatches",)),
     "trpo": (presets.get("trpo"), "unsupported", ("advantage", "surrogate"), "custom",
-             ("surrogate",)),
+             ("advantage", "surrogate")),
     "ipo": (presets.get("ipo"), "unsupported", ("preference",), "custom", ("data",)),
     "online_dpo": (presets.get("online_dpo"), "custom", ("preference",), "custom",
                    ("preference",)),

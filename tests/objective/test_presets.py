@@ -131,15 +131,16 @@ def test_preset_keys_distinct():
 
 
 # Keys computed at commit 480763a, before the fidelity parameters (batch_zscore.std_of,
-# reinforce_pp.baseline_of, best_of_group.scale, the k3_clamped estimator) existed: a spec that
-# does not use them must keep its key. rejection_sampling changed on purpose (scale "sft").
+# reinforce_pp.baseline_of, best_of_group.scale, gae's critic settings, the k3_clamped
+# estimator) and the regime fields (minibatches, staleness) existed: a spec that does not use
+# them must keep its key. rejection_sampling (scale "sft") and ppo (a separate value model,
+# value clipping, 4 minibatches) changed on purpose.
 KEYS_BEFORE = {
     "sft": "5090c8b2b06ae6bc",
     "reinforce": "9be54df3cd55a3b9",
     "reinforce_baseline": "ba7d2ef1f8c3dfae",
     "rloo": "16a53f51f43de20b",
     "trpo": "34425a92f5e9ae63",
-    "ppo": "145f41ee3801f1c8",
     "grpo": "16baef25218e5c87",
     "dr_grpo": "50a572ca1f83911c",
     "dapo": "cde9cef703d6aec9",
@@ -154,6 +155,7 @@ KEYS_BEFORE = {
     "discopop": "7355d20b1d450c3f",
 }
 REJECTION_SAMPLING_KEY_BEFORE = "bfbff4319c827ae9"
+PPO_KEY_BEFORE = "145f41ee3801f1c8"
 
 
 @pytest.mark.parametrize("name", sorted(KEYS_BEFORE))
@@ -168,6 +170,13 @@ def test_rejection_sampling_key_changed_with_its_scale():
         {**presets.PRESETS["rejection_sampling"].spec, "advantage": "best_of_group"}
     )
     assert group_scaled.key() == REJECTION_SAMPLING_KEY_BEFORE
+
+
+def test_ppo_key_changed_with_its_critic_and_minibatches():
+    assert presets.get("ppo").key() != PPO_KEY_BEFORE
+    raw = dict(presets.PRESETS["ppo"].spec)
+    before = {**raw, "advantage": {"name": "gae", "gamma": 1.0, "lam": 0.95}, "minibatches": 1}
+    assert ObjectiveSpec.from_dict(before).key() == PPO_KEY_BEFORE
 
 
 def test_describe_cites_a_paper():

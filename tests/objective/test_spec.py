@@ -63,7 +63,8 @@ def test_dict_round_trip(d):
 
 def test_to_dict_keeps_written_values_and_fills_defaults():
     d = ObjectiveSpec.from_dict(GRPO).to_dict()
-    assert set(d) == set(GRPO)
+    assert set(d) == set(GRPO) | {"minibatches", "staleness"}  # the regime, filled in
+    assert (d["minibatches"], d["staleness"]) == (1, 0)
     for key, value in GRPO.items():
         if isinstance(value, dict):
             # components come back with every written parameter (defaults filled in)
@@ -71,6 +72,27 @@ def test_to_dict_keeps_written_values_and_fills_defaults():
         else:
             assert d[key] == value, key
     assert d["surrogate"]["dual_clip"] == 0.0  # ppo_clip's default, filled in
+
+
+def test_regime_fields_validate_canonicalise_and_key() -> None:
+    grpo = ObjectiveSpec.from_dict(GRPO)
+    stale = ObjectiveSpec.from_dict({**GRPO, "minibatches": 4, "staleness": 2})
+    assert (stale.minibatches, stale.staleness) == (4, 2)
+    assert stale.key() != grpo.key()  # a regime other than 1 x 1, fresh changes the key
+    assert ObjectiveSpec.from_dict({**GRPO, "minibatches": 1, "staleness": 0}).key() == grpo.key()
+    for field, bad in (
+        ("minibatches", 0),
+        ("staleness", -1),
+        ("minibatches", 65),
+        ("staleness", 1.5),
+    ):
+        with pytest.raises(ObjectiveError, match=f"field '{field}'"):
+            ObjectiveSpec.from_dict({**GRPO, field: bad})
+    # Only sampled data can be stale; a trust-region step uses the whole batch once.
+    offline = ObjectiveSpec.from_dict({**presets.describe("dpo").spec, "staleness": 3})
+    assert offline.canonical().staleness == 0
+    trpo = ObjectiveSpec.from_dict({**presets.describe("trpo").spec, "minibatches": 4})
+    assert (trpo.canonical().epochs, trpo.canonical().minibatches) == (1, 1)
 
 
 def test_default_spec_round_trip():

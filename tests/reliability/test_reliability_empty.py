@@ -16,7 +16,7 @@ from grape_evo.search.space import SpaceError, parse_space
 from grape_evo.tasks import get_task
 from grape_evo.training import TrainConfig, train
 from grape_evo.training import batches as batches_module
-from grape_evo.training import engine as engine_module
+from grape_evo.training import evaluation as evaluation_module
 
 TINY = TrainConfig(steps=2, batch_size=8, eval_prompts=8, eval_every=1, warm_start_steps=3)
 
@@ -46,7 +46,7 @@ def test_empty_completions_train_and_score_zero(
         return rollouts
 
     monkeypatch.setattr(batches_module, "decode", silent_decode)
-    monkeypatch.setattr(engine_module, "decode", silent_decode)
+    monkeypatch.setattr(evaluation_module, "decode", silent_decode)
     summary = train(
         presets.get(preset), get_task("addition"), TINY, progress=False, cache_dir=tmp_path
     )

@@ -53,12 +53,12 @@ def test_jsonl_task_prompts_rewards_and_evaluation(tmp_path: Path) -> None:
         seen.append(ps)
         return [f"a{p.row}" if p.row % 2 else "no" for p in ps]
 
-    result = task.evaluate(half_right, n=64, seed=3)
+    result = task.evaluate(half_right, n=64)
     eval_rows = sorted(p.row for p in seen[0])
     assert eval_rows == task.rows_in("eval") and result.n == 5
     odd = sum(r % 2 for r in eval_rows)
     assert result.accuracy == pytest.approx(odd / 5) and result.reward == pytest.approx(odd / 5)
-    assert task.evaluate(half_right, n=2, seed=3).n == 2
+    assert task.evaluate(half_right, n=2).n == 2
 
 
 def test_csv_task_passes_columns_as_strings(tmp_path: Path) -> None:

@@ -189,9 +189,9 @@ def test_evaluate_gold_and_empty(task: Task) -> None:
         calls.append(list(prompts))
         return [task.gold(p) for p in prompts]
 
-    res = task.evaluate(gold_generate, n=32, seed=4)
+    res = task.evaluate(gold_generate, n=32)
     assert len(calls) == 1
-    assert calls[0] == task.prompts("eval", 32, 4)
+    assert calls[0] == task.eval_set(32)
     assert res.accuracy == 1.0 and res.n == 32
     assert res.reward == pytest.approx(GOLD_REWARD[task.name])
 
@@ -204,6 +204,16 @@ def test_evaluate_gold_and_empty(task: Task) -> None:
 
     with pytest.raises(ValueError, match="generate returned"):
         task.evaluate(lambda ps: ps[:-1], n=4)
+
+
+def test_eval_set_is_fixed_distinct_and_held_out(task: Task) -> None:
+    """Every run of a task scores the same prompts: distinct, all held out, the first n of any
+    larger set (the order depends on the task alone)."""
+    larger = task.eval_set(64)
+    assert len(larger) == len(set(larger)) == 64
+    assert all(task.split_of(p) == "eval" for p in larger)
+    assert task.eval_set(16) == larger[:16]
+    assert get_task(task.name).eval_set(64) == larger  # a fresh instance, another process alike
 
 
 def test_preference_pairs(task: Task) -> None:

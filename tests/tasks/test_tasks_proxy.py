@@ -47,9 +47,9 @@ def test_evaluate_reports_the_gold_reward_not_the_proxy() -> None:
     exploit = repeat_smallest(prompts)
     # Prompts of 8+ digits with a single distinct digit have probability <= 10 * 10**-8.
     assert task.reward(prompts, exploit) == [1.0] * 64
-    result = task.evaluate(repeat_smallest, n=64, seed=0)
+    result = task.evaluate(repeat_smallest, n=64)
     assert (result.reward, result.accuracy, result.n) == (0.0, 0.0, 64)
-    honest = task.evaluate(lambda ps: [task.gold(p) for p in ps], n=64, seed=0)
+    honest = task.evaluate(lambda ps: [task.gold(p) for p in ps], n=64)
     assert (honest.reward, honest.accuracy) == (1.0, 1.0)
 
 

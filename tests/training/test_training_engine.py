@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from grape_evo.objective import ObjectiveSpec, build_objective, presets
-from grape_evo.policy import PolicyConfig
+from grape_evo.policy import PolicyConfig, rows_of
 from grape_evo.tasks import get_task
 from grape_evo.training import Engine, Member, train, train_members, warm_start_policy
-from grape_evo.training.batches import sample_offline_pairs
+from grape_evo.training.batches import sample_offline_pairs, train_prompts
 from grape_evo.training.engine import MemberBatch
 from grape_evo.training.losses import needs_trust_region
 from grape_evo.training.run import spec_needs_critic
@@ -150,16 +150,30 @@ def test_every_preset_trains_as_a_member_as_it_trains_alone(
             {"temperature": 0.7},
             lambda: [_with("grpo", epochs=2), presets.get("cispo"), _with("dapo", epochs=3)],
         ),
-        # Minibatches: each member's own permutation of its rows per epoch. (RLOO without its
-        # KL-in-reward: when a minibatch's groups all tie, its exact-zero gradient alone becomes
-        # rounding noise in a population (the KL of equal policies is ~1e-8, not 0), and Adam,
-        # which divides by the gradient's scale, turns that noise into an lr-sized step.)
+        # Minibatches: each member's own permutation of its rows per epoch; PPO's 4 x 4 with
+        # its separate critic. (RLOO without its KL-in-reward: when a minibatch's groups all
+        # tie, its exact-zero gradient alone becomes rounding noise in a population (the KL of
+        # equal policies is ~1e-8, not 0), and Adam, which divides by the gradient's scale,
+        # turns that noise into an lr-sized step.)
         (
-            {"minibatches": 2},
-            lambda: [presets.get("ppo"), _with("grpo", epochs=2), _with("rloo", kl={"coef": 0.0})],
+            {},
+            lambda: [
+                presets.get("ppo"),
+                _with("grpo", epochs=2, minibatches=2),
+                _with("rloo", kl={"coef": 0.0}, minibatches=2),
+            ],
+        ),
+        # Stale rollouts: each member trains on the batch it sampled `staleness` steps earlier.
+        (
+            {},
+            lambda: [
+                _with("grpo", staleness=2),
+                _with("cispo", staleness=1, epochs=2),
+                presets.get("dr_grpo"),
+            ],
         ),
     ],
-    ids=["epochs-temperature-0.7", "minibatches-2"],
+    ids=["epochs-temperature-0.7", "minibatches", "staleness"],
 )
 def test_regimes_train_as_alone(
     tiny: Callable[..., Any],
@@ -307,3 +321,40 @@ def test_a_stop_reason_stops_only_its_member(tiny: Callable[..., Any], cache_dir
     assert stopped.kl_to_ref is None  # a stopped run reports no final KL
     assert going.status == "ok" and going.steps == 3
     assert sorted(seen) == [(0, 1), (1, 1), (1, 2), (1, 3)]
+
+
+def test_a_stale_member_trains_on_the_batch_an_earlier_policy_sampled(
+    warm_policy: Callable[..., Any], tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staleness 2: the batch of step t has step t's prompts and was drawn by the weights of
+    step max(0, t - 2); its old log-probs are that policy's, so the ratio of the first update
+    is not 1 once the policy has moved."""
+    task = get_task("addition")
+    config = tiny(batch_size=16, seed=2)
+    policy = warm_policy(task)
+    engine = Engine([Member(_with("grpo", staleness=2), 3e-3)], task, config, policy)
+    batches: list[MemberBatch] = []
+    original = Engine._collect
+
+    def spy(self: Engine, step: int, live: list[int]) -> dict[int, MemberBatch]:
+        collected = original(self, step, live)
+        batches.append(collected[0])
+        return collected
+
+    monkeypatch.setattr(Engine, "_collect", spy)
+    snapshots, ratios = [], []
+    for step in range(5):
+        snapshots.append(engine.member_state(0))
+        ratios.append(engine.step(step)[0]["ratio_mean"])
+    for step, batch in enumerate(batches):
+        assert batch.rollout.prompts == [
+            p for p in train_prompts(task, config, step, 8) for _ in range(8)
+        ]
+        behaviour = snapshots[max(0, step - 2)]
+        rows = rows_of([batch.rollout], engine.tokenizer.pad_id)
+        with torch.no_grad():
+            drawn_by = engine.forward.score(rows, [behaviour]).logp[0]
+        torch.testing.assert_close(batch.old_logp, drawn_by, atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.rollout.sample_logp, drawn_by, atol=1e-5, rtol=0)
+    assert ratios[0] == pytest.approx(1.0, abs=1e-6)  # step 0: nothing has moved yet
+    assert all(abs(r - 1.0) > 1e-4 for r in ratios[1:])

@@ -47,7 +47,8 @@ def _spy(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     real_clip = torch.nn.utils.clip_grad_norm_
 
     def clip(params: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
-        weights = engine.weights[0].items()
+        critic = engine.critic_weights[0] or {}
+        weights = [*engine.weights[0].items(), *((f"critic.{n}", p) for n, p in critic.items())]
         seen["grads"].append({n: p.grad.clone() for n, p in weights if p.grad is not None})
         return real_clip(params, max_norm, *args, **kwargs)
 
@@ -164,29 +165,44 @@ def _gae_returns(
     return out
 
 
-def test_ppo_adds_only_the_value_loss(warm_policy, tiny, monkeypatch) -> None:
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_ppo_adds_only_the_value_loss(critic: str, warm_policy, tiny, monkeypatch) -> None:
+    """One PPO update (1 epoch, 1 minibatch): the policy loss plus value_coef times the value
+    loss of its critic, a value head on the policy (shared) or a model of its own (separate,
+    the preset's); nothing else, and the gradients of exactly that."""
     task = get_task("preference")
     raw = dict(presets.describe("ppo").spec)
-    spec = ObjectiveSpec.from_dict({**raw, "name": "ppo_one_epoch", "epochs": 1})
+    advantage = {**raw["advantage"], "critic": critic}
+    spec = ObjectiveSpec.from_dict(
+        {**raw, "name": "ppo_one_update", "epochs": 1, "minibatches": 1, "advantage": advantage}
+    )
     gamma, lam = raw["advantage"]["gamma"], raw["advantage"]["lam"]
+    value_coef = raw["advantage"]["value_coef"]
     kl_coef = raw["kl"]["coef"]  # k1 in the reward
-    cfg = tiny(batch_size=16, max_grad_norm=0.0, value_coef=0.5)
+    cfg = tiny(batch_size=16, max_grad_norm=0.0)
     policy = warm_policy(task, value_head=True, batch_size=16)
     engine = Engine([Member(spec, cfg.lr)], task, cfg, policy)
     engine.step(0)
     seen = _spy(engine, monkeypatch)
     before = _before(engine, policy)
+    critic_model = before
+    if critic == "separate":
+        critic_model = copy.deepcopy(policy)
+        with torch.no_grad():
+            for name, p in policy_weights(critic_model).items():
+                p.copy_((engine.critic_weights[0] or {})[name])
     engine.step(1)
 
     (rollout,) = seen["rollouts"]
     ((batch, loss),) = seen["hooks"]
     rewards = torch.tensor(task.reward(rollout.prompts, rollout.texts), dtype=torch.float32)
     out = score(before, rollout)
+    values = score(critic_model, rollout).values
     with torch.no_grad():
         ref = score(before, rollout, reference=True).logp
     mask = rollout.completion_mask.float()
-    assert out.values is not None
-    old_values = out.values.detach()
+    assert values is not None
+    old_values = values.detach()
     torch.testing.assert_close(batch.values, old_values, rtol=1e-4, atol=1e-5)
     rebuilt = RolloutBatch(
         logp=out.logp,
@@ -203,7 +219,13 @@ def test_ppo_adds_only_the_value_loss(warm_policy, tiny, monkeypatch) -> None:
 
     token_rewards = -kl_coef * (out.logp.detach() - ref) * mask
     returns = _gae_returns(rewards, token_rewards, old_values, mask, gamma, lam)
-    value_loss = 0.5 * (((out.values - returns) ** 2) * mask).sum() / mask.sum()
-    total = policy_loss + cfg.value_coef * value_loss
+    # At the first update V = V_old, so the value clip leaves (V - G)^2 as it is.
+    value_loss = 0.5 * (((values - returns) ** 2) * mask).sum() / mask.sum()
+    total = policy_loss + value_coef * value_loss
     assert seen["totals"] == [pytest.approx(float(total.detach()), rel=1e-4, abs=1e-5)]
-    _assert_same_grads(seen["grads"][0], _grads(before, total))
+    want = _grads(before, policy_loss if critic == "separate" else total)
+    if critic == "separate":
+        want.update(
+            {f"critic.{n}": g for n, g in _grads(critic_model, value_coef * value_loss).items()}
+        )
+    _assert_same_grads(seen["grads"][0], want)

@@ -1,7 +1,8 @@
 """The searchable paths of an objective, read from the component registries.
 
 An axis path is a dotted path into :class:`~grape_evo.objective.ObjectiveSpec` (or
-``optim.lr``, the learning rate): ``data``, ``group_size``, ``epochs``, ``entropy_coef``,
+``optim.lr``, the learning rate): ``data``, ``group_size``, ``epochs``, ``minibatches``,
+``staleness``, ``entropy_coef``,
 ``advantage.<name|param>``, ``surrogate.<name|param>``, ``aggregation.<name|param>``,
 ``kl.<estimator|placement|coef>``, ``preference.<name|pairing|param>``. A ``<param>`` is a
 parameter of some registered component of that kind, so registering a component adds its
@@ -50,6 +51,8 @@ def field_of(path: str) -> Field | None:
         "data": Field("str", DATA_MODES, "data mode"),
         "group_size": Field("int"),
         "epochs": Field("int"),
+        "minibatches": Field("int"),
+        "staleness": Field("int"),
         "entropy_coef": Field("float"),
         "optim.lr": Field("float"),
         "kl.estimator": Field("str", tuple(REGISTRIES["kl"].names()), "kl estimator"),
@@ -73,7 +76,7 @@ def field_of(path: str) -> Field | None:
 
 def axis_paths() -> list[str]:
     """Every valid axis path (component parameters read from the registries)."""
-    paths = ["data", "group_size", "epochs", "entropy_coef", "optim.lr"]
+    paths = ["data", "group_size", "epochs", "minibatches", "staleness", "entropy_coef", "optim.lr"]
     for kind in ("advantage", "surrogate", "aggregation"):
         paths += [f"{kind}.name"] + [
             f"{kind}.{p}" for p in sorted(REGISTRIES[kind].all_param_names())

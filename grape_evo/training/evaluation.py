@@ -1,0 +1,92 @@
+"""Held-out evaluation of M members on the task's fixed evaluation set.
+
+Every run of a task is scored on the same prompts, `Task.eval_set` (``eval_prompts`` distinct
+held-out prompts in an order fixed by the task alone, or the whole held-out split), so runs with
+different seeds, objectives or members differ only in what they generate:
+
+* ``reward``: the expected gold reward under sampling at the training temperature, the mean over
+  ``eval_samples`` completions per prompt drawn with the stream ``(seed, "eval")`` (the same
+  random numbers for every member with that seed);
+* ``accuracy`` and ``greedy_reward``: the accuracy criterion and the gold reward of greedy
+  completions;
+* ``kl_to_ref``: the per-sequence KL(pi || pi_ref), k3 summed over the tokens of
+  temperature-1 samples, mean over sequences.
+
+``gold_reward`` is the task's held-out score: its training reward, except for tasks whose
+training reward is a gameable proxy of a hidden gold one.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import torch
+
+from grape_evo.policy import Forward, Rollout, Weights, decode, rows_of, stream_key
+from grape_evo.policy.tokenizer import TextTokenizer
+from grape_evo.tasks import Task
+from grape_evo.training.config import TrainConfig
+from grape_evo.training.losses import sequence_k3
+from grape_evo.training.records import EvalReport
+
+
+@torch.no_grad()
+def evaluate(
+    forward: Forward,
+    weights: Sequence[Weights],
+    tokenizer: TextTokenizer,
+    task: Task,
+    prompts: list[str],
+    config: TrainConfig,
+    max_length: int | None,
+    device: torch.device,
+) -> list[EvalReport]:
+    """One `EvalReport` per member of ``weights`` on the evaluation set ``prompts``."""
+    members = len(weights)
+
+    def run(group: int, key: int | None, temperature: float) -> list[Rollout]:
+        keys = None if key is None else [key] * members
+        return decode(
+            forward,
+            weights,
+            tokenizer,
+            [prompts] * members,
+            [group] * members,
+            task.max_new_tokens,
+            keys,
+            temperature,
+            max_length,
+            device,
+        )
+
+    key = stream_key(config.seed, "eval")
+    greedy = run(1, None, 1.0)
+    sampled = run(config.eval_samples, key, config.temperature)
+    at_one = sampled if config.temperature == 1.0 else run(1, key, 1.0)
+    kls = _sequence_kl(forward, weights, at_one, tokenizer.pad_id)
+    reports = []
+    for member in range(members):
+        greedy_rewards = task.gold_reward(prompts, greedy[member].texts)
+        correct = task.correct_flags(prompts, greedy[member].texts, greedy_rewards)
+        rewards = task.gold_reward(sampled[member].prompts, sampled[member].texts)
+        reports.append(
+            EvalReport(
+                reward=statistics.fmean(rewards),
+                accuracy=statistics.fmean(float(c) for c in correct),
+                kl_to_ref=kls[member],
+                greedy_reward=statistics.fmean(greedy_rewards),
+            )
+        )
+    return reports
+
+
+def _sequence_kl(
+    forward: Forward, weights: Sequence[Weights], rollouts: list[Rollout], pad_id: int
+) -> list[float]:
+    """Mean per-sequence k3 KL(pi || pi_ref) of each member on its own samples."""
+    rows = rows_of(rollouts, pad_id)
+    own = forward.score(rows, weights).logp
+    distinct, index = rows.distinct()
+    ref = forward.score(distinct, None).logp[0][index]
+    return sequence_k3(own, ref, rows.mask).mean(-1).tolist()
