@@ -140,7 +140,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     tune_results, tune_compute = execute(
-        tune_plans, args.out, jobs=args.jobs, progress=not args.no_progress, description="tuning"
+        tune_plans,
+        args.out,
+        jobs=args.jobs,
+        population=args.population,
+        progress=not args.no_progress,
+        description="tuning",
     )
     tuning = finals_frame(tune_results)
     chosen = best_lrs(tuning)
@@ -151,7 +156,12 @@ def main() -> None:
     }
     eval_plans = plans_for(config, path, "eval", config["seeds"], lrs)
     results, compute = execute(
-        eval_plans, args.out, jobs=args.jobs, progress=not args.no_progress, description="eval"
+        eval_plans,
+        args.out,
+        jobs=args.jobs,
+        population=args.population,
+        progress=not args.no_progress,
+        description="eval",
     )
 
     finals = finals_frame(results)

@@ -161,7 +161,12 @@ def main() -> None:
     out = args.results or (args.out / "results" if args.quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
     results, compute = execute(
-        plans, args.out, jobs=args.jobs, progress=not args.no_progress, description="ablation"
+        plans,
+        args.out,
+        jobs=args.jobs,
+        population=args.population,
+        progress=not args.no_progress,
+        description="ablation",
     )
     finals = finals_frame(results)
     finals.to_csv(out / "results.csv", index=False)

@@ -8,7 +8,7 @@
    two phases; the Optuna study resumes).
 2. Takes the ``top`` candidates by re-evaluated reward and trains each unchanged (objective and
    learning rate) on every target of ``config.yaml`` next to the reference (GRPO), on the same
-   seeds. Effects are paired differences to the reference with bootstrap 95% CIs.
+   seeds. Effects are paired differences to the reference with t 95% CIs.
 Writes ``results.csv``, ``effects.csv``, ``effects.png`` and the results block of ``README.md``.
 """
 
@@ -25,7 +25,7 @@ import pandas as pd
 
 from grape_evo.analysis import figures
 from grape_evo.analysis.diff import describe_diff
-from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.analysis.stats import t_interval
 from grape_evo.experiment import RunPlan, execute, finals_frame, paired_effects
 from grape_evo.experiment.config import (
     ExperimentConfigError,
@@ -94,7 +94,7 @@ def source_table(rows: list[dict[str, Any]], chosen: list, reference: str) -> pd
         diff = "n/a"
         if ref is not None:
             pairs = [a - b for a, b in zip(r["rewards"], ref["rewards"], strict=True)]
-            low, high = bootstrap_ci(pairs)
+            _, low, high, _ = t_interval(pairs)
             mean = sum(pairs) / len(pairs) if pairs else math.nan
             diff = fmt_effect(mean, low, high)
         low, high = r["reward_ci95"]
@@ -163,7 +163,12 @@ def main() -> None:
                 policy = PolicyConfig(preset=target["policy"])
                 plans.append(RunPlan(label, target["task"], spec, train, policy, stage=name))
     results, compute = execute(
-        plans, args.out, jobs=args.jobs, progress=not args.no_progress, description="transfer"
+        plans,
+        args.out,
+        jobs=args.jobs,
+        population=args.population,
+        progress=not args.no_progress,
+        description="transfer",
     )
     finals = finals_frame(results)
     stage = {id(r.plan): r.plan.stage for r in results}

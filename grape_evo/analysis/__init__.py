@@ -1,16 +1,17 @@
 """Analysis: backend-free tables over campaigns and the figures and report drawn from them.
 
 ``frames`` (study / run folders -> pandas), ``figures`` (frames -> matplotlib Figures on Agg),
-``pareto``, ``diff`` (nearest-baseline difference), ``stats`` (bootstrap CI) and ``report``
-(``write_report(RUN_DIR)``). Importing this package loads only ``stats``; the others are
-imported on first use, so light callers (the campaign) stay light.
+``pareto``, ``diff`` (nearest-baseline difference), ``stats`` (t-intervals, paired and
+Bonferroni-corrected) and ``report`` (``write_report(RUN_DIR)``). Importing this package loads
+only ``stats``; the others are imported on first use, so light callers (the campaign) stay
+light.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.analysis.stats import paired_interval, t_interval
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,4 +32,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'grape_evo.analysis' has no attribute '{name}'")
 
 
-__all__ = ["bootstrap_ci", "write_report"]
+__all__ = ["paired_interval", "t_interval", "write_report"]

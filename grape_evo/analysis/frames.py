@@ -28,7 +28,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.analysis.stats import t_interval
 from grape_evo.search.evaluator import verify_artifacts
 from grape_evo.training.records import parse_metrics
 
@@ -354,7 +354,7 @@ def discoveries_frame(run_dir: Path) -> pd.DataFrame | None:
     """One row per re-evaluated candidate (``discoveries.json``), best first; None when absent.
 
     Columns: ``label``, ``trial``, ``baseline`` (bool), ``key``, ``reward``, ``ci_low``,
-    ``ci_high`` (the stored bootstrap 95% CI, recomputed with :func:`bootstrap_ci` from
+    ``ci_high`` (the stored 95% CI, recomputed as a t-interval from
     ``rewards`` where it is missing), ``n`` (number of finals), ``rewards`` (list),
     ``search_reward``, ``accuracy``, ``kl_to_ref``, ``status``, ``objective`` (spec dict).
     Raises ValueError when the file exists but does not parse.
@@ -373,7 +373,7 @@ def discoveries_frame(run_dir: Path) -> pd.DataFrame | None:
         ci = c.get("reward_ci95") or [None, None]
         low, high = _num(ci[0]), _num(ci[1])
         if not (math.isfinite(low) and math.isfinite(high)) and rewards:
-            low, high = bootstrap_ci(rewards)
+            _, low, high, _ = t_interval(rewards)
         reward = _num(c.get("reward"))
         if not math.isfinite(reward) and rewards:
             reward = float(np.mean(rewards))

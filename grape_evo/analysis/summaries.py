@@ -7,43 +7,18 @@ import json
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)  # fmt: skip
-
-
-def t_quantile_975(df: int) -> float:
-    """t_{0.975, df}: the table for df <= 30, a Cornish-Fisher expansion above (error < 1e-4)."""
-    if df < 1:
-        raise ValueError("df must be >= 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+from grape_evo.analysis.stats import t_interval
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the t-based 95% CI of the mean, mean ± t_{0.975, n-1}·s/√n.
-
-    ``s`` is the sample standard deviation (ddof 1). One value gives a zero-width interval,
-    none gives NaNs; non-finite values are dropped.
-    """
-    data = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    n = data.size
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(data.mean())
-    if n == 1:
-        return mean, mean, mean
-    half = t_quantile_975(n - 1) * float(data.std(ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half
+    """(mean, low, high): the t-based 95% CI of the mean (`grape_evo.analysis.stats.t_interval`);
+    non-finite values are dropped, fewer than 2 values give NaN bounds."""
+    interval = t_interval(values)
+    return interval.mean, interval.low, interval.high
 
 
 def curve_summary(

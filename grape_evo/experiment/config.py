@@ -117,10 +117,16 @@ def parse_args(description: str, default_out: str) -> argparse.Namespace:
         "with --quick: OUT/results)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=8,
+        help="runs of the same task, seed and budget trained together in one lockstep batch",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args()
     if args.out is None:
         args.out = Path(default_out + ("-quick" if args.quick else ""))
-    if args.jobs < 1:
-        parser.error("--jobs must be >= 1")
+    if args.jobs < 1 or args.population < 1:
+        parser.error("--jobs and --population must be >= 1")
     return args

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from grape_evo.objective import ObjectiveSpec
 from grape_evo.policy import PolicyConfig, resolve_device
 from grape_evo.tasks import get_task
-from grape_evo.training import TrainConfig, train, warm_start_policy
+from grape_evo.training import Member, TrainConfig, train_members, warm_start_policy
 from grape_evo.training.records import read_metrics
 
 FINISHED_STATUSES = ("ok", "diverged")
@@ -70,6 +70,16 @@ class RunPlan:
     def folder(self, root: Path) -> Path:
         name = f"{self.label}-lr{self.train.lr:g}-s{self.seed}-{self.key()}"
         return Path(root) / self.stage / self.task / name
+
+    def batch_key(self) -> str:
+        """What runs trained together in one lockstep batch must share: everything but the
+        objective and the learning rate."""
+        blob = {
+            "task": self.task,
+            "train": {**self.train.to_dict(), "lr": None},
+            "policy": self.policy.to_dict(),
+        }
+        return json.dumps(blob, sort_keys=True)
 
     def warm_start_key(self) -> tuple[str, str, int, int, float, int]:
         """What decides this run's warm start (runs that share it share the cache)."""
@@ -140,18 +150,20 @@ def _build_warm_start(plan: RunPlan, cache_dir: Path | None, threads: int) -> fl
     return time.perf_counter() - start
 
 
-def _run_plan(plan: RunPlan, root: Path, cache_dir: Path | None, threads: int) -> float:
+def _run_batch(plans: list[RunPlan], root: Path, cache_dir: Path | None, threads: int) -> float:
+    """Train ``plans`` (which share `RunPlan.batch_key`) in one lockstep batch; its seconds."""
     torch.set_num_threads(threads)
-    summary = train(
-        plan.spec,
-        get_task(plan.task),
-        plan.train,
-        plan.policy,
-        out_dir=plan.folder(root),
+    first = plans[0]
+    summaries = train_members(
+        [Member(p.spec, p.train.lr) for p in plans],
+        get_task(first.task),
+        first.train,
+        first.policy,
+        out_dirs=[p.folder(root) for p in plans],
         progress=False,
         cache_dir=cache_dir,
     )
-    return summary.wall_seconds
+    return summaries[0].wall_seconds
 
 
 @dataclass
@@ -183,12 +195,16 @@ def execute(
     cache_dir: Path | None = None,
     progress: bool = True,
     description: str = "runs",
+    population: int = 1,
 ) -> tuple[list[RunResult], Compute]:
     """Run every plan that has no finished run folder yet; return all results in plan order.
 
-    Warm starts are built first (once per distinct warm start, in parallel), then the runs,
-    ``jobs`` at a time in spawned processes with ``threads_per_job`` torch threads each.
-    A run that ends without a finished summary (e.g. killed) is run again next time.
+    Warm starts are built first (once per distinct warm start, in parallel), then the runs:
+    plans that share a `RunPlan.batch_key` (the same task, seed, budget and policy) train
+    together, up to ``population`` at a time in one lockstep batch of the training engine (each
+    with its own run folder, the result it would get alone), ``jobs`` batches at a time in
+    spawned processes with ``threads_per_job`` torch threads each. A run that ends without a
+    finished summary (e.g. killed) is run again next time.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -205,8 +221,14 @@ def execute(
                 _build_warm_start, warm, (cache_dir, threads_per_job), jobs, bar, task_id
             )
             compute.warm_start_seconds = sum(seconds)
-        task_id = bar.add_task(description, total=len(plans), completed=compute.runs_reused)
-        _pool_map(_run_plan, todo, (root, cache_dir, threads_per_job), jobs, bar, task_id)
+        groups: dict[str, list[RunPlan]] = {}
+        for plan in todo:
+            groups.setdefault(plan.batch_key(), []).append(plan)
+        batches = [
+            g[i : i + population] for g in groups.values() for i in range(0, len(g), population)
+        ]
+        task_id = bar.add_task(description, total=len(batches))
+        _pool_map(_run_batch, batches, (root, cache_dir, threads_per_job), jobs, bar, task_id)
     compute.runs_done_now = len(todo)
     results = []
     for plan in plans:
@@ -214,14 +236,16 @@ def execute(
         if summary is None:
             raise RuntimeError(f"run {plan.folder(root)} did not finish; run the experiment again")
         results.append(RunResult(plan, summary, plan.folder(root)))
-        compute.run_seconds += float(summary.get("wall_seconds") or 0.0)
+        # A batch's wall time is every member's: count each member's share of it.
+        share = float(summary.get("wall_seconds") or 0.0) / int(summary.get("trained_with") or 1)
+        compute.run_seconds += share
     compute.wall_seconds = time.perf_counter() - start
     return results, compute
 
 
 def _pool_map(
     fn: Callable[..., float],
-    items: Sequence[RunPlan],
+    items: Sequence[Any],
     extra: tuple[Any, ...],
     jobs: int,
     bar: Progress,
@@ -250,7 +274,7 @@ def _pool_map(
         signal.signal(signal.SIGTERM, previous)
 
 
-def _apply(call: tuple[Callable[..., float], RunPlan, tuple[Any, ...]]) -> float:
+def _apply(call: tuple[Callable[..., float], Any, tuple[Any, ...]]) -> float:
     fn, item, extra = call
     return fn(item, *extra)
 

@@ -66,7 +66,7 @@ def save_learning_curves(
 
 
 def effects_figure(effects: pd.DataFrame, title: str, xlabel: str) -> Figure:
-    """Forest plot: one row per (task, label), the paired effect and its bootstrap 95% CI.
+    """Forest plot: one row per (task, label), the paired effect and its t 95% CI.
 
     ``effects`` is a :func:`~grape_evo.experiment.tables.paired_effects` frame with a ``task``
     column. A vertical line marks 0 (no effect).
@@ -83,7 +83,7 @@ def effects_figure(effects: pd.DataFrame, title: str, xlabel: str) -> Figure:
     ax.axvline(0.0, color="#444444", linestyle=":", linewidth=1.2)
     ax.set_yticks(y, [f"{t}: {lab} (n={n})" for t, lab, n in data[["task", "label", "n"]].values])
     ax.set_xlabel(xlabel)
-    ax.set_title(f"{title}\nmean paired difference over seeds, bootstrap 95% CI")
+    ax.set_title(f"{title}\nmean paired difference over seeds, t 95% CI")
     finite = [v for v in [*data["low"], *data["high"]] if math.isfinite(v)]
     if finite:
         span = max(finite) - min(finite) or 1.0

@@ -1,9 +1,9 @@
-"""Result tables of an experiment: per-cell means with bootstrap CIs, and paired effects.
+"""Result tables of an experiment: per-cell means with t-intervals, and paired effects.
 
 Every statistic is over seeds. Warm starts differ a lot between seeds (the same objective can
 start at 0.5 or 0.8 accuracy), so comparisons of two objectives use *paired* differences: on
 each seed both start from the same warm start, and the effect is the mean over seeds of
-``metric(variant, seed) - metric(reference, seed)``, with a bootstrap CI of that mean.
+``metric(variant, seed) - metric(reference, seed)``, with a t 95% CI of that mean.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.analysis.stats import t_interval
 from grape_evo.experiment.grid import RunResult
 
 METRICS = ("reward", "accuracy", "kl_to_ref")
@@ -39,7 +39,7 @@ def finals_frame(results: Sequence[RunResult]) -> pd.DataFrame:
 
 
 def cell_table(finals: pd.DataFrame, by: Sequence[str] = ("task", "label")) -> pd.DataFrame:
-    """Per cell: ``n`` seeds, runs not ok, and mean + bootstrap 95% CI of every metric.
+    """Per cell: ``n`` seeds, runs not ok, and mean + t 95% CI of every metric.
 
     A run that did not end ok (diverged or failed) has no final value: it is counted in
     ``not_ok`` and left out of the means, so ``n`` says how many seeds each mean rests on.
@@ -52,7 +52,8 @@ def cell_table(finals: pd.DataFrame, by: Sequence[str] = ("task", "label")) -> p
         for metric in (*METRICS, "initial_reward"):
             values = part[metric].dropna().tolist()
             row[metric] = sum(values) / len(values) if values else math.nan
-            row[f"{metric}_low"], row[f"{metric}_high"] = bootstrap_ci(values)
+            interval = t_interval(values)
+            row[f"{metric}_low"], row[f"{metric}_high"] = interval.low, interval.high
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -66,7 +67,7 @@ def paired_effects(
     """Mean over seeds of ``metric(label) - metric(reference)`` per (``by``, label).
 
     Only seeds where both runs ended ok are paired. Columns: ``by``..., ``label``, ``n``
-    (pairs), ``effect``, ``low``, ``high`` (bootstrap 95% CI of the mean difference),
+    (pairs), ``effect``, ``low``, ``high`` (t 95% CI of the mean difference),
     ``wins`` (pairs where the label is strictly better).
     """
     rows = []
@@ -78,7 +79,8 @@ def paired_effects(
                 continue
             mine = runs.set_index("seed")[metric]
             diffs = (mine - ref).dropna()
-            low, high = bootstrap_ci(diffs.tolist())
+            interval = t_interval(diffs.tolist())
+            low, high = interval.low, interval.high
             rows.append(
                 {
                     **key_values,

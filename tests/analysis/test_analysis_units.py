@@ -10,27 +10,50 @@ import pytest
 
 from grape_evo.analysis.diff import differing_leaves, nearest_baseline_diff
 from grape_evo.analysis.pareto import pareto_mask
-from grape_evo.analysis.stats import bootstrap_ci
-from grape_evo.analysis.summaries import curve_summary, mean_ci, t_quantile_975
+from grape_evo.analysis.stats import Interval, paired_interval, t_interval, verdict
+from grape_evo.analysis.summaries import curve_summary, mean_ci
 from grape_evo.objective import ObjectiveSpec, presets
 
 
 # ---- confidence intervals -----------------------------------------------------------------
-def test_bootstrap_ci_of_constant_values_has_zero_width():
-    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+def test_t_interval_quantiles_match_printed_tables():
+    """Half-widths over n values with sample sd 1: t_{0.975, n-1} / sqrt(n), the quantiles
+    from printed t tables (12.706, 4.303, 2.021, 1.980)."""
+    for n, quantile in ((2, 12.706), (3, 4.303), (41, 2.021), (121, 1.980)):
+        values = [0.0] * n
+        values[0], values[1] = -math.sqrt((n - 1) / 2), math.sqrt((n - 1) / 2)  # sd 1, mean 0
+        interval = t_interval(values)
+        assert interval.high == pytest.approx(quantile / math.sqrt(n), abs=1e-3 / math.sqrt(n))
+        assert interval.low == pytest.approx(-interval.high) and interval.n == n
 
 
-def test_bootstrap_ci_of_two_values_lies_within_their_range():
-    low, high = bootstrap_ci([0.2, 0.6])
-    assert 0.2 <= low <= high <= 0.6
-    assert low < 0.4 < high  # the means 0.2, 0.4, 0.6 each have mass >= 25%
+def test_bonferroni_widens_the_interval_to_the_corrected_quantile():
+    # 5 values 0.1, 0.2, 0.3, 0.4, 0.5: mean 0.3, sd 0.158114, se 0.070711; two comparisons
+    # use t_{1 - 0.05/4, 4} = 3.495406 (printed: 3.495) instead of t_{0.975, 4} = 2.776445.
+    values = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert t_interval(values).high == pytest.approx(0.3 + 2.776445 * 0.070711, abs=1e-5)
+    assert t_interval(values, comparisons=2).high == pytest.approx(
+        0.3 + 3.495406 * 0.070711, abs=1e-5
+    )
 
 
-def test_t_quantiles_match_tables():
-    assert t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
-    assert t_quantile_975(2) == pytest.approx(4.303, abs=1e-3)
-    assert t_quantile_975(40) == pytest.approx(2.0211, abs=1e-3)  # table: 2.021
-    assert t_quantile_975(120) == pytest.approx(1.9799, abs=1e-3)  # table: 1.980
+def test_paired_interval_uses_the_differences_of_complete_pairs():
+    # pairs (0.5, 0.4), (0.7, 0.5), (0.6, 0.5), (nan, 0.1) -> differences 0.1, 0.2, 0.1
+    interval = paired_interval([0.5, 0.7, 0.6, float("nan")], [0.4, 0.5, 0.5, 0.1])
+    assert interval.n == 3 and interval.mean == pytest.approx(0.4 / 3)
+    se = math.sqrt(((0.1 - 0.4 / 3) ** 2 * 2 + (0.2 - 0.4 / 3) ** 2) / 2) / math.sqrt(3)
+    assert interval.low == pytest.approx(0.4 / 3 - 4.302653 * se, abs=1e-6)
+    with pytest.raises(ValueError, match="paired with"):
+        paired_interval([0.1], [0.1, 0.2])
+
+
+def test_verdicts() -> None:
+    assert verdict(Interval(0.1, 0.02, 0.18, 5)) == "better"
+    assert verdict(Interval(-0.1, -0.18, -0.02, 5)) == "worse"
+    assert verdict(Interval(0.1, -0.01, 0.21, 5)) == "unresolved"
+    assert verdict(Interval(0.1, math.nan, math.nan, 1)) == "unresolved"
+    constant = t_interval([0.2, 0.2, 0.2])
+    assert (constant.low, constant.high) == pytest.approx((0.2, 0.2), abs=1e-12)
 
 
 def test_mean_ci_is_t_based_on_three_seeds():
@@ -40,7 +63,8 @@ def test_mean_ci_is_t_based_on_three_seeds():
     assert mean == pytest.approx(0.4)
     assert low == pytest.approx(0.4 - 0.496828, abs=1e-5)
     assert high == pytest.approx(0.4 + 0.496828, abs=1e-5)
-    assert mean_ci([0.3]) == (0.3, 0.3, 0.3)
+    mean, low, high = mean_ci([0.3])
+    assert mean == 0.3 and math.isnan(low) and math.isnan(high)  # one seed: no interval
     assert all(math.isnan(v) for v in mean_ci([]))
 
 
@@ -63,7 +87,8 @@ def test_curve_summary_mean_and_ci_per_step():
     assert a.loc[2, "ci_low"] == pytest.approx(-0.096828, abs=1e-5)
     assert a.loc[2, "ci_high"] == pytest.approx(0.896828, abs=1e-5)
     b = out[out["label"] == "b"].iloc[0]
-    assert (b["n"], b["mean"], b["ci_low"], b["ci_high"]) == (1, 0.9, 0.9, 0.9)
+    assert (b["n"], b["mean"]) == (1, 0.9)
+    assert math.isnan(b["ci_low"]) and math.isnan(b["ci_high"])
 
 
 # ---- Pareto -------------------------------------------------------------------------------

@@ -80,3 +80,21 @@ def test_transfer_quick_run(tmp_path: Path, grape_cache: Path) -> None:
     assert len(finals) == 3 * 2 and {r["target"] for r in finals} == {"sort"}
     readme = (out / "results" / "README.md").read_text()
     assert "### The discovered objectives" in readme and "**sort**" in readme
+
+
+def test_regime_quick_run_writes_the_separation_table(tmp_path: Path, grape_cache: Path) -> None:
+    out = tmp_path / "regime"
+    stdout = run_script("regime", out, grape_cache)
+    assert "total compute:" in stdout
+    separation = rows(out / "results" / "separation.csv")
+    assert list(separation[0]) == [
+        "task", "regime", "objective_a", "objective_b", "n_seeds", "effect", "ci_low", "ci_high",
+    ]  # fmt: skip
+    # quick: 2 tasks x 3 regimes x 3 pairs of 3 objectives, each paired over 2 seeds.
+    assert len(separation) == 2 * 3 * 3 and all(r["n_seeds"] == "2" for r in separation)
+    # Every run of a (task, regime, seed) trained in one lockstep batch of the three objectives.
+    finals = rows(out / "results" / "results.csv")
+    assert len(finals) == 2 * (3 * 2 * 3 + 2)
+    assert len(rows(out / "results" / "aa.csv")) == 2
+    readme = (out / "results" / "README.md").read_text()
+    assert "### Admission" in readme and "| admitted |" in readme

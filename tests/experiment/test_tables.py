@@ -52,7 +52,7 @@ def test_paired_effect_is_the_mean_of_per_seed_differences() -> None:
     row = effects.iloc[0]
     assert row["label"] == "b" and row["n"] == 3 and row["wins"] == 3
     assert row["effect"] == pytest.approx(0.1)
-    # Every difference is 0.1, so every bootstrap mean is 0.1: a zero-width CI at 0.1.
+    # Every difference is 0.1: sd 0, a zero-width t-interval at 0.1.
     assert row["low"] == pytest.approx(0.1) and row["high"] == pytest.approx(0.1)
     assert verdict(row["low"], row["high"]) == "better"
 
@@ -77,8 +77,9 @@ def test_cell_table_counts_runs_that_did_not_end_ok() -> None:
     cell = cell_table(finals).iloc[0]
     assert (cell["n"], cell["not_ok"]) == (2, 1)
     assert cell["reward"] == pytest.approx(0.5)
-    # The bootstrap means of two values lie in [0.4, 0.6] and reach both ends.
-    assert cell["reward_low"] == pytest.approx(0.4) and cell["reward_high"] == pytest.approx(0.6)
+    # t interval of two values 0.4, 0.6: mean 0.5, sd 0.141421, se 0.1, t_{0.975, 1} 12.7062
+    assert cell["reward_low"] == pytest.approx(0.5 - 1.270620, abs=1e-5)
+    assert cell["reward_high"] == pytest.approx(0.5 + 1.270620, abs=1e-5)
 
 
 @pytest.mark.parametrize(

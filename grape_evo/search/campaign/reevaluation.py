@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from grape_evo.analysis.stats import bootstrap_ci
+from grape_evo.analysis.stats import t_interval
 from grape_evo.objective import ObjectiveSpec
 from grape_evo.search.campaign.ledger import finite_or_none, reward_or_minus_inf
 from grape_evo.search.campaign.scheduler import batches, train
@@ -79,7 +79,7 @@ def reevaluate(campaign: Campaign, study: optuna.Study) -> list[dict[str, Any]]:
 def _row(trial: FrozenTrial, result: CandidateResult) -> dict[str, Any]:
     record = TrialRecord.of(trial)
     rewards = result.finals("reward")
-    low, high = bootstrap_ci(rewards)
+    _, low, high, _ = t_interval(rewards)
     return {
         "label": record.label(trial.number),
         "trial": trial.number,
