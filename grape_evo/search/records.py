@@ -79,7 +79,9 @@ class TrialRecord:
     (host:pid), ``runs``, ``reward``, ``accuracy``, ``kl_to_ref`` (means over the runs),
     ``artifacts`` (sha256 of every run file), ``failure``, ``reused_from`` (the trial whose
     result it copied), ``surplus`` (failed unstarted: the budget was claimed elsewhere),
-    ``trained_with`` (members of the lockstep batch it was trained in; 1 when alone).
+    ``trained_with`` (members of the lockstep batch it was trained in; 1 when alone),
+    ``behaviour`` (`grape_evo.objective.behaviour.behaviour`: objectives that train alike are
+    evaluated once).
     """
 
     objective: dict[str, Any] | None = None
@@ -98,6 +100,7 @@ class TrialRecord:
     reused_from: int | None = None
     surplus: bool = False
     trained_with: int | None = None
+    behaviour: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, trial: _HasAttrs) -> TrialRecord:

@@ -298,6 +298,25 @@ def test_single_point_space_trains_once(tmp_path: Path) -> None:
     _check_single_point_campaign(study, out)
 
 
+def test_objectives_that_train_alike_are_evaluated_once(tmp_path: Path) -> None:
+    """PPO-clip and SAPO with GRPO's advantage, one update per batch: the ratio is exactly 1,
+    so their gradients are the same (different spec keys, the same behaviour). The second
+    trial reuses the first's result; REINFORCE with two epochs does not."""
+    data = space_dict(
+        name="alike",
+        axes={"surrogate.name": {"choices": ["ppo_clip", "sapo"]}},
+        baselines=None,
+        search={"sampler": "grid", "trials": 2, "pruner": "none"},
+    )
+    campaign = Campaign(parse_space(data), tmp_path / "run")
+    study = campaign.open(create=True)
+    campaign.optimize(study, 2)
+    first, second = sorted(study.get_trials(), key=lambda t: t.number)
+    assert first.user_attrs["key"] != second.user_attrs["key"]
+    assert "reused_from" not in first.user_attrs
+    assert second.user_attrs["reused_from"] == first.number and second.value == first.value
+
+
 def test_space_without_axes_runs_as_a_single_point(tmp_path: Path) -> None:
     """A space without axes loads fine, so `grape evolve` must run it (one point, cached)."""
     space = write_space(tmp_path, space_dict(name="none", axes=None, baselines=None))

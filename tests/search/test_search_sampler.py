@@ -409,7 +409,9 @@ def first_genomes(sampler, n=6):
     ],
 )
 def test_make_sampler_builds_the_named_sampler(name, kind):
-    assert type(make_sampler(space_with(sampler=name))) is kind
+    sampler = make_sampler(space_with(sampler=name))
+    # The grid sampler is Optuna's, without its study.stop(): campaigns ask and tell.
+    assert type(sampler) is kind if name != "grid" else isinstance(sampler, kind)
 
 
 def test_the_evolution_sampler_breeds_the_space_axes():

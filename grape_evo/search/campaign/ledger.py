@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.objective import ObjectiveSpec
+from grape_evo.objective.behaviour import same_behaviour
 from grape_evo.search.records import TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -59,11 +60,23 @@ def waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def find_completed(study: optuna.Study, key: str) -> FrozenTrial | None:
-    """A completed trial with candidate key ``key`` and a reward, if any."""
+def find_completed(
+    study: optuna.Study,
+    key: str,
+    overrides: dict[str, Any],
+    behaviour: dict[str, Any] | None = None,
+) -> FrozenTrial | None:
+    """A completed trial with a reward that trains like this candidate: the same candidate
+    key, or the same training overrides and the same `behaviour` (an objective spelled
+    differently that gives the same gradients in its regime)."""
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = TrialRecord.of(other)
-        if record.key == key and record.reward is not None:
+        if record.reward is None:
+            continue
+        if record.key == key:
+            return other
+        alike = behaviour is not None and record.behaviour is not None
+        if alike and record.overrides == overrides and same_behaviour(record.behaviour, behaviour):
             return other
     return None
 

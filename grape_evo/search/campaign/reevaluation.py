@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.analysis.stats import t_interval
 from grape_evo.objective import ObjectiveSpec
+from grape_evo.objective.behaviour import same_behaviour
 from grape_evo.search.campaign.ledger import finite_or_none, reward_or_minus_inf
 from grape_evo.search.campaign.scheduler import batches, train
 from grape_evo.search.campaign.trials import Candidate
@@ -27,15 +28,14 @@ DISCOVERIES_FILE = "discoveries.json"
 
 
 def chosen_trials(campaign: Campaign, study: optuna.Study) -> list[FrozenTrial]:
-    """The ``top_k`` best completed candidates (one per key), then every baseline."""
+    """The ``top_k`` best completed candidates (one per key and behaviour), then every
+    baseline."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     chosen: list[FrozenTrial] = []
-    seen: set[str | None] = set()
     for t in sorted(complete, key=reward_or_minus_inf, reverse=True):
         record = TrialRecord.of(t)
-        if record.key in seen or record.baseline:
+        if record.baseline or any(_alike(record, TrialRecord.of(c)) for c in chosen):
             continue
-        seen.add(record.key)
         chosen.append(t)
         if len(chosen) == campaign.space.budget.top_k:
             break
@@ -44,6 +44,14 @@ def chosen_trials(campaign: Campaign, study: optuna.Study) -> list[FrozenTrial]:
         if match:
             chosen.append(match[0])
     return chosen
+
+
+def _alike(a: TrialRecord, b: TrialRecord) -> bool:
+    """The same candidate key, or the same overrides and the same behaviour."""
+    if a.key == b.key:
+        return True
+    both = a.behaviour is not None and b.behaviour is not None
+    return both and a.overrides == b.overrides and same_behaviour(a.behaviour, b.behaviour)
 
 
 def reevaluate(campaign: Campaign, study: optuna.Study) -> list[dict[str, Any]]:

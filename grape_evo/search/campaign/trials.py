@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from grape_evo.objective import presets
+from grape_evo.objective.behaviour import behaviour
 from grape_evo.search.campaign.ledger import (
     candidate_key,
     count_budget,
@@ -96,7 +97,14 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
         spec, overrides = space.to_spec(genes)
         spec = spec.with_name(f"candidate-{trial.number}")
     key = candidate_key(spec, overrides)
-    record(trial, objective=spec.to_dict(), key=key, overrides=overrides, formula=spec.latex())
+    record(
+        trial,
+        objective=spec.to_dict(),
+        key=key,
+        overrides=overrides,
+        formula=spec.latex(),
+        behaviour=behaviour(spec),
+    )
     configs = [
         space.budget.train_config(seed, lr=overrides.get("lr"), device=campaign.device)
         for seed in range(space.budget.seeds)
@@ -111,7 +119,8 @@ def reuse(candidate: Candidate) -> Values | None:
     None when there is none."""
     trial = candidate.trial
     assert trial is not None
-    previous = find_completed(trial.study, candidate.key)
+    mine = TrialRecord.of(trial)
+    previous = find_completed(trial.study, candidate.key, mine.overrides, mine.behaviour)
     if previous is None:
         return None
     earlier = TrialRecord.of(previous)

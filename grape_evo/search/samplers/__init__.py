@@ -8,6 +8,7 @@ others are Optuna's. :func:`make_pruner` turns ``search.pruner`` into an Optuna 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import optuna
 
@@ -38,7 +39,7 @@ def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        return _GridSampler(space.grid(), seed=seed)
     raise SpaceError(
         f"{space.source}: search.sampler: unknown sampler '{name}'; valid: {list(SAMPLERS)}"
     )
@@ -58,3 +59,12 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
         evals_per_run = max(1, run_steps // space.budget.eval_every)
         return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=evals_per_run)
     return optuna.pruners.NopPruner()
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` once the grid is covered: campaigns
+    ask and tell their trials (stop is for ``study.optimize`` only) and stop at their budget;
+    a point asked again is evaluated once (the campaign reuses its result)."""
+
+    def after_trial(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
