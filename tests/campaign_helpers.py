@@ -3,15 +3,21 @@ the path, see ``pythonpath`` in pyproject.toml)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from grape_evo.cli import app
+from grape_evo.search.campaign import scheduler as scheduler_module
+from grape_evo.search.evaluator import CandidateResult, CandidateRun
+from grape_evo.search.records import RunResult
 
 TINY_BUDGET: dict[str, int] = {
     "steps": 2,
@@ -71,3 +77,47 @@ def db_states(db: Path) -> list[tuple[int, str, Any]]:
             con.close()
     except sqlite3.Error:
         return []
+
+
+def fake_reward(spec_key: str, overrides: dict[str, Any] | None = None) -> float:
+    text = spec_key + json.dumps(overrides or {}, sort_keys=True)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def fake_result(
+    spec: Any, configs: Any, out_dir: Path, status: str = "ok", reason: str = ""
+) -> CandidateResult:
+    """A CandidateResult shaped like run_candidates', without training."""
+    runs = []
+    for config in configs:
+        ok = status == "ok"
+        final = {"reward": fake_reward(spec.key(), {"lr": config.lr}), "accuracy": 0.0}
+        final["kl_to_ref"] = 0.01
+        runs.append(
+            RunResult(
+                task="addition",
+                seed=config.seed,
+                status=status,
+                reason=reason,
+                initial_eval={"reward": 0.0, "accuracy": 0.0, "kl_to_ref": 0.0},
+                final_eval=final if ok else None,
+                curve=[],
+                wall_seconds=0.0,
+                out_dir=str(out_dir),
+            )
+        )
+        if not ok:
+            break
+    return CandidateResult(runs)
+
+
+def fake_training(monkeypatch: pytest.MonkeyPatch, per_candidate: Any) -> None:
+    """Replace the campaign's training by ``per_candidate(spec, configs, folder)`` for each
+    candidate of a lockstep batch."""
+
+    def run_candidates(
+        runs: list[CandidateRun], tasks: Any, policy: Any, reuse_existing: bool = False
+    ) -> list[CandidateResult]:
+        return [per_candidate(r.spec, r.configs, r.folder) for r in runs]
+
+    monkeypatch.setattr(scheduler_module, "run_candidates", run_candidates)

@@ -70,7 +70,7 @@ def study_axes(study: optuna.Study) -> list[str]:
         except (ValueError, AttributeError, KeyError, TypeError):
             axes = []
     for t in study.get_trials(deepcopy=False):
-        axes.extend(p for p in t.params if p not in axes)
+        axes.extend(p for p in t.user_attrs.get("genes") or t.params if p not in axes)
     return axes
 
 
@@ -85,7 +85,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     Columns: ``number``, ``label``, ``state`` (COMPLETE / PRUNED / FAIL / ...), ``baseline``
     (preset name or ""), ``key``, ``reused_from``, ``failure``, ``value_0`` (and ``value_1``
     for a (reward, KL) study), ``reward``, ``accuracy``, ``kl_to_ref`` (means over runs),
-    ``params.<axis>`` for every axis (NaN where inactive), ``reward.<task>.seed<k>`` and
+    ``params.<axis>`` for every axis (the trial's genes, a formula axis's text included;
+    NaN where inactive), ``reward.<task>.seed<k>`` and
     ``kl_to_ref.<task>.seed<k>`` per run, ``n_runs``, ``last_step`` (last reported
     intermediate step), ``last_value`` (its value), ``objective_name``, ``overrides``
     (JSON), ``formula``, ``duration_s``.
@@ -109,8 +110,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row[f"value_{i}"] = values[i] if i < len(values) else math.nan
         for name in ("reward", "accuracy", "kl_to_ref"):
             row[name] = _num(ua.get(name))
+        genes = ua.get("genes") or t.params
         for axis in axes:
-            row[PARAM_PREFIX + axis] = t.params.get(axis, math.nan)
+            row[PARAM_PREFIX + axis] = genes.get(axis, math.nan)
         runs = ua.get("runs") or []
         for run in runs:
             final = run.get("final_eval") or {}

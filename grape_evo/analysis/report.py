@@ -21,6 +21,7 @@ import pandas as pd
 
 from grape_evo.analysis import figures as F
 from grape_evo.analysis.diff import fmt_value, nearest_baseline_diff
+from grape_evo.analysis.formulas import read_formulas
 from grape_evo.analysis.frames import (
     RunRef,
     artifact_problems,
@@ -417,8 +418,26 @@ def _section_top(out, top: list[Candidate], baselines) -> list[str]:
             else:
                 lines += ["mathtext could not render the formula; LaTeX source:", ""]
                 lines += ["```latex", latex, "```", ""]
+        lines += _formula_lines(c.spec)
         lines += ["```yaml", c.spec.to_yaml().rstrip(), "```", ""]
     return lines
+
+
+def _formula_lines(spec: ObjectiveSpec) -> list[str]:
+    """The searched formulas of ``spec``: as trained, simplified, and against the nearest
+    published form (none without formulas)."""
+    readings = read_formulas(spec)
+    if not readings:
+        return []
+    lines = [
+        "| formula | as trained | simplified | nearest published | difference |",
+        "|---|---|---|---|---|",
+    ]
+    for f in readings:
+        near = f"{f.nearest} (`{f.nearest_text}`, probe distance {f.distance:.3g})"
+        cells = [f.field, f"`{f.text}`", f"`{f.simplified}`", near, f"`{f.difference}`"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return [*lines, ""]
 
 
 # ---- helpers ------------------------------------------------------------------------------

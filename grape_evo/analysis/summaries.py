@@ -12,6 +12,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from grape_evo.analysis.stats import t_interval
+from grape_evo.search.space.expressions import DRAW_SUFFIX
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
@@ -88,7 +89,8 @@ def param_importances(
     varying = [
         p
         for p in dict.fromkeys(p for t in trials for p in t.params)
-        if len({json.dumps(t.params.get(p), default=str) for t in trials}) > 1
+        if not p.endswith(DRAW_SUFFIX)  # a formula's draw is a label, not a coordinate
+        and len({json.dumps(t.params.get(p), default=str) for t in trials}) > 1
     ]
     if not varying:
         return None, "no axis takes more than one value among the completed candidate trials"

@@ -81,7 +81,9 @@ class TrialRecord:
     result it copied), ``surplus`` (failed unstarted: the budget was claimed elsewhere),
     ``trained_with`` (members of the lockstep batch it was trained in; 1 when alone),
     ``behaviour`` (`grape_evo.objective.behaviour.behaviour`: objectives that train alike are
-    evaluated once).
+    evaluated once), ``genes`` (axis path -> value: the point of the space, formulas of
+    expression axes included, which the trial's Optuna params hold only as draws),
+    ``checks`` (the cheap checks of its formulas: problems, and LPO's drift conditions).
     """
 
     objective: dict[str, Any] | None = None
@@ -101,6 +103,8 @@ class TrialRecord:
     surplus: bool = False
     trained_with: int | None = None
     behaviour: dict[str, Any] | None = None
+    genes: dict[str, Any] | None = None
+    checks: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, trial: _HasAttrs) -> TrialRecord:

@@ -69,3 +69,23 @@ def test_preference_losses() -> None:
         "online_dpo", preference={"name": "sigmoid", "beta": 0.1, "pairing": "all_pairs"}
     )
     assert not same_behaviour(online, behaviour(all_pairs))  # pairing acts outside the loss
+
+
+@pytest.mark.parametrize(
+    ("surrogate", "a", "b"),
+    [
+        ("ppo_clip", {"clip_high": 0.263}, {"clip_high": 0.264}),  # a token clip, 1e-3 apart
+        ("ppo_clip", {"clip_low": 0.2}, {"clip_low": 0.201}),
+        ("gspo", {"clip_high": 4e-4}, {"clip_high": 4.5e-4}),  # a sequence clip, 12% apart
+        ("gspo", {"clip_low": 3e-4}, {"clip_low": 3.4e-4}),
+    ],
+)
+def test_nearby_clips_differ_once_the_ratio_moves(surrogate: str, a: dict, b: dict) -> None:
+    """Clips that differ a little act on a few tokens (or sequences) of a real batch: the
+    probe's dense grids of log-ratios hold such tokens, so the two are not merged."""
+
+    def record(params: dict) -> dict:
+        return behaviour(spec("grpo", epochs=2, surrogate={"name": surrogate, **params}))
+
+    assert not same_behaviour(record(a), record(b))
+    assert same_behaviour(record(a), record(dict(a)))

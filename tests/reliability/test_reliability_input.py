@@ -34,7 +34,9 @@ SPACE: dict[str, Any] = {
         "reeval_seeds": 1,
         "top_k": 1,
     },
-    "base": "grpo",
+    # Two updates per batch: the ratio moves, so every clip trains differently (at one update
+    # they all train alike, and the campaign would evaluate them once).
+    "base": {"group_size": 4, "advantage": "group_zscore", "surrogate": "ppo_clip", "epochs": 2},
     "axes": {"surrogate.clip_high": {"low": 0.1, "high": 0.4}},
     "baselines": [],
     "search": {"sampler": "random", "trials": 4, "pruner": "none"},
@@ -146,7 +148,7 @@ def test_broken_rewards_and_models_fail_trials_not_the_campaign(
     assert [trials[n].state for n in (0, 4)] == [TrialState.COMPLETE] * 2
     assert trials[0].user_attrs == first.user_attrs and trials[0].values == first.values
     failures = {n: trials[n].user_attrs.get("failure", "") for n in (1, 2, 3)}
-    assert all(trials[n].state == TrialState.FAIL for n in failures), failures
+    assert all(trials[n].state == TrialState.FAIL for n in failures), (failures, {n: (trials[n].state, trials[n].user_attrs.get("reused_from"), trials[n].params) for n in trials})
     assert "non-finite rewards" in failures[1], failures[1]
     assert "reward server exploded" in failures[2], failures[2]
     assert failures[3].startswith("addition seed 0: "), failures[3]

@@ -57,7 +57,14 @@ def space_data(name: str, steps: int) -> dict[str, Any]:
             "batch_size": 8,
             "warm_start_steps": 5,
         },
-        "base": "grpo",
+        # Two updates per batch: the ratio moves, so every point trains differently (at one
+        # update PPO-clip and REINFORCE train alike, and the campaign would evaluate them once).
+        "base": {
+            "group_size": 4,
+            "advantage": "group_zscore",
+            "surrogate": "ppo_clip",
+            "epochs": 2,
+        },
         "axes": {
             "advantage.name": {"choices": [ZSCORE, MEAN]},
             "surrogate.name": {"choices": ["reinforce", "ppo_clip"]},

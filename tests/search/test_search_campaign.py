@@ -12,7 +12,6 @@ Warm starts are cached in a session folder (``GRAPE_CACHE``) shared by every tes
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,16 @@ from typing import Any
 
 import optuna
 import pytest
-from campaign_helpers import TINY_BUDGET, cli_env, db_states, integrity, invoke, write_space
+from campaign_helpers import (
+    TINY_BUDGET,
+    cli_env,
+    db_states,
+    fake_result,
+    fake_training,
+    integrity,
+    invoke,
+    write_space,
+)
 from optuna.trial import TrialState
 
 from grape_evo.objective import presets
@@ -36,10 +44,8 @@ from grape_evo.search.campaign import (
     CampaignError,
     budget_used,
 )
-from grape_evo.search.campaign import scheduler as scheduler_module
 from grape_evo.search.campaign.trials import prepare
-from grape_evo.search.evaluator import CandidateResult, CandidateRun, verify_artifacts
-from grape_evo.search.records import RunResult
+from grape_evo.search.evaluator import CandidateResult, verify_artifacts
 from grape_evo.search.space import load_space, parse_space
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -118,50 +124,6 @@ def trial_snapshot(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "datetime_complete": trial.datetime_complete,
         "user_attrs": trial.user_attrs,
     }
-
-
-def fake_reward(spec_key: str, overrides: dict[str, Any] | None = None) -> float:
-    text = spec_key + json.dumps(overrides or {}, sort_keys=True)
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-
-
-def fake_result(
-    spec: Any, configs: Any, out_dir: Path, status: str = "ok", reason: str = ""
-) -> CandidateResult:
-    """A CandidateResult shaped like run_candidates', without training."""
-    runs = []
-    for config in configs:
-        ok = status == "ok"
-        final = {"reward": fake_reward(spec.key(), {"lr": config.lr}), "accuracy": 0.0}
-        final["kl_to_ref"] = 0.01
-        runs.append(
-            RunResult(
-                task="addition",
-                seed=config.seed,
-                status=status,
-                reason=reason,
-                initial_eval={"reward": 0.0, "accuracy": 0.0, "kl_to_ref": 0.0},
-                final_eval=final if ok else None,
-                curve=[],
-                wall_seconds=0.0,
-                out_dir=str(out_dir),
-            )
-        )
-        if not ok:
-            break
-    return CandidateResult(runs)
-
-
-def fake_training(monkeypatch: pytest.MonkeyPatch, per_candidate: Any) -> None:
-    """Replace the campaign's training by ``per_candidate(spec, configs, folder)`` for each
-    candidate of a lockstep batch."""
-
-    def run_candidates(
-        runs: list[CandidateRun], tasks: Any, policy: Any, reuse_existing: bool = False
-    ) -> list[CandidateResult]:
-        return [per_candidate(r.spec, r.configs, r.folder) for r in runs]
-
-    monkeypatch.setattr(scheduler_module, "run_candidates", run_candidates)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,8 +513,10 @@ def test_failed_candidate_is_recorded_and_campaign_continues(
         return fake_result(spec, configs, out_dir)
 
     fake_training(monkeypatch, fake)
+    # A continuous KL coefficient: no two trials train alike, so none reuses another's result.
+    axes = {"kl.coef": {"low": 1.0e-4, "high": 0.1, "log": True}}
     space = parse_space(
-        space_dict(name="fails", baselines=None, search={"trials": 4, "pruner": "none"})
+        space_dict(name="fails", axes=axes, baselines=None, search={"trials": 4, "pruner": "none"})
     )
     campaign = Campaign(space, tmp_path / "run")
     study = campaign.open(create=True)

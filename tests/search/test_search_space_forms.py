@@ -13,6 +13,7 @@ import pytest
 
 import grape_evo.search.space as space_package
 from grape_evo.objective import presets
+from grape_evo.objective.expression.published import published_forms
 from grape_evo.policy.config import PolicyConfig
 from grape_evo.search.space import (
     Axis,
@@ -393,6 +394,8 @@ def test_the_axis_forms_of_the_axis_parser_docstring(tmp_path: Path) -> None:
             choices=("group_zscore", "rloo"),
             when=(("preference.name", (None,)),),
         ),
+        Axis("advantage.expr", "expression", seeds=("R - mean_G",), max_depth=6),
+        Axis("surrogate.expr", "expression", seeds=published_forms("drift"), max_depth=9),
     )
 
 

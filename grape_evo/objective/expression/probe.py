@@ -9,6 +9,8 @@ Probes (float64, deterministic):
 * preference: the grid ``LOGRATIOS`` x ``LOGRATIOS`` of (chosen, rejected) log-ratios, at
   each beta in ``BETAS``.
 
+``distance(kind, a, b)``: a relative L1 distance of the responses, 0 for one function.
+
 ``same_function(kind, a, b)``: equal outputs on the probes within ``TOL`` (absolute plus
 relative, ``torch.isclose``); for drift and preference also equal gradients (w.r.t. log pi,
 resp. both log-ratios). An advantage is a constant to the loss, so only its values count.
@@ -139,6 +141,20 @@ def same_function(kind: str, a: Node | str, b: Node | str, tol: float = TOL) -> 
     return all(
         bool(torch.isclose(ra[k], rb[k], rtol=tol, atol=tol, equal_nan=True).all()) for k in ra
     )
+
+
+def distance(kind: str, a: Node | str, b: Node | str) -> float:
+    """How far apart ``a`` and ``b`` are as functions, in [0, 1]: the mean over the probe
+    responses of ``sum|a - b| / (sum|a| + sum|b|)`` (0 for the same function; non-finite
+    values count as 0)."""
+    ra, rb = _responses(kind, _tree(kind, a)), _responses(kind, _tree(kind, b))
+    parts = []
+    for k in ra:
+        x = torch.nan_to_num(ra[k], nan=0.0, posinf=0.0, neginf=0.0)
+        y = torch.nan_to_num(rb[k], nan=0.0, posinf=0.0, neginf=0.0)
+        scale = float(x.abs().sum() + y.abs().sum())
+        parts.append(float((x - y).abs().sum()) / scale if scale > 0 else 0.0)
+    return sum(parts) / len(parts)
 
 
 def _drift_findings(tree: Node, d: dict[str, Tensor]) -> tuple[DriftConditions, list[str]]:

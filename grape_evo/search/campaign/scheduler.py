@@ -28,7 +28,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.search.campaign.ledger import FINISHED, budget_claimed, waiting
 from grape_evo.search.campaign.storage import ask, fail_stale_trials, heartbeat
-from grape_evo.search.campaign.trials import Candidate, Surplus, conclude, prepare, reuse
+from grape_evo.search.campaign.trials import (
+    Candidate,
+    Rejected,
+    Surplus,
+    conclude,
+    prepare,
+    reuse,
+)
 from grape_evo.search.evaluator import CandidateResult, run_candidates
 
 if TYPE_CHECKING:
@@ -90,6 +97,9 @@ def run_round(
                 except Surplus:  # the budget is claimed: ask no more
                     tell(trial, None, TrialState.FAIL)
                     break
+                except Rejected:  # stage one: a formula failed its cheap checks
+                    tell(trial, None, TrialState.FAIL)
+                    continue
                 if candidate is None:  # another worker runs it and tells it
                     del untold[trial.number]
                     continue

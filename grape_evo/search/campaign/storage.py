@@ -20,6 +20,8 @@ from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
+from grape_evo.search.samplers.evolution import GENOME_KEY
+
 STUDY_FILE = "study.db"
 
 
@@ -123,6 +125,12 @@ def heartbeat(trial: optuna.Trial) -> Iterator[None]:
 def current_state(trial: optuna.Trial) -> TrialState:
     """``trial``'s state as the storage has it now (another worker may have finished it)."""
     return trial.study._storage.get_trial(trial._trial_id).state
+
+
+def planned_genome(trial: optuna.Trial) -> dict[str, Any] | None:
+    """The genome a sampler planned for ``trial`` (the evolution sampler's; None for others):
+    it holds the formulas of expression axes, which Optuna's parameters cannot."""
+    return trial.study._storage.get_trial_system_attrs(trial._trial_id).get(GENOME_KEY)
 
 
 def is_enqueued(trial: optuna.Trial) -> bool:

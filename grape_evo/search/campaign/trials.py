@@ -14,13 +14,14 @@ from optuna.trial import TrialState
 
 from grape_evo.objective import presets
 from grape_evo.objective.behaviour import behaviour
+from grape_evo.objective.expression.screen import formulas, screen
 from grape_evo.search.campaign.ledger import (
     candidate_key,
     count_budget,
     find_completed,
     finite_or_none,
 )
-from grape_evo.search.campaign.storage import is_enqueued
+from grape_evo.search.campaign.storage import is_enqueued, planned_genome
 from grape_evo.search.evaluator import CandidateResult, CandidateRun, Reporter, write_artifacts
 from grape_evo.search.records import TrialRecord, record
 
@@ -33,6 +34,10 @@ Values = float | tuple[float, float]
 
 class Surplus(RuntimeError):
     """A sampled trial found the whole budget already claimed by other workers."""
+
+
+class Rejected(RuntimeError):
+    """A candidate whose formulas failed their cheap checks (stage one): it fails untrained."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,7 +79,8 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
     """Claim ``trial``, decide its objective and store it with the trial.
 
     Returns None when another process already runs it (see `claim`). Raises `Surplus` for a
-    sampled trial the budget has no room for.
+    sampled trial the budget has no room for, and `Rejected` (after recording why) for one
+    whose formulas fail their cheap checks (`grape_evo.objective.expression.screen`).
     """
     if not claim(campaign, trial):
         return None
@@ -90,21 +96,28 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
     # would credit its score to a genome it does not have.
     genes: dict[str, Any] = {}
     if not baseline or TrialRecord.of(trial).genome_complete:
-        genes = space.suggest(trial)
+        genes = space.suggest(trial, planned=planned_genome(trial))
     if baseline:
         spec, overrides = presets.get(baseline), {}
     else:
         spec, overrides = space.to_spec(genes)
         spec = spec.with_name(f"candidate-{trial.number}")
     key = candidate_key(spec, overrides)
+    screening = screen(spec)
     record(
         trial,
         objective=spec.to_dict(),
         key=key,
         overrides=overrides,
         formula=spec.latex(),
-        behaviour=behaviour(spec),
+        genes=genes or None,
+        checks=screening.to_dict() if formulas(spec) else None,
     )
+    if not screening.passed:
+        failure = "cheap checks: " + "; ".join(screening.problems)
+        record(trial, failure=failure)
+        raise Rejected(failure)
+    record(trial, behaviour=behaviour(spec))
     configs = [
         space.budget.train_config(seed, lr=overrides.get("lr"), device=campaign.device)
         for seed in range(space.budget.seeds)

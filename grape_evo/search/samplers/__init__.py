@@ -47,12 +47,18 @@ def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     """The space's pruner. Reports are indexed by a global step over (task, seed, step), so a
-    candidate always completes its first run (one task, one seed) before it can be pruned."""
+    candidate always completes its first run (one task, one seed) before it can be pruned.
+
+    In a space with formula axes the median pruner judges from the first evaluation on: that
+    short run is the second stage of a formula's evaluation (after its cheap checks), since
+    most grown formulas that pass the checks still do not learn."""
     name = space.search.pruner
     run_steps = space.budget.steps
     total_steps = run_steps * space.budget.seeds * len(space.tasks)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=run_steps)
+        formulas = any(a.kind == "expression" for a in space.axes)
+        warmup = min(space.budget.eval_every, run_steps) if formulas else run_steps
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=run_steps, max_resource=total_steps)
     if name == "wilcoxon":

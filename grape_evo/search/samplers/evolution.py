@@ -7,7 +7,9 @@ when every axis named in its ``when`` clause is active and holds one of the list
 Optuna :class:`~optuna.samplers.BaseGASampler` that breeds whole genomes:
 
 * generation 0 is the first ``population_size`` trials: enqueued trials (baselines) keep their
-  params and are members like any other; the rest are random genomes that respect ``when``;
+  params and are members like any other; the rest are random genomes that respect ``when``,
+  except that trial ``n`` holds seed ``n mod k`` of each formula axis with ``k`` seeds (so a
+  generation of at least baselines + ``k`` trials starts from every published form);
 * generation ``g >= 1`` draws its parent pool from every COMPLETE trial of earlier generations:
   the elites (top ``ceil(elite_fraction * population_size)``) are copied in unchanged, the rest of
   the pool is filled by tournament selection; each child is two tournament-selected parents,
@@ -28,6 +30,13 @@ computes the child genome, stored JSON-serialisable in the trial's system attrs 
 call reaches ``sample_independent``, which answers from the stored genome. Enqueued
 ``fixed_params`` never reach the sampler (Optuna answers them first); they are also folded into
 the genome before repair so the rest of the genome is consistent with them.
+
+An expression gene is a formula, which Optuna cannot store: its parameter is a draw
+(:attr:`Axis.param_name`), answered with :func:`~grape_evo.search.space.expressions.draw_of`
+of the planned formula, and the formula itself is read from the stored genome by whoever
+builds the candidate (``SearchSpace.suggest(trial, planned=genome)``). A trial's genes are
+therefore read through :meth:`Axis.gene` (:func:`genes_of`), never from its params alone.
+Two genomes are duplicates when their genes agree, formulas compared by canonical form.
 """
 
 from __future__ import annotations
@@ -44,17 +53,18 @@ from optuna.trial import FrozenTrial, TrialState
 from grape_evo.search.samplers.operators import (
     crossover,
     mutate,
-    mutate_value,
+    mutate_gene,
     repair,
     sample_value,
 )
 from grape_evo.search.samplers.ranking import rank_trials
+from grape_evo.search.space import expressions
 from grape_evo.search.space.values import Axis, active_axes
 
 if TYPE_CHECKING:
     from optuna.study import Study
 
-__all__ = ["ELITES_KEY_PREFIX", "GENOME_KEY", "PARENTS_KEY", "EvolutionSampler"]
+__all__ = ["ELITES_KEY_PREFIX", "GENOME_KEY", "PARENTS_KEY", "EvolutionSampler", "genes_of"]
 
 GENOME_KEY = "evolution:genome"
 """Trial system attr: the genome (axis path -> value) the sampler planned for it."""
@@ -62,6 +72,28 @@ PARENTS_KEY = "evolution:parents"
 """Trial system attr: trial numbers of the two parents (empty list in generation 0)."""
 ELITES_KEY_PREFIX = "evolution:elites:"
 """Study system attr ``evolution:elites:<g>``: trial numbers of generation ``g``'s elites."""
+
+
+def genes_of(axes: Sequence[Axis], trial: FrozenTrial) -> dict[str, Any]:
+    """The genes ``trial`` was evaluated with: its parameters, an expression axis's draw
+    turned into the formula planned in its genome (or the draw's own formula)."""
+    planned = trial.system_attrs.get(GENOME_KEY)
+    return {
+        axis.path: axis.gene(trial.params[axis.param_name], planned)
+        for axis in axes
+        if axis.param_name in trial.params
+    }
+
+
+def _signature(axes: Sequence[Axis], genome: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two genomes the same candidate: their genes, formulas by canonical form."""
+    return tuple(
+        (a.path, expressions.canonical(a.expression_kind, genome[a.path]))
+        if a.expression_kind is not None
+        else (a.path, genome[a.path])
+        for a in axes
+        if a.path in genome
+    )
 
 
 def _check_axes(axes: Sequence[Axis]) -> None:
@@ -122,6 +154,7 @@ class EvolutionSampler(BaseGASampler):
         super().__init__(population_size=population_size)
         self.axes = axes
         self._by_path = {a.path: a for a in axes}
+        self._by_param = {a.param_name: a for a in axes}
         self.elite_fraction = elite_fraction
         self.n_elites = math.ceil(elite_fraction * population_size)
         self.tournament_size = tournament_size
@@ -155,14 +188,16 @@ class EvolutionSampler(BaseGASampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         genome = self._ensure_genome(study, trial)
-        axis = self._by_path.get(param_name)
+        axis = self._by_param.get(param_name)
         if (
             axis is not None
-            and param_name in genome
+            and axis.path in genome
             and axis.distribution() == param_distribution
-            and axis.contains(genome[param_name])
+            and axis.contains(genome[axis.path])
         ):
-            return genome[param_name]
+            if axis.kind == "expression":
+                return expressions.draw_of(axis.seeds, genome[axis.path])
+            return genome[axis.path]
         # Not planned (unknown name, unexpected activation, or a changed distribution).
         return sample_value(param_distribution, self._rng)
 
@@ -228,22 +263,29 @@ class EvolutionSampler(BaseGASampler):
     ) -> tuple[dict[str, Any], list[FrozenTrial]]:
         generation = self.get_trial_generation(study, trial)
         fixed = {
-            k: v
+            self._by_param[k].path: self._by_param[k].gene(v)
             for k, v in trial.system_attrs.get("fixed_params", {}).items()
-            if k in self._by_path
+            if k in self._by_param
         }
         parent_pool = self.get_parent_population(study, generation) if generation > 0 else []
         ranked = rank_trials(study, parent_pool)
         if not ranked:
-            child = dict(fixed)
-            return repair(self.axes, child, [], self._rng), []
+            # Generation 0 starts from every seed formula: trial n holds seed n mod (seeds).
+            child = {
+                a.path: a.seeds[trial.number % len(a.seeds)]
+                for a in self.axes
+                if a.kind == "expression"
+            }
+            child.update(fixed)
+            child = repair(self.axes, child, [], self._rng)
+            return self._avoid_duplicate(study, child, [], set(fixed)), []
         p1 = self._tournament(ranked)
         others = [t for t in ranked if t is not p1] or ranked
         p2 = self._tournament(others)
-        child = crossover(self.axes, p1.params, p2.params, self._rng, self.crossover_rate)
+        parents = [genes_of(self.axes, p1), genes_of(self.axes, p2)]
+        child = crossover(self.axes, parents[0], parents[1], self._rng, self.crossover_rate)
         child = mutate(self.axes, child, self._rng, self.mutation_rate)
         child.update(fixed)
-        parents = [p1.params, p2.params]
         child = repair(self.axes, child, parents, self._rng)
         return self._avoid_duplicate(study, child, parents, set(fixed)), [p1, p2]
 
@@ -256,19 +298,19 @@ class EvolutionSampler(BaseGASampler):
         attempts: int = 8,
     ) -> dict[str, Any]:
         """Re-mutate one random non-fixed gene while ``child`` duplicates an existing trial."""
-        seen = [
-            t.params
+        seen = {
+            _signature(self.axes, genes_of(self.axes, t))
             for t in study._get_trials(deepcopy=False, use_cache=True)
             if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
-        ]
+        }
         for _ in range(attempts):
-            if child not in seen:
+            if _signature(self.axes, child) not in seen:
                 break
             paths = [a.path for a in active_axes(self.axes, child) if a.path not in frozen]
             if not paths:
                 break
             axis = self._by_path[paths[self._rng.randrange(len(paths))]]
             child = dict(child)
-            child[axis.path] = mutate_value(axis.distribution(), child[axis.path], self._rng)
+            child[axis.path] = mutate_gene(axis, child[axis.path], self._rng)
             child = repair(self.axes, child, parents, self._rng)
         return child

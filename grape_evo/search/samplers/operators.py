@@ -4,6 +4,10 @@ A genome holds a value for every axis that is active in it (:func:`active_axes`)
 its axis contains (:meth:`Axis.contains`). :func:`crossover` and :func:`mutate` may break that;
 :func:`repair` restores it, inheriting a conditional gene from a parent where it was active
 before sampling it fresh. No Optuna study is needed: :class:`EvolutionSampler` calls these.
+
+A gene of an expression axis is a formula: it is sampled as a seed or a random tree, mutated
+by the tree operators and crossed by subtree exchange
+(:mod:`grape_evo.search.space.expressions`); every other gene through its distribution.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from grape_evo.search.space import expressions
 from grape_evo.search.space.values import Axis, active_axes, value_in
 
 __all__ = [
     "GENETIC_OPERATORS",
     "crossover",
     "mutate",
+    "mutate_gene",
     "mutate_value",
     "random_genome",
     "repair",
+    "sample_gene",
     "sample_value",
 ]
 
@@ -112,6 +119,24 @@ def mutate_value(d: BaseDistribution, value: Any, rng: random.Random) -> Any:
     raise TypeError(f"unsupported distribution {d!r}")
 
 
+def sample_gene(axis: Axis, rng: random.Random) -> Any:
+    """A fresh value of ``axis``: a formula (a seed or a random tree) on an expression axis,
+    else a draw from its distribution."""
+    if axis.kind == "expression":
+        kind = expressions.EXPRESSION_KINDS[axis.path]
+        return expressions.sample_formula(kind, axis.seeds, axis.max_depth, rng)
+    return sample_value(axis.distribution(), rng)
+
+
+def mutate_gene(axis: Axis, value: Any, rng: random.Random) -> Any:
+    """A mutation of ``value`` on ``axis`` (a tree mutation of a formula, else
+    :func:`mutate_value`)."""
+    if axis.kind == "expression":
+        kind = expressions.EXPRESSION_KINDS[axis.path]
+        return expressions.mutate_formula(kind, value, axis.max_depth, rng)
+    return mutate_value(axis.distribution(), value, rng)
+
+
 # ---------------------------------------------------------------------------------------------
 # Genetic operators on plain dict genomes.
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +168,8 @@ def crossover(
     With probability ``rate`` each gene comes from parent A or B with equal chance; otherwise
     the child copies parent A. A gene only counts as present in a parent where it was active;
     when the chosen parent lacked the gene, the other parent's value is used (if it had it).
+    In a crossing, a formula both parents hold (and that differs) is, with probability 1/2,
+    the chosen parent's with one subtree exchanged for one of the other's.
     The result may hold genes that are inactive in the child: :func:`repair` resolves that.
     """
     a = _active_values(axes, parent_a)
@@ -155,6 +182,16 @@ def crossover(
             first, second = (b, a)
         if axis.path in first:
             child[axis.path] = first[axis.path]
+            if (
+                axis.kind == "expression"
+                and do_cross
+                and first[axis.path] != second.get(axis.path, first[axis.path])
+                and rng.random() < 0.5
+            ):
+                kind = expressions.EXPRESSION_KINDS[axis.path]
+                child[axis.path] = expressions.cross(
+                    kind, first[axis.path], second[axis.path], axis.max_depth, rng
+                )
         elif axis.path in second:
             child[axis.path] = second[axis.path]
     return child
@@ -167,12 +204,13 @@ def mutate(
 
     Categorical: a different choice, uniformly. Float: a Gaussian step of 0.1 x range in
     (log-)space, clipped to the bounds and snapped to ``step``. Int: a step of at least one
-    ``step`` (Gaussian size, 0.1 x range), clipped. Genes absent from ``values`` are untouched.
+    ``step`` (Gaussian size, 0.1 x range), clipped. Expression: one tree mutation. Genes absent
+    from ``values`` are untouched.
     """
     out = dict(values)
     for axis in axes:
         if axis.path in out and rng.random() < rate:
-            out[axis.path] = mutate_value(axis.distribution(), out[axis.path], rng)
+            out[axis.path] = mutate_gene(axis, out[axis.path], rng)
     return out
 
 
@@ -197,7 +235,7 @@ def repair(
             value = child[axis.path]
         else:
             inherited = [p[axis.path] for p in parent_values if axis.path in p]
-            value = inherited[0] if inherited else sample_value(axis.distribution(), rng)
+            value = inherited[0] if inherited else sample_gene(axis, rng)
         out[axis.path] = _plain(value)
     return out
 

@@ -12,6 +12,12 @@ Forms of an entry (``<path>: ...``, the path from :mod:`grape_evo.search.space.p
     epochs: {low: 1, high: 4, int: true}                # int: true may be said explicitly
     surrogate.clip_low: {low: 0.1, high: 0.3, when: {surrogate.name: ppo_clip}}
     advantage.name: {choices: [group_zscore, rloo], when: {preference.name: [null]}}
+    advantage.expr: {expression: {seeds: ["R - mean_G"], max_depth: 6}}   # a formula
+    surrogate.expr: {expression: {}}                    # seeded with the published forms
+
+An ``expression`` axis searches a formula field (``advantage.expr``, ``surrogate.expr``,
+``preference.expr``): ``seeds`` default to the published forms of its kind and must parse and
+fit ``max_depth`` (default: the deeper of 8 and the deepest seed).
 
 ``when: {path: [values]}`` (or ``{path: value}``) makes an axis conditional: it is active only
 when every named axis is active and holds one of the values; ``when`` may only name
@@ -23,14 +29,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from grape_evo.objective.expression import MAX_DEPTH, SEARCH_DEPTH, depth, parse
+from grape_evo.objective.expression.published import published_forms
 from grape_evo.search.space.errors import format_value
+from grape_evo.search.space.expressions import EXPRESSION_KINDS, seed_problem
 from grape_evo.search.space.paths import Field, axis_paths, field_of
 from grape_evo.search.space.reader import Reader, type_name
 from grape_evo.search.space.values import Axis, AxisKind, Condition, value_in
 
 __all__ = ["AXIS_KEYS", "parse_axes"]
 
-AXIS_KEYS = ("choices", "low", "high", "log", "int", "step", "when")
+AXIS_KEYS = ("choices", "low", "high", "log", "int", "step", "expression", "when")
 
 
 def parse_axes(reader: Reader, raw: Any) -> tuple[Axis, ...]:
@@ -56,6 +65,8 @@ def _parse_axis(
     raw = reader.mapping(key, raw)
     reader.keys(key, raw, AXIS_KEYS)
     when = _parse_when(reader, key, raw.get("when"), earlier, declared)
+    if "expression" in raw:
+        return _parse_expression(reader, key, path, raw, when)
     if "choices" in raw:
         extra = [k for k in ("low", "high", "log", "int", "step") if k in raw]
         if extra:
@@ -97,6 +108,40 @@ def _parse_axis(
         raise reader.error(key, f"the learning rate must be > 0, got low ({low})")
     step = _parse_step(reader, key, raw.get("step"), kind, low, high, log)
     return Axis(path, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _parse_expression(reader: Reader, key: str, path: str, raw: Any, when: Condition) -> Axis:
+    extra = [k for k in raw if k not in ("expression", "when")]
+    if extra:
+        raise reader.error(key, f"'expression' cannot be combined with {extra}")
+    if path not in EXPRESSION_KINDS:
+        raise reader.error(
+            key, f"only formula fields take an expression axis: {list(EXPRESSION_KINDS)}"
+        )
+    kind = EXPRESSION_KINDS[path]
+    key = f"{key}.expression"
+    body = reader.mapping(key, {} if raw["expression"] is None else raw["expression"])
+    reader.keys(key, body, ("seeds", "max_depth"))
+    seeds = tuple(reader.listing(f"{key}.seeds", body.get("seeds", list(published_forms(kind)))))
+    if not seeds:
+        raise reader.error(f"{key}.seeds", "must not be empty")
+    for i, seed in enumerate(seeds):
+        problem = seed_problem(kind, seed, MAX_DEPTH)
+        if problem is not None:
+            raise reader.error(f"{key}.seeds[{i}]", problem)
+        if seed in seeds[:i]:
+            raise reader.error(f"{key}.seeds[{i}]", f"lists {seed!r} twice")
+    deepest = max(depth(parse(seed, kind)) for seed in seeds)
+    max_depth = max(SEARCH_DEPTH, deepest)
+    if "max_depth" in body:
+        max_depth = reader.integer(f"{key}.max_depth", body["max_depth"], 1)
+        if max_depth > MAX_DEPTH:
+            raise reader.error(f"{key}.max_depth", f"must be <= {MAX_DEPTH}, got {max_depth}")
+        for i, seed in enumerate(seeds):
+            problem = seed_problem(kind, seed, max_depth)
+            if problem is not None:
+                raise reader.error(f"{key}.seeds[{i}]", problem)
+    return Axis(path, "expression", seeds=seeds, max_depth=max_depth, when=when)
 
 
 def _parse_step(

@@ -41,12 +41,14 @@ def active_values(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, An
             continue
         value = params[axis.path]
         if not axis.contains(value):
-            where = (
-                f"choices {list(axis.choices)}"
-                if axis.choices is not None
-                else f"[{axis.low}, {axis.high}]"
-                + ("" if axis.step is None else f" step {axis.step}")
-            )
+            if axis.choices is not None:
+                where = f"choices {list(axis.choices)}"
+            elif axis.kind == "expression":
+                where = f"formulas of kind '{axis.expression_kind}'"
+            else:
+                where = f"[{axis.low}, {axis.high}]" + (
+                    "" if axis.step is None else f" step {axis.step}"
+                )
             raise SpaceError(
                 f"{space.source}: params: {axis.path}: {value!r} is not in the axis's {where}"
             )

@@ -8,10 +8,8 @@ distributions, their points) and hands point <-> spec translation to
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,15 +23,12 @@ from optuna.distributions import (
 
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.policy.config import PolicyConfig
-from grape_evo.search.space import translation
-from grape_evo.search.space.errors import format_value
-from grape_evo.tasks import get_task
+from grape_evo.search.space import expressions, translation
+from grape_evo.search.space.task_ref import TaskRef
 from grape_evo.training.config import TrainConfig
 
 if TYPE_CHECKING:
     import optuna
-
-    from grape_evo.tasks import Task
 
 __all__ = [
     "OBJECTIVES",
@@ -58,7 +53,7 @@ PRUNERS = ("median", "hyperband", "wilcoxon", "none")
 OBJECTIVES = ("final_reward", "kl_to_ref")
 """Valid ``search.objectives`` entries (``final_reward`` is maximised, ``kl_to_ref`` minimised)."""
 
-AxisKind = Literal["categorical", "float", "int"]
+AxisKind = Literal["categorical", "float", "int", "expression"]
 Condition = tuple[tuple[str, tuple[Any, ...]], ...]
 """An axis's ``when``: ``(axis path, allowed values)`` pairs, all of which must hold."""
 
@@ -87,8 +82,10 @@ class Axis:
     """One searchable dimension: a dotted path into the objective spec (or ``optim.lr``).
 
     ``kind`` is ``categorical`` (``choices``), ``float`` or ``int`` (``low``/``high`` inclusive,
-    optional ``log`` scale and ``step``). ``when`` is a tuple of ``(axis path, allowed values)``
-    pairs: the axis is active only when every named axis is active and holds an allowed value.
+    optional ``log`` scale and ``step``) or ``expression`` (a formula grown from ``seeds`` to at
+    most ``max_depth`` levels; see :mod:`grape_evo.search.space.expressions`). ``when`` is a
+    tuple of ``(axis path, allowed values)`` pairs: the axis is active only when every named
+    axis is active and holds an allowed value.
     """
 
     path: str
@@ -99,6 +96,8 @@ class Axis:
     log: bool = False
     step: float | int | None = None
     when: Condition = ()
+    seeds: tuple[str, ...] = ()
+    max_depth: int = 0
 
     def is_active(self, params: Mapping[str, Any]) -> bool:
         """Whether this axis is active given the values of (active) earlier axes.
@@ -111,13 +110,40 @@ class Axis:
 
     @property
     def numeric(self) -> bool:
-        return self.kind != "categorical"
+        return self.kind in ("float", "int")
+
+    @property
+    def expression_kind(self) -> str | None:
+        """The expression kind of an expression axis (``advantage``, ``drift``,
+        ``preference``), else None."""
+        return expressions.EXPRESSION_KINDS[self.path] if self.kind == "expression" else None
+
+    @property
+    def param_name(self) -> str:
+        """The Optuna parameter of this axis: its path, or ``<path>#draw`` for an expression
+        axis (whose text Optuna cannot store; see :mod:`~grape_evo.search.space.expressions`)."""
+        return self.path + expressions.DRAW_SUFFIX if self.kind == "expression" else self.path
+
+    def gene(self, param: Any, planned: Mapping[str, Any] | None = None) -> Any:
+        """The gene an Optuna parameter value stands for. On an expression axis: the formula
+        ``planned`` holds for this axis (a genome a sampler planned), when it holds one, else
+        the formula of the draw (:func:`~grape_evo.search.space.expressions.from_draw`)."""
+        if self.kind != "expression":
+            return param
+        text = (planned or {}).get(self.path)
+        if self.contains(text):
+            return text
+        kind = expressions.EXPRESSION_KINDS[self.path]
+        return expressions.from_draw(kind, self.seeds, self.max_depth, int(param))
 
     def values(self) -> list[Any]:
-        """The grid of this axis: its choices; a numeric axis with ``step`` every step from
-        ``low`` to ``high``; a numeric axis without ``step`` just ``[low, high]``."""
+        """The grid of this axis: its choices; an expression axis's seeds; a numeric axis with
+        ``step`` every step from ``low`` to ``high``; a numeric axis without ``step`` just
+        ``[low, high]``."""
         if self.choices is not None:
             return list(self.choices)
+        if self.kind == "expression":
+            return list(self.seeds)
         assert self.low is not None and self.high is not None
         if self.step is None:
             return [self.low, self.high]
@@ -127,15 +153,18 @@ class Axis:
         return [round(self.low + i * self.step, 12) for i in range(n + 1)]
 
     def extremes(self) -> list[Any]:
-        """The values :meth:`SearchSpace.validate_points` tries: choices, or low and high."""
-        if self.choices is not None:
-            return list(self.choices)
+        """The values :meth:`SearchSpace.validate_points` tries: choices, seeds, or low and
+        high."""
+        if self.choices is not None or self.kind == "expression":
+            return self.values()
         return [self.low, self.high]
 
     def distribution(self) -> BaseDistribution:
-        """The Optuna distribution :meth:`SearchSpace.suggest` samples this axis from."""
+        """The Optuna distribution of :attr:`param_name` (an expression axis's draw)."""
         if self.choices is not None:
             return CategoricalDistribution(self.choices)
+        if self.kind == "expression":
+            return IntDistribution(0, expressions.DRAWS)
         if self.kind == "int":
             step = 1 if self.step is None else int(self.step)
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=step)  # type: ignore[arg-type]
@@ -146,10 +175,13 @@ class Axis:
 
         A choice (compared with booleans kept apart from numbers); or a finite number in
         ``[low, high]`` (up to 1e-9 relative), an integer on an ``int`` axis, and with ``step``
-        a whole number of steps from ``low`` (up to 1e-8 of a step, Optuna's tolerance).
+        a whole number of steps from ``low`` (up to 1e-8 of a step, Optuna's tolerance); or,
+        on an expression axis, a formula of its kind within the global limits.
         """
         if self.choices is not None:
             return value_in(value, self.choices)
+        if self.kind == "expression":
+            return expressions.is_formula(expressions.EXPRESSION_KINDS[self.path], value)
         if not is_number(value) or not math.isfinite(value):
             return False
         if self.kind == "int" and not float(value).is_integer():
@@ -169,6 +201,8 @@ class Axis:
         out: dict[str, Any] = {}
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        elif self.kind == "expression":
+            out["expression"] = {"seeds": list(self.seeds), "max_depth": self.max_depth}
         else:
             out.update(low=self.low, high=self.high)
             if self.kind == "int":
@@ -262,63 +296,6 @@ class SearchSettings:
         return out
 
 
-_SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._]+")
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
-_PLAIN_KEY = re.compile(r"[A-Za-z_]+")
-_SLUG_READABLE = 64  # characters of the readable part kept in a hashed slug
-
-
-@dataclass(frozen=True)
-class TaskRef:
-    """A task by registered name plus constructor keyword arguments (sorted pairs)."""
-
-    name: str
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def build(self) -> Task:
-        """A fresh task instance (``get_task(name, **kwargs)``)."""
-        return get_task(self.name, **dict(self.kwargs))
-
-    @property
-    def label(self) -> str:
-        """``addition`` or ``addition(digits=3)``: unique per distinct task in a space."""
-        if not self.kwargs:
-            return self.name
-        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in self.kwargs) + ")"
-
-    @property
-    def slug(self) -> str:
-        """A folder name for this task, made of ``[A-Za-z0-9._-]`` only.
-
-        ``addition``, or ``addition-digits3`` (``-<key><value>`` per argument) when the name is
-        letters, digits and ``_``, every key letters and ``_`` and every value an integer >= 0:
-        such a slug reads back unambiguously. Otherwise the readable part (other characters
-        replaced by ``_``, at most 64 of them) is followed by ``.`` and 8 hex digits of the
-        SHA-256 of :attr:`label`, e.g. ``addition-modefast.<hash>``: only these slugs hold a
-        ``.``, so two distinct tasks never share a slug short of a hash collision.
-        """
-        parts = [self.name] + [f"{k}{format_value(v)}" for k, v in self.kwargs]
-        readable = "-".join(_SLUG_UNSAFE.sub("_", part) for part in parts)
-        plain = (
-            _PLAIN_NAME.fullmatch(self.name) is not None
-            and all(
-                _PLAIN_KEY.fullmatch(k)
-                and isinstance(v, int)
-                and not isinstance(v, bool)
-                and v >= 0
-                for k, v in self.kwargs
-            )
-            and len(readable) <= _SLUG_READABLE
-        )
-        if plain:
-            return readable
-        digest = hashlib.sha256(self.label.encode()).hexdigest()[:8]
-        return f"{readable[:_SLUG_READABLE]}.{digest}"
-
-    def to_dict(self) -> str | dict[str, Any]:
-        return self.name if not self.kwargs else {"name": self.name, **dict(self.kwargs)}
-
-
 @dataclass(frozen=True)
 class SearchSpace:
     """A validated search space: what to train on, the axes, the budget and how to search."""
@@ -350,17 +327,23 @@ class SearchSpace:
         """The axes active under ``params``, in declaration order (see :func:`active_axes`)."""
         return active_axes(self.axes, params)
 
-    def distributions(self) -> dict[str, BaseDistribution]:
-        """Optuna distributions of every axis, by path."""
-        return {a.path: a.distribution() for a in self.axes}
+    def suggest(
+        self, trial: optuna.Trial, planned: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Ask ``trial`` for a value of every active axis (Optuna parameter
+        :attr:`Axis.param_name`).
 
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Ask ``trial`` for a value of every active axis (axis path = Optuna parameter name)."""
+        An expression axis takes its formula from ``planned`` (the genome a sampler planned
+        for the trial) when that holds one, else from its draw (:meth:`Axis.gene`).
+        """
         values: dict[str, Any] = {}
         for axis in self.axes:
             if not axis.is_active(values):
                 continue
-            if axis.choices is not None:
+            if axis.kind == "expression":
+                draw = trial.suggest_int(axis.param_name, 0, expressions.DRAWS)
+                value = axis.gene(draw, planned)
+            elif axis.choices is not None:
                 value = trial.suggest_categorical(axis.path, list(axis.choices))
             elif axis.kind == "int":
                 value = trial.suggest_int(
@@ -382,8 +365,12 @@ class SearchSpace:
         return values
 
     def grid(self) -> dict[str, list[Any]]:
-        """A search space for Optuna's GridSampler: every axis's :meth:`Axis.values`."""
-        return {a.path: a.values() for a in self.axes}
+        """A search space for Optuna's GridSampler: every axis's :meth:`Axis.values` (an
+        expression axis's seeds as their draws ``0 .. n-1``)."""
+        return {
+            a.param_name: list(range(len(a.seeds))) if a.kind == "expression" else a.values()
+            for a in self.axes
+        }
 
     # ---- points <-> specs (grape_evo.search.space.translation) ---------------------------
     def active_values(self, params: Mapping[str, Any]) -> dict[str, Any]:

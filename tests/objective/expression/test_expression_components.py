@@ -8,14 +8,13 @@ import math
 import pytest
 import sympy as sp
 import torch
+from objective_helpers import assert_same, pairs, rollouts
 from typer.testing import CliRunner
 
 from grape_evo.cli import app
 from grape_evo.objective import (
     ObjectiveError,
     ObjectiveSpec,
-    PreferenceBatch,
-    RolloutBatch,
     build_objective,
 )
 from grape_evo.objective.registry import ADVANTAGES, PREFERENCE_LOSSES, SURROGATES
@@ -27,49 +26,6 @@ ZSCORE = "(R - mean_G)/(std_G + 1e-6)"
 PPO_DRIFT = "relu((r - clip(r, 0.8, 1.2))*A)"
 DISCOPOP = "-logsigmoid(rho)*(1 - sigmoid(rho/0.05)) + exp(-rho)*sigmoid(rho/0.05)"
 
-# three groups of four (one all-equal with a non-dyadic reward), rows right-padded
-_REWARDS = [1.0, 0.0, 0.5, 2.0, -1.0, 0.3, 0.3, 1.5, 0.7, 0.7, 0.7, 0.7]
-_GROUPS = [0, 0, 0, 0, 5, 5, 5, 5, 9, 9, 9, 9]
-_LENGTHS = [5, 3, 4, 1, 2, 5, 4, 3, 5, 2, 1, 4]
-# log-ratios spread so that tokens fall inside and outside [0.8, 1.2], for both signs of A
-_LOG_RATIOS = [-0.9, -0.3, -0.15, -0.05, 0.0, 0.05, 0.1, 0.15, 0.3, 0.9]
-
-
-def _rollouts() -> RolloutBatch:
-    b, t = len(_REWARDS), max(_LENGTHS)
-    g = torch.Generator().manual_seed(0)
-    mask = torch.tensor([[1.0 if j < n else 0.0 for j in range(t)] for n in _LENGTHS])
-    old = -torch.rand(b, t, generator=g) * 2.0
-    pick = torch.randint(len(_LOG_RATIOS), (b, t), generator=g)
-    logp = (old + torch.tensor(_LOG_RATIOS)[pick]).requires_grad_(True)
-    return RolloutBatch(
-        logp=logp,
-        old_logp=old,
-        ref_logp=old + 0.2 * torch.randn(b, t, generator=g),
-        mask=mask,
-        rewards=torch.tensor(_REWARDS),
-        group_ids=torch.tensor(_GROUPS),
-    )
-
-
-def _loss_and_grad(spec: dict, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The objective's loss and its gradient w.r.t. the policy log-probs (flattened)."""
-    loss, metrics = build_objective(ObjectiveSpec.from_dict(spec))(batch)
-    if isinstance(batch, RolloutBatch):
-        leaves = [batch.logp]
-    else:
-        leaves = [batch.chosen_logp, batch.rejected_logp]
-    grads = torch.autograd.grad(loss, leaves)
-    return loss.detach(), torch.cat([g.flatten() for g in grads]), metrics
-
-
-def _assert_same(a: dict, b: dict, batch) -> None:
-    la, ga, _ = _loss_and_grad(a, batch)
-    lb, gb, _ = _loss_and_grad(b, batch)
-    assert torch.isfinite(la) and torch.isfinite(ga).all()
-    torch.testing.assert_close(la, lb, rtol=TOL, atol=TOL)
-    torch.testing.assert_close(ga, gb, rtol=TOL, atol=TOL)
-
 
 # ---- (a) advantage: the z-score formula is group_zscore with the ddof-0 std ------------------
 @pytest.mark.parametrize("kl", [None, {"estimator": "k1", "placement": "reward", "coef": 0.1}])
@@ -80,8 +36,8 @@ def test_zscore_expression_equals_group_zscore_ddof0(kl):
         **common,
         "advantage": {"name": "group_zscore", "eps": 1e-6, "unbiased_std": False},
     }
-    batch = _rollouts()
-    _assert_same(expression, published, batch)
+    batch = rollouts()
+    assert_same(expression, published, batch)
     adv_e = build_objective(ObjectiveSpec.from_dict(expression)).advantages(batch)
     adv_p = build_objective(ObjectiveSpec.from_dict(published)).advantages(batch)
     torch.testing.assert_close(adv_e, adv_p, rtol=TOL, atol=TOL)
@@ -95,7 +51,7 @@ def test_default_advantage_expression_is_the_zscore():
 
 # ---- (b) drift: PPO's drift is ppo_clip at 0.2 -----------------------------------------------
 def test_ppo_drift_equals_ppo_clip_per_token_with_gradient_and_clip_fraction():
-    batch = _rollouts()
+    batch = rollouts()
     adv = torch.tensor([[a] * batch.mask.shape[1] for a in (-2.0, -0.5, 0.5, 2.0) * 3])
     ratio = torch.exp(batch.logp - batch.old_logp).detach()
     valid = batch.mask > 0
@@ -118,10 +74,10 @@ def test_ppo_drift_equals_ppo_clip_per_token_with_gradient_and_clip_fraction():
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
 def test_ppo_drift_objective_equals_ppo_clip_objective(aggregation):
     common = {"group_size": 4, "advantage": "group_zscore", "aggregation": aggregation}
-    _assert_same(
+    assert_same(
         {**common, "surrogate": {"name": "drift", "expr": PPO_DRIFT}},
         {**common, "surrogate": {"name": "ppo_clip", "clip_low": 0.2, "clip_high": 0.2}},
-        _rollouts(),
+        rollouts(),
     )
 
 
@@ -130,36 +86,25 @@ def test_default_drift_is_ppo_clip_02():
 
 
 # ---- (c) preference: DPO and DiscoPOP written as formulas ------------------------------------
-def _pairs() -> PreferenceBatch:
-    g = torch.Generator().manual_seed(1)
-    n = 16
-    chosen = (-torch.rand(n, generator=g, dtype=torch.float64) * 40).requires_grad_(True)
-    rejected = (-torch.rand(n, generator=g, dtype=torch.float64) * 40).requires_grad_(True)
-    ref_c = chosen.detach() + torch.randn(n, generator=g, dtype=torch.float64) * 8
-    ref_r = rejected.detach() + torch.randn(n, generator=g, dtype=torch.float64) * 8
-    lengths = torch.randint(1, 20, (2, n), generator=g).to(torch.float64)
-    return PreferenceBatch(chosen, rejected, ref_c, ref_r, lengths[0], lengths[1])
-
-
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_logsigmoid_expression_equals_dpo(beta):
     pref = {"data": "preference_pairs"}
-    _assert_same(
+    assert_same(
         {**pref, "preference": {"name": "expression", "expr": "-logsigmoid(rho)", "beta": beta}},
         {**pref, "preference": {"name": "sigmoid", "beta": beta}},
-        _pairs(),
+        pairs(),
     )
 
 
 def test_discopop_formula_equals_discopop():
-    pairs = _pairs()
-    gap = pairs.chosen_logp - pairs.ref_chosen_logp - pairs.rejected_logp + pairs.ref_rejected_logp
+    batch = pairs()
+    gap = batch.chosen_logp - batch.ref_chosen_logp - batch.rejected_logp + batch.ref_rejected_logp
     assert gap.abs().max().item() < 200  # |rho| < 20: exp's protection stays inactive
     pref = {"data": "preference_pairs"}
-    _assert_same(
+    assert_same(
         {**pref, "preference": {"name": "expression", "expr": DISCOPOP, "beta": 0.1}},
         {**pref, "preference": {"name": "discopop", "beta": 0.1, "tau": 0.05}},
-        pairs,
+        batch,
     )
 
 
@@ -260,7 +205,7 @@ def test_preference_formula_substitutes_beta():
 # ---- non-finite values: a NaN/inf loss, which the trainer reports as diverged ----------------
 def test_overflowing_expression_gives_a_non_finite_loss():
     spec = {"group_size": 4, "surrogate": {"name": "drift", "expr": "((exp(r)**4)**4)**4"}}
-    loss, _ = build_objective(ObjectiveSpec.from_dict(spec))(_rollouts())
+    loss, _ = build_objective(ObjectiveSpec.from_dict(spec))(rollouts())
     assert not torch.isfinite(loss)
 
 
