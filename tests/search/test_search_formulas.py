@@ -4,6 +4,7 @@ formula table, and the shipped ``functions.yaml``."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,17 @@ def test_report_of_a_formula_campaign_shows_the_formula_table(tmp_path, monkeypa
     row = next(line for line in text.splitlines() if line.startswith("| advantage.expr"))
     assert "`(R - mean_G)/(std_G + 0.1)`" in row and "GRPO" in row
     assert "(R - mu_G)/(sigma_G + 0.1) - (R - mu_G)/(sigma_G + 1.0e-6)" in row
+    # the discovered objective's YAML, as the report prints it, trains with `grape train`
+    section = text.split("## Top objectives", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    objective = tmp_path / "discovered.yaml"
+    objective.write_text(block)
+    args = ["--steps", "1", "--batch-size", "8", "--eval-every", "1", "--warm-start-steps", "5"]
+    result = invoke("train", "--objective", str(objective), "--out", str(tmp_path / "t"), *args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert summary["objective"]["advantage"]["expr"] == "(R - mean_G)/(std_G + 0.1)"
 
 
 # ---- the shipped space --------------------------------------------------------------------------
