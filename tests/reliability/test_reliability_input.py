@@ -148,7 +148,8 @@ def test_broken_rewards_and_models_fail_trials_not_the_campaign(
     assert [trials[n].state for n in (0, 4)] == [TrialState.COMPLETE] * 2
     assert trials[0].user_attrs == first.user_attrs and trials[0].values == first.values
     failures = {n: trials[n].user_attrs.get("failure", "") for n in (1, 2, 3)}
-    assert all(trials[n].state == TrialState.FAIL for n in failures), (failures, {n: (trials[n].state, trials[n].user_attrs.get("reused_from"), trials[n].params) for n in trials})
+    states = {n: (t.state, t.user_attrs.get("reused_from"), t.params) for n, t in trials.items()}
+    assert all(trials[n].state == TrialState.FAIL for n in failures), (failures, states)
     assert "non-finite rewards" in failures[1], failures[1]
     assert "reward server exploded" in failures[2], failures[2]
     assert failures[3].startswith("addition seed 0: "), failures[3]
