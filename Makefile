@@ -31,8 +31,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m ''
 
 lint: $(STAMP)
-	$(BIN)/ruff check grape_evo tests benchmarks
-	$(BIN)/ruff format --check grape_evo tests benchmarks
+	$(BIN)/ruff check grape_evo tests benchmarks experiments
+	$(BIN)/ruff format --check grape_evo tests benchmarks experiments
 
 demo: $(STAMP)
 	$(BIN)/python -m grape_evo.demo

@@ -209,7 +209,7 @@ def _campaign_progress(
 
     def update(study: Any, _trial: Any = None) -> None:
         info = summarize(study)
-        best = info["best_reward"]
+        best = info["best_score"]
         best_text = "-" if best is None else f"{best:.3f} ({info['best_label']})"
         bar.update(
             job,
@@ -222,18 +222,26 @@ def _campaign_progress(
 
 
 def _print_discoveries(rows: list[dict[str, Any]], out: Path) -> None:
-    table = Table(title="fresh-seed re-evaluation (held-out reward, mean and bootstrap 95% CI)")
-    for column in ("rank", "objective", "reward", "95% CI", "accuracy", "KL to ref", "status"):
+    reference = next((r["reference"] for r in rows if r.get("reference")), None)
+    title = "fresh-seed re-evaluation: held-out reward"
+    if reference:
+        title += f"; effect = paired difference to {reference} (t-interval, Bonferroni)"
+    table = Table(title=title)
+    columns = ["rank", "objective", "reward", "effect", "CI", "verdict", "seeds", "KL to ref"]
+    for column in [*columns, "status"]:
         table.add_column(column)
     for rank, row in enumerate(rows, 1):
-        low, high = row["reward_ci95"]
         label = row["label"] + (" (baseline)" if row["baseline"] else "")
+        if row.get("reference") == row["label"]:
+            label += " (reference)"
         table.add_row(
             str(rank),
             label,
             _fmt(row["reward"]),
-            f"[{_fmt(low)}, {_fmt(high)}]",
-            _fmt(row["accuracy"]),
+            _fmt(row.get("paired_effect"), signed=True),
+            f"[{_fmt(row.get('ci_low'), True)}, {_fmt(row.get('ci_high'), True)}]",
+            row.get("verdict") or "-",
+            str(row.get("n_seeds", len(row["rewards"]))),
             _fmt(row["kl_to_ref"]),
             row["status"],
         )
@@ -241,8 +249,10 @@ def _print_discoveries(rows: list[dict[str, Any]], out: Path) -> None:
     console.print(f"discoveries: {out / 'discoveries.json'}; study: {out}", markup=False)
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def _fmt(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
 @app.command("evolve")

@@ -15,7 +15,9 @@ import yaml
 from typer.testing import CliRunner
 
 from grape_evo.cli import app
+from grape_evo.search.campaign import rungs as rungs_module
 from grape_evo.search.campaign import scheduler as scheduler_module
+from grape_evo.search.campaign import tuning as tuning_module
 from grape_evo.search.evaluator import CandidateResult, CandidateRun
 from grape_evo.search.records import RunResult
 
@@ -118,6 +120,10 @@ def fake_training(monkeypatch: pytest.MonkeyPatch, per_candidate: Any) -> None:
     def run_candidates(
         runs: list[CandidateRun], tasks: Any, policy: Any, reuse_existing: bool = False
     ) -> list[CandidateResult]:
-        return [per_candidate(r.spec, r.configs, r.folder) for r in runs]
+        return [
+            per_candidate(r.spec, [r.configs[i] for i in r.seed_indices()], r.folder) for r in runs
+        ]
 
     monkeypatch.setattr(scheduler_module, "run_candidates", run_candidates)
+    monkeypatch.setattr(rungs_module, "run_candidates", run_candidates)
+    monkeypatch.setattr(tuning_module, "run_candidates", run_candidates)

@@ -290,8 +290,8 @@ def main() -> None:
         save_learning_curves(in_first, task, out / f"curves_{task}.png", config["objectives"], [])
     t = config["train"]
     budget = (
-        f"Budget per run: {t['steps']} steps x {t['batch_size']} completions, lr {t.get('lr', 1e-4):g} "
-        f"for every objective, tiny policy, CPU, seeds {config['seeds']}; the objectives of one "
+        f"Budget per run: {t['steps']} steps x {t['batch_size']} completions, "
+        f"lr {t.get('lr', 1e-4):g} for every objective, tiny policy, CPU, seeds {config['seeds']}; the objectives of one "
         "(task, regime, seed) trained in one lockstep batch. Final reward: the expected gold "
         f"reward under sampling ({t['eval_samples']} completions per prompt) on each task's "
         f"fixed set of {t['eval_prompts']} held-out prompts. Effects: mean paired difference "

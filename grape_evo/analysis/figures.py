@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -156,17 +157,22 @@ def learning_curves_figure(
 def final_scores_figure(
     discoveries: pd.DataFrame, title: str = "Final held-out reward on fresh seeds"
 ) -> Figure:
-    """Mean final reward per objective (dots), bootstrap 95% CI (whiskers), per-seed finals.
+    """Mean final reward per objective (dots), t 95% CI (whiskers), per-seed finals; beside
+    it, when the re-evaluation has a reference, each objective's paired effect on it with its
+    Bonferroni-corrected t-interval, coloured by verdict.
 
     ``discoveries`` is a :func:`~grape_evo.analysis.frames.discoveries_frame`; the best is at
-    the top. Artists: ``collections[0]`` the CI segments, ``[1]`` the means, ``[2]`` the
-    per-(task, seed) finals; a dashed vertical line marks the best baseline's mean.
+    the top. Artists of ``axes[0]``: ``collections[0]`` the CI segments, ``[1]`` the means,
+    ``[2]`` the per-(task, seed) finals; a dashed vertical line marks the best baseline's
+    mean. ``axes[1]`` (paired effects): ``collections[0]`` the intervals, ``[1]`` the effects;
+    a vertical line at 0.
     """
     with _style():
         data = discoveries.reset_index(drop=True)
+        paired = "paired_effect" in data and data["paired_effect"].notna().any()
         height = max(FIGSIZE[1], 1.2 + 0.45 * len(data))
-        fig = new_figure((FIGSIZE[0], height))
-        ax = fig.add_subplot()
+        fig = new_figure((FIGSIZE[0] * (1.8 if paired else 1.0), height))
+        ax = fig.add_subplot(1, 2 if paired else 1, 1)
         y = np.arange(len(data))[::-1].astype(float)
         colors = ["#444444" if b else "#1f77b4" for b in data.get("baseline", [])]
         ax.hlines(y, data["ci_low"], data["ci_high"], colors=colors, linewidth=2.5, alpha=0.8)
@@ -183,7 +189,7 @@ def final_scores_figure(
         )
         ax.set_xlabel(REWARD_LABEL)
         ax.set_ylabel("objective")
-        ax.set_title(f"{title}\nmean, bootstrap 95% CI of the mean, per-seed finals")
+        ax.set_title(f"{title}\nmean, t 95% CI of the mean, per-seed finals")
         from matplotlib.lines import Line2D
 
         handles = [
@@ -207,7 +213,36 @@ def final_scores_figure(
         _pad_x(ax, [*data["ci_low"], *data["ci_high"], *seed_x])
         if data.empty:
             _empty_note(ax, "no re-evaluated candidates")
+        if paired:
+            _paired_effects(fig.add_subplot(1, 2, 2, sharey=ax), data, y)
     return fig
+
+
+_VERDICT_COLORS = {"better": "#2ca02c", "worse": "#d62728", "unresolved": "#7f7f7f"}
+
+
+def _paired_effects(ax: Axes, data: pd.DataFrame, y: np.ndarray) -> None:
+    """The paired effect of each objective on the reference, with its interval."""
+    colors = [_VERDICT_COLORS.get(v, "#bbbbbb") for v in data["verdict"].fillna("")]
+    ax.hlines(y, data["effect_low"], data["effect_high"], colors=colors, linewidth=2.5)
+    ax.scatter(data["paired_effect"], y, c=colors, s=50, zorder=3)
+    ax.axvline(0.0, color="#444444", linewidth=1.0)
+    reference = next((r for r in data["reference"] if isinstance(r, str)), "the reference")
+    ax.set_xlabel(f"paired effect on {reference} (final held-out reward)")
+    seeds = int(data["n_seeds"].max()) if data["n_seeds"].notna().any() else 0
+    ax.set_title(
+        f"difference to {reference} on the same {seeds} seeds\n"
+        "t-interval, Bonferroni over the objectives compared"
+    )
+    ax.tick_params(labelleft=False)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=c, marker="o", linewidth=2.5, label=v)
+        for v, c in _VERDICT_COLORS.items()
+    ]
+    ax.legend(handles=handles, loc="lower right", frameon=False)
+    _pad_x(ax, [0.0, *data["effect_low"], *data["effect_high"]])
 
 
 # ---- reward vs KL -------------------------------------------------------------------------

@@ -358,8 +358,11 @@ def discoveries_frame(run_dir: Path) -> pd.DataFrame | None:
     Columns: ``label``, ``trial``, ``baseline`` (bool), ``key``, ``reward``, ``ci_low``,
     ``ci_high`` (the stored 95% CI, recomputed as a t-interval from
     ``rewards`` where it is missing), ``n`` (number of finals), ``rewards`` (list),
-    ``search_reward``, ``accuracy``, ``kl_to_ref``, ``status``, ``objective`` (spec dict).
-    Raises ValueError when the file exists but does not parse.
+    ``search_reward``, ``accuracy``, ``kl_to_ref``, ``status``, ``objective`` (spec dict),
+    and the paired comparison with the reference: ``reference``, ``paired_effect``,
+    ``effect_low``, ``effect_high`` (its Bonferroni t-interval), ``verdict``, ``n_seeds``
+    (NaN / None where there is none). Raises ValueError when the file exists but does not
+    parse.
     """
     path = Path(run_dir) / DISCOVERIES_FILE
     if not path.is_file():
@@ -395,6 +398,12 @@ def discoveries_frame(run_dir: Path) -> pd.DataFrame | None:
                 "kl_to_ref": _num(c.get("kl_to_ref")),
                 "status": c.get("status"),
                 "objective": c.get("objective"),
+                "reference": c.get("reference"),
+                "paired_effect": _num(c.get("paired_effect")),
+                "effect_low": _num(c.get("ci_low")),
+                "effect_high": _num(c.get("ci_high")),
+                "verdict": c.get("verdict"),
+                "n_seeds": _num(c.get("n_seeds")),
             }
         )
     frame = pd.DataFrame(rows)

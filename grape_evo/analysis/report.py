@@ -1,7 +1,8 @@
 """``grape report RUN_DIR``: a campaign folder -> ``RUN_DIR/report/report.md`` with figures.
 
 Sections: learning curves of the top discovered objectives against the PPO / GRPO / DPO
-baselines; final held-out reward on fresh seeds with bootstrap 95% CIs; reward vs KL with the
+baselines; final held-out reward on fresh seeds with t 95% CIs and paired effects on the
+reference; reward vs KL with the
 Pareto front; optimisation history; axis importances; each top objective's formula, YAML and
 difference from the nearest baseline; data problems (run folders whose ``summary.json`` is
 missing or corrupt, run files whose sha256 differs from the checksum stored with their trial).
@@ -277,22 +278,35 @@ def _section_final(out, disc) -> list[str]:
     lines = ["## Final held-out scores", ""]
     if disc is None or disc.empty:
         return [*lines, "No `discoveries.json` (the fresh-seed re-evaluation has not run).", ""]
+    reference = next((r for r in disc["reference"] if isinstance(r, str)), None)
     lines += [
         "Fresh-seed re-evaluation (`discoveries.json`): mean final held-out reward over "
-        "(task, seed) and its percentile-bootstrap 95% CI of the mean.",
+        "(task, seed) and its t 95% CI of the mean"
+        + (
+            f"; the paired effect on {reference} (the mean per-seed difference on the same "
+            "seeds: warm start, prompts and sampling streams) with its t-interval, "
+            "Bonferroni-corrected over the objectives compared, and the verdict it supports "
+            "(better / worse when the interval excludes 0, else unresolved)."
+            if reference
+            else "."
+        ),
         "",
     ]
     lines += _figure(out, "final_scores.png", lambda: F.final_scores_figure(disc), "final scores")
     lines += [
-        "| objective | kind | reward | 95% CI | n | search reward | KL to ref | status |",
-        "|---|---|---|---|---|---|---|---|",
+        "| objective | kind | reward | 95% CI | paired effect | CI (Bonferroni) | verdict | "
+        "seeds | search score | KL to ref | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in disc.iterrows():
         kind = "baseline" if r["baseline"] else "discovered"
+        if r["label"] == reference:
+            kind = "reference"
         lines.append(
             f"| {r['label']} | {kind} | {_f(r['reward'])} | [{_f(r['ci_low'])}, "
-            f"{_f(r['ci_high'])}] | {r['n']} | {_f(r['search_reward'])} | "
-            f"{_f(r['kl_to_ref'])} | {r['status']} |"
+            f"{_f(r['ci_high'])}] | {_f(r['paired_effect'])} | [{_f(r['effect_low'])}, "
+            f"{_f(r['effect_high'])}] | {r['verdict'] or '-'} | {r['n']} | "
+            f"{_f(r['search_reward'])} | {_f(r['kl_to_ref'])} | {r['status']} |"
         )
     return [*lines, ""]
 

@@ -36,12 +36,18 @@ Reporter = Callable[[int, float], str | None]
 @dataclass(frozen=True, eq=False)
 class CandidateRun:
     """A candidate to train: its spec, its TrainConfigs (one per seed; candidates trained
-    together differ in ``lr`` only), its folder and its reporter."""
+    together differ in ``lr`` only), its folder and its reporter. ``seeds`` (indices into
+    ``configs``) limits a call to some of its seeds, e.g. one rung of successive halving;
+    global steps stay those of the full list."""
 
     spec: ObjectiveSpec
     configs: Sequence[TrainConfig]
     folder: Path
     report: Reporter | None = None
+    seeds: range | None = None
+
+    def seed_indices(self) -> range:
+        return range(len(self.configs)) if self.seeds is None else self.seeds
 
 
 @dataclass
@@ -112,7 +118,7 @@ def run_candidates(
     for task_ref, task, seed_index, offset in _runs(tasks, candidates, seeds):
         members: list[int] = []
         for i, (candidate, result) in enumerate(zip(candidates, results, strict=True)):
-            if not result.going:
+            if not result.going or seed_index not in candidate.seed_indices():
                 continue
             config = candidate.configs[seed_index]
             run_dir = candidate.folder / task_ref.slug / f"seed{config.seed}"

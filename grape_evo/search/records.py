@@ -6,6 +6,7 @@ only through `TrialRecord.of`. Both sides therefore agree on one schema, defined
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
@@ -83,7 +84,10 @@ class TrialRecord:
     ``behaviour`` (`grape_evo.objective.behaviour.behaviour`: objectives that train alike are
     evaluated once), ``genes`` (axis path -> value: the point of the space, formulas of
     expression axes included, which the trial's Optuna params hold only as draws),
-    ``checks`` (the cheap checks of its formulas: problems, and LPO's drift conditions).
+    ``checks`` (the cheap checks of its formulas: problems, and LPO's drift conditions),
+    ``fitness`` (`grape_evo.search.fitness.Fitness.to_dict`: the paired improvement over the
+    reference and its per-task parts), ``rungs`` (seeds -> fitness after each rung of
+    successive halving it reached).
     """
 
     objective: dict[str, Any] | None = None
@@ -105,6 +109,8 @@ class TrialRecord:
     behaviour: dict[str, Any] | None = None
     genes: dict[str, Any] | None = None
     checks: dict[str, Any] | None = None
+    fitness: dict[str, Any] | None = None
+    rungs: dict[str, float | None] | None = None
 
     @classmethod
     def of(cls, trial: _HasAttrs) -> TrialRecord:
@@ -113,6 +119,14 @@ class TrialRecord:
         values = {f.name: attrs[f.name] for f in fields(cls) if attrs.get(f.name) is not None}
         values["runs"] = [RunResult.from_dict(r) for r in values.get("runs", [])]
         return cls(**values)
+
+    @property
+    def score(self) -> float | None:
+        """What ranks the trial: its fitness when it has one, else its mean reward."""
+        if self.fitness is not None:
+            value = self.fitness.get("value")
+            return value if isinstance(value, int | float) and math.isfinite(value) else None
+        return self.reward
 
     def label(self, number: int) -> str:
         """The name reports use: the baseline's preset name, else ``trial-N``."""

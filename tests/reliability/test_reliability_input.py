@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from grape_evo import cli
 from grape_evo.objective.builder import Objective
 from grape_evo.search.campaign import Campaign, budget_used
-from grape_evo.search.campaign import scheduler as scheduler_module
+from grape_evo.search.campaign import rungs as rungs_module
 from grape_evo.search.space import parse_space
 from grape_evo.tasks.addition import AdditionTask
 
@@ -123,7 +123,7 @@ def test_broken_rewards_and_models_fail_trials_not_the_campaign(
         loss, stats = call(self, batch)
         return (loss * float("nan"), stats) if mode["now"] == "nan_model" else (loss, stats)
 
-    real = scheduler_module.run_candidates
+    real = rungs_module.run_candidates
 
     def run_candidates(runs: Any, *args: Any, **kw: Any) -> Any:
         (run,) = runs  # population 1: one candidate per batch
@@ -136,7 +136,7 @@ def test_broken_rewards_and_models_fail_trials_not_the_campaign(
 
     monkeypatch.setattr(AdditionTask, "reward", hostile_reward)
     monkeypatch.setattr(Objective, "__call__", hostile_model)
-    monkeypatch.setattr(scheduler_module, "run_candidates", run_candidates)
+    monkeypatch.setattr(rungs_module, "run_candidates", run_candidates)
     campaign = Campaign(parse_space(copy.deepcopy(SPACE)), tmp_path / "run")
     study = campaign.open(create=True)
     campaign.optimize(study, 1)

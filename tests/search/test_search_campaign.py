@@ -171,10 +171,20 @@ def test_evolve_end_to_end(tmp_path: Path, grape_cache: Path) -> None:
         runs = t.user_attrs["runs"]
         assert [r["seed"] for r in runs] == [0, 1], (t.number, runs)
         assert all(r["status"] == "ok" for r in runs)
-        assert t.values[0] == pytest.approx(t.user_attrs["reward"])
         assert t.user_attrs["reward"] == pytest.approx(
             sum(r["final_eval"]["reward"] for r in runs) / len(runs)
         )
+        # The value is the paired fitness against GRPO (the reference) on the same seeds:
+        # the mean difference of final rewards over GRPO's gain on the warm start.
+        ref = [json.loads(study.user_attrs[f"reference:addition:{s}"]) for s in (0, 1)]
+        gain = max(
+            sum(r["final_eval"]["reward"] - r["initial_eval"]["reward"] for r in ref) / 2, 0.02
+        )
+        pairs = zip(runs, ref, strict=True)
+        diffs = [c["final_eval"]["reward"] - r["final_eval"]["reward"] for c, r in pairs]
+        assert t.values[0] == pytest.approx(sum(diffs) / 2 / gain)
+        if t.user_attrs.get("baseline") == "grpo":
+            assert t.values[0] == 0.0
         for r in runs:
             summary = json.loads((Path(r["out_dir"]) / "summary.json").read_text())
             assert summary["seed"] == r["seed"]
@@ -189,7 +199,14 @@ def test_evolve_end_to_end(tmp_path: Path, grape_cache: Path) -> None:
                     tc["lr"],
                 )
             )
-    assert budgets == {(2, 1, 8, 8, 5, 1e-4)}
+    # One learning rate for every run: the best of 0.5, 1 and 2 x the budget's for GRPO.
+    tuning = study.user_attrs["lr_tuning"]
+    assert sorted(float(r) for r in tuning) == pytest.approx([5e-5, 1e-4, 2e-4])
+    best = max(tuning, key=lambda r: tuning[r])
+    assert study.user_attrs["lr"] == pytest.approx(float(best))
+    assert len(budgets) == 1
+    (chosen,) = budgets
+    assert chosen[:5] == (2, 1, 8, 8, 5) and chosen[5] == pytest.approx(float(best))
 
     # Discoveries: the top-k candidates and every baseline, on fresh seeds.
     disc = json.loads((out / "discoveries.json").read_text())

@@ -627,7 +627,7 @@ def test_budget_defaults_come_from_train_config() -> None:
         defaults.batch_size,
         defaults.lr,
     )
-    assert (budget.reeval_seeds, budget.top_k) == (3, 3)
+    assert (budget.reeval_seeds, budget.top_k) == (10, 3)
     assert budget.train_config(seed=1, device="cpu").seed == 1
 
 

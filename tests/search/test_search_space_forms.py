@@ -291,9 +291,27 @@ FORMS: dict[str, tuple[str, Callable[[SearchSpace], Any], Any]] = {
           objectives: [final_reward]
           population_size: 16
           seed: 5
+          reference: rloo
+          fitness: auc
+          keep: 0.5
         """,
         lambda s: s.search,
-        SearchSettings("nsga2", 200, "hyperband", ("final_reward",), 16, 5),
+        SearchSettings("nsga2", 200, "hyperband", ("final_reward",), 16, 5, "rloo", "auc", 0.5),
+    ),
+    "search: the reference defaults to grpo when it is a baseline": (
+        "baselines: [ppo, grpo]",
+        lambda s: s.search.reference,
+        "grpo",
+    ),
+    "budget: seeds as rungs of successive halving": (
+        "budget: {seeds: [3, 9, 27]}",
+        lambda s: (s.budget.seeds, s.budget.rungs, s.budget.to_dict()["seeds"]),
+        (27, (3, 9, 27), [3, 9, 27]),
+    ),
+    "budget: one number of seeds is one rung": (
+        "budget: {seeds: 4}",
+        lambda s: (s.budget.seeds, s.budget.rungs, s.budget.to_dict()["seeds"]),
+        (4, (4,), 4),
     ),
     "search: one objective as a string": (
         "search: {trials: 3, objectives: kl_to_ref}",
@@ -359,14 +377,18 @@ def test_the_file_format_example_of_the_space_docstring(tmp_path: Path) -> None:
     assert space.paths == ("advantage.name", "surrogate.name", "surrogate.clip_high", "kl.coef")
     assert space.axis("surrogate.clip_high").when == (("surrogate.name", ("ppo_clip", "gspo")),)
     assert space.baselines == ("ppo", "grpo", "dpo")
-    assert space.search == SearchSettings("evolution", 24, "median", ("final_reward",))
+    assert space.search == SearchSettings(
+        "evolution", 24, "median", ("final_reward",), reference="grpo"
+    )
 
 
 def test_the_top_level_forms_of_the_parser_docstring(tmp_path: Path) -> None:
     space = load(tmp_path, literal_block(parser.__doc__ or ""))
     assert space.tasks == (TaskRef("addition"), TaskRef("addition", (("digits", 3),)))
     assert space.policy == PolicyConfig("tiny")
-    assert space.search == SearchSettings("evolution", 24, "median", ("final_reward",), 8, 0)
+    assert space.search == SearchSettings(
+        "evolution", 24, "median", ("final_reward",), 8, 0, "grpo", "final", 0.5
+    )
 
 
 def test_the_axis_forms_of_the_axis_parser_docstring(tmp_path: Path) -> None:
@@ -414,4 +436,6 @@ def test_the_search_space_example_of_the_readme(tmp_path: Path) -> None:
     )
     assert space.axis("surrogate.clip_high").when == (("surrogate.name", ("ppo_clip", "cispo")),)
     assert space.baselines == ("ppo", "grpo", "dpo")
-    assert space.search == SearchSettings("evolution", 16, "median", ("final_reward",))
+    assert space.search == SearchSettings(
+        "evolution", 16, "median", ("final_reward",), reference="grpo"
+    )

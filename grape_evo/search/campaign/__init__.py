@@ -13,8 +13,13 @@
 * Scheduling (`scheduler`): rounds of up to ``population`` trials trained in lockstep by the
   training engine; ``jobs`` worker processes on one machine, each with
   ``max(1, cores // jobs)`` torch threads; Ctrl-C or the death of the campaign stops them all.
-* Re-evaluation (`reevaluation`): after the budget, the top-k candidates and the baselines are
-  re-run on fresh seeds; only those numbers are reported as discoveries.
+* The learning rate (`tuning`): outside the genome, tuned once on the reference before the
+  search; every run of the campaign uses it.
+* Fitness (`rungs`, `grape_evo.search.fitness`): the paired improvement over the reference on
+  the same seeds, rung by rung of successive halving over seeds.
+* Re-evaluation (`reevaluation`): after the budget, the top-k candidates, the baselines and the
+  reference are re-run on fresh seeds; paired effects with Bonferroni-corrected t-intervals
+  and verdicts are the discoveries.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from grape_evo.search.campaign.storage import (
     fail_stale_trials,
     make_storage,
 )
+from grape_evo.search.campaign.tuning import tune_learning_rate
 from grape_evo.search.records import TrialRecord
 from grape_evo.search.samplers import make_pruner, make_sampler
 from grape_evo.search.space import SearchSpace, parse_space
+from grape_evo.training.config import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -84,6 +91,14 @@ class Campaign:
         self.out_dir = Path(self.out_dir)
         self.url = self.storage_url or default_storage_url(self.out_dir)
         self.budget: int | None = None  # set by optimize()
+        self.lr = self.space.budget.lr  # the tuned rate once optimize() has tuned it
+
+    def config(self, seed: int, lr: float | None = None) -> TrainConfig:
+        """The TrainConfig of a run with ``seed``: the budget's, at the campaign's (tuned)
+        learning rate unless ``lr`` (a genome's rate) is given."""
+        return self.space.budget.train_config(
+            seed, lr=self.lr if lr is None else lr, device=self.device
+        )
 
     @property
     def directions(self) -> list[str]:
@@ -154,11 +169,13 @@ class Campaign:
         within about a second of each finished trial); this process then runs whatever the
         workers left, e.g. the retry of a trial whose worker was killed.
         """
+        tune_learning_rate(self, study)
         run_to_budget(self, study, budget, on_trial, wait_for_running)
 
     def reevaluate(self, study: optuna.Study) -> list[dict[str, Any]]:
         """Re-run the top-k candidates and every baseline on fresh seeds; rank them (see
         `grape_evo.search.campaign.reevaluation`)."""
+        tune_learning_rate(self, study)  # reads the rate the search used
         return _reevaluate(self, study)
 
 

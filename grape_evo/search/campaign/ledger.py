@@ -81,9 +81,10 @@ def find_completed(
     return None
 
 
-def reward_or_minus_inf(trial: FrozenTrial) -> float:
-    reward = TrialRecord.of(trial).reward
-    return -math.inf if reward is None else reward
+def score_or_minus_inf(trial: FrozenTrial) -> float:
+    """The trial's score (`TrialRecord.score`: fitness, else mean reward), -inf when none."""
+    score = TrialRecord.of(trial).score
+    return -math.inf if score is None else score
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -95,7 +96,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=reward_or_minus_inf, default=None)
+    best = max(complete, key=score_or_minus_inf, default=None)
     rewards = [r for t in complete if (r := TrialRecord.of(t).reward) is not None]
     return {
         "complete": states.count(TrialState.COMPLETE),
@@ -103,6 +104,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         "failed": states.count(TrialState.FAIL),
         "running": states.count(TrialState.RUNNING),
         "best_reward": None if best is None else TrialRecord.of(best).reward,
+        "best_score": None if best is None else TrialRecord.of(best).score,
         "best_label": None if best is None else TrialRecord.of(best).label(best.number),
         "mean_reward": statistics.fmean(rewards) if rewards else None,
     }

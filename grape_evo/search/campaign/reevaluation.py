@@ -1,5 +1,12 @@
-"""The fresh-seed re-evaluation: the top-k candidates and every baseline re-run on seeds no
-trial used; only these numbers are reported as discoveries (``RUN/discoveries.json``)."""
+"""The fresh-seed re-evaluation: the top-k candidates, every baseline and the reference re-run
+on seeds no trial used; only these numbers are reported as discoveries
+(``RUN/discoveries.json``).
+
+Claims: each candidate's per-seed reward (the mean over tasks of its final held-out reward on
+that seed) is paired with the reference's on the same seed; ``paired_effect`` is the mean
+difference and ``[ci_low, ci_high]`` its Student-t interval, Bonferroni-corrected over the
+objectives compared with the reference (each at level 1 - 0.05 / m). ``verdict`` is ``better``
+when the interval lies above 0, ``worse`` below, else ``unresolved``."""
 
 from __future__ import annotations
 
@@ -11,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from grape_evo.analysis.stats import t_interval
-from grape_evo.objective import ObjectiveSpec
+from grape_evo.analysis.stats import paired_interval, t_interval, verdict
+from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.objective.behaviour import same_behaviour
-from grape_evo.search.campaign.ledger import finite_or_none, reward_or_minus_inf
+from grape_evo.search.campaign.ledger import finite_or_none, score_or_minus_inf
 from grape_evo.search.campaign.scheduler import batches, train
 from grape_evo.search.campaign.trials import Candidate
 from grape_evo.search.evaluator import CandidateResult, CandidateRun
@@ -32,7 +39,7 @@ def chosen_trials(campaign: Campaign, study: optuna.Study) -> list[FrozenTrial]:
     baseline."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     chosen: list[FrozenTrial] = []
-    for t in sorted(complete, key=reward_or_minus_inf, reverse=True):
+    for t in sorted(complete, key=score_or_minus_inf, reverse=True):
         record = TrialRecord.of(t)
         if record.baseline or any(_alike(record, TrialRecord.of(c)) for c in chosen):
             continue
@@ -65,29 +72,82 @@ def reevaluate(campaign: Campaign, study: optuna.Study) -> list[dict[str, Any]]:
     for t in chosen:
         record = TrialRecord.of(t)
         assert record.objective is not None and record.key is not None
-        configs = [
-            budget.train_config(seed, lr=record.overrides.get("lr"), device=campaign.device)
-            for seed in seeds
-        ]
+        configs = [campaign.config(seed, record.overrides.get("lr")) for seed in seeds]
         folder = campaign.out_dir / "reeval" / record.label(t.number)
         run = CandidateRun(ObjectiveSpec.from_dict(record.objective), configs, folder)
         candidates.append(Candidate(run, record.key))
+    reference = campaign.space.search.reference
+    labels = [TrialRecord.of(t).label(t.number) for t in chosen]
+    if reference is not None and reference not in labels:
+        configs = [campaign.config(seed) for seed in seeds]
+        folder = campaign.out_dir / "reeval" / reference
+        spec = presets.get(reference)
+        candidates.append(Candidate(CandidateRun(spec, configs, folder), spec.key()))
     results: dict[Candidate, CandidateResult] = {}
     for batch in batches(candidates, campaign.population):
         results.update(zip(batch, train(campaign, batch, reuse_existing=True), strict=True))
-    rows = [_row(t, results[c]) for t, c in zip(chosen, candidates, strict=True)]
-    rows.sort(key=lambda r: r["reward"] if r["reward"] is not None else -math.inf, reverse=True)
+    reference_result = None
+    if reference is not None:
+        at = labels.index(reference) if reference in labels else len(candidates) - 1
+        reference_result = results[candidates[at]]
+    compared = len(chosen) - (1 if reference in labels else 0)
+    rows = [
+        _row(t, results[c], reference, reference_result, compared)
+        for t, c in zip(chosen, candidates, strict=False)
+    ]
+    rows.sort(key=_rank, reverse=True)
     path = campaign.out_dir / DISCOVERIES_FILE
     tmp = path.with_suffix(".json.tmp")  # atomic: a kill never leaves half a file
-    tmp.write_text(json.dumps({"seeds": list(seeds), "candidates": rows}, indent=2) + "\n")
+    document = {"seeds": list(seeds), "reference": reference, "candidates": rows}
+    if reference_result is not None:
+        document["reference_rewards"] = per_seed(reference_result)
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
     os.replace(tmp, path)
     return rows
 
 
-def _row(trial: FrozenTrial, result: CandidateResult) -> dict[str, Any]:
+def _rank(row: dict[str, Any]) -> float:
+    value = row["paired_effect"] if row.get("reference") else row["reward"]
+    return value if value is not None else -math.inf
+
+
+def per_seed(result: CandidateResult) -> list[float | None]:
+    """The reward on each seed: the mean over tasks of the final held-out reward (None where
+    a task's run has no final evaluation)."""
+    by_seed: dict[int, list[float | None]] = {}
+    for run in result.runs:
+        value = run.final_eval["reward"] if run.final_eval else None
+        by_seed.setdefault(run.seed, []).append(value)
+    return [
+        None if any(v is None for v in values) else sum(values) / len(values)  # type: ignore[misc]
+        for _, values in sorted(by_seed.items())
+    ]
+
+
+def _row(
+    trial: FrozenTrial,
+    result: CandidateResult,
+    reference: str | None,
+    reference_result: CandidateResult | None,
+    compared: int,
+) -> dict[str, Any]:
     record = TrialRecord.of(trial)
     rewards = result.finals("reward")
     _, low, high, _ = t_interval(rewards)
+    paired: dict[str, Any] = {"reference": reference, "n_seeds": len(per_seed(result))}
+    if reference_result is not None and record.label(trial.number) != reference:
+        mine, theirs = per_seed(result), per_seed(reference_result)
+        n = min(len(mine), len(theirs))
+        interval = paired_interval(mine[:n], theirs[:n], comparisons=max(1, compared))
+        paired.update(
+            n_seeds=interval.n,
+            paired_effect=finite_or_none(interval.mean),
+            ci_low=finite_or_none(interval.low),
+            ci_high=finite_or_none(interval.high),
+            verdict=verdict(interval),
+        )
+    else:
+        paired.update(paired_effect=None, ci_low=None, ci_high=None, verdict=None)
     return {
         "label": record.label(trial.number),
         "trial": trial.number,
@@ -102,4 +162,5 @@ def _row(trial: FrozenTrial, result: CandidateResult) -> dict[str, Any]:
         "rewards": rewards,
         "trained_with": result.trained_with,
         "status": "ok" if result.ok else result.failure,
+        **paired,
     }

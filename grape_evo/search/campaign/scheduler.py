@@ -1,11 +1,12 @@
 """Running trials to the budget: rounds of up to ``population`` trials trained in lockstep in
 this process, and ``jobs`` worker processes on one machine.
 
-One round asks up to P trials (Optuna ask/tell, a heartbeat thread per trial), trains them with
-`run_candidates` in lockstep batches of at most P (one batch of one when P = 1) and tells each
-its result. Candidates are ordered by data kind and group size before they are cut into
-batches, so members of a batch sample alike. On Ctrl-C (or any error) every trial not yet told
-is recorded as FAIL, as ``study.optimize`` records its trial.
+One round asks up to P trials (Optuna ask/tell, a heartbeat thread per trial), trains them in
+lockstep batches of at most P (one batch of one when P = 1), rung by rung with the reference
+(`grape_evo.search.campaign.rungs`), and tells each its result. Candidates are ordered by data
+kind and group size before they are cut into batches, so members of a batch sample alike. On
+Ctrl-C (or any error) every trial not yet told is recorded as FAIL, as ``study.optimize``
+records its trial.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.search.campaign.ledger import FINISHED, budget_claimed, waiting
+from grape_evo.search.campaign.rungs import train_rungs
 from grape_evo.search.campaign.storage import ask, fail_stale_trials, heartbeat
 from grape_evo.search.campaign.trials import (
     Candidate,
@@ -110,9 +112,10 @@ def run_round(
                     continue
                 candidates.append(candidate)
             for batch in batches(candidates, campaign.population):
-                for candidate, result in zip(batch, train(campaign, batch), strict=True):
+                outcomes = train_rungs(campaign, study, batch)
+                for candidate, (result, fitness) in zip(batch, outcomes, strict=True):
                     assert candidate.trial is not None
-                    tell(candidate.trial, *conclude(candidate, result))
+                    tell(candidate.trial, *conclude(candidate, result, fitness))
         except BaseException:
             for trial in untold.values():
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

@@ -3,6 +3,7 @@ intermediate values, and store what its training produced."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from grape_evo.search.campaign.ledger import (
 )
 from grape_evo.search.campaign.storage import is_enqueued, planned_genome
 from grape_evo.search.evaluator import CandidateResult, CandidateRun, Reporter, write_artifacts
+from grape_evo.search.fitness import Fitness
 from grape_evo.search.records import TrialRecord, record
 
 if TYPE_CHECKING:
@@ -118,10 +120,7 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
         record(trial, failure=failure)
         raise Rejected(failure)
     record(trial, behaviour=behaviour(spec))
-    configs = [
-        space.budget.train_config(seed, lr=overrides.get("lr"), device=campaign.device)
-        for seed in range(space.budget.seeds)
-    ]
+    configs = [campaign.config(seed, overrides.get("lr")) for seed in range(space.budget.seeds)]
     folder = campaign.out_dir / "trials" / f"{trial.number:05d}"
     run = CandidateRun(spec, configs, folder, reporter(campaign, trial))
     return Candidate(run, key, trial)
@@ -146,17 +145,19 @@ def reuse(candidate: Candidate) -> Values | None:
         kl_to_ref=earlier.kl_to_ref,
         artifacts=earlier.artifacts,
         trained_with=earlier.trained_with,
+        fitness=earlier.fitness,
+        rungs=earlier.rungs,
     )
-    assert earlier.reward is not None
-    return values(trial.study, earlier.reward, earlier.kl_to_ref)
+    assert earlier.score is not None
+    return values(trial.study, earlier.score, earlier.kl_to_ref)
 
 
-def values(study: optuna.Study, reward: float, kl: float | None) -> Values:
-    """A trial's values: the reward, or (reward, KL; nan when unknown) in a two-objective
-    study."""
+def values(study: optuna.Study, score: float, kl: float | None) -> Values:
+    """A trial's values: its score (fitness, or mean reward without a reference), or
+    (score, KL; nan when unknown) in a two-objective study."""
     if len(study.directions) == 1:
-        return reward
-    return reward, float("nan") if kl is None else kl
+        return score
+    return score, float("nan") if kl is None else kl
 
 
 def reporter(campaign: Campaign, trial: optuna.Trial) -> Reporter:
@@ -177,15 +178,14 @@ def reporter(campaign: Campaign, trial: optuna.Trial) -> Reporter:
     return report
 
 
-def conclude(candidate: Candidate, result: CandidateResult) -> tuple[Values | None, TrialState]:
-    """Store a trained candidate's runs and checksums with its trial; what to tell it:
-    PRUNED when its reporter stopped it, FAIL when a run did not end ``ok``, else COMPLETE
-    with its values."""
+def conclude(
+    candidate: Candidate, result: CandidateResult, fitness: Fitness | None
+) -> tuple[Values | None, TrialState]:
+    """Store a trained candidate's runs, checksums and fitness with its trial; what to tell
+    it: PRUNED (with the reason) when its pruner or successive halving stopped it, FAIL when
+    a run did not end ``ok``, else COMPLETE with its values."""
     trial = candidate.trial
     assert trial is not None
-    if result.stopped is not None:
-        record(trial, trained_with=result.trained_with)
-        return None, TrialState.PRUNED
     record(
         trial,
         artifacts=write_artifacts(Path(candidate.run.folder), result),
@@ -194,8 +194,16 @@ def conclude(candidate: Candidate, result: CandidateResult) -> tuple[Values | No
         accuracy=finite_or_none(result.accuracy),
         kl_to_ref=finite_or_none(result.kl_to_ref),
         trained_with=result.trained_with,
+        fitness=None if fitness is None else fitness.to_dict(),
     )
+    if result.stopped is not None:
+        record(trial, failure=result.stopped)
+        return None, TrialState.PRUNED
     if not result.ok:
         record(trial, failure=result.failure)
         return None, TrialState.FAIL
-    return values(trial.study, result.reward, result.kl_to_ref), TrialState.COMPLETE
+    score = result.reward if fitness is None else fitness.value
+    if not math.isfinite(score):
+        record(trial, failure="no paired reference run to score it against")
+        return None, TrialState.FAIL
+    return values(trial.study, score, result.kl_to_ref), TrialState.COMPLETE

@@ -7,17 +7,21 @@ Forms of the top-level keys besides ``axes`` (see :mod:`grape_evo.search.space.a
     policy: {preset: tiny}             # or policy: tiny; other keys: checkpoint (a local
                                        # model folder), lora_rank, lora_alpha, value_head
     budget: {steps: 150, seeds: 2, eval_every: 25}   # also batch_size, warm_start_steps,
-                                       # lr, eval_prompts, reeval_seeds, top_k
+                                       # lr, eval_prompts, reeval_seeds, top_k; seeds may be
+                                       # rungs of successive halving: seeds: [3, 9, 27]
     base: grpo                         # or an inline objective mapping
     baselines: [ppo, grpo, dpo]        # or one preset: baselines: ppo
     search: {sampler: evolution, trials: 24, pruner: median, objectives: [final_reward],
-             population_size: 8, seed: 0}   # only trials is required
+             population_size: 8, seed: 0, reference: grpo, fitness: final, keep: 0.5,
+             tune_lr: [0.5, 1, 2]}     # only trials is required; reference defaults to grpo
+                                       # when it is a baseline; tune_lr: [] keeps budget.lr
 
 ``objectives`` may also be one string; with two objectives the pruner defaults to ``none``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import fields
@@ -26,6 +30,7 @@ from typing import Any
 
 from grape_evo.objective import ObjectiveError, ObjectiveSpec, presets
 from grape_evo.policy.config import PolicyConfig
+from grape_evo.search.fitness import MEASURES
 from grape_evo.search.space.axis_parser import parse_axes
 from grape_evo.search.space.errors import SpaceError
 from grape_evo.search.space.reader import Reader, type_name
@@ -82,6 +87,7 @@ def parse_space(
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise SpaceError(f"{source}: missing required key(s) {missing}")
+    baselines = _parse_baselines(reader, data.get("baselines"))
     space = SearchSpace(
         name=reader.string("name", data.get("name", default_name)),
         tasks=_parse_tasks(reader, data["tasks"]),
@@ -89,8 +95,8 @@ def parse_space(
         budget=_parse_budget(reader, data.get("budget")),
         base=_parse_base(reader, data["base"]),
         axes=parse_axes(reader, data.get("axes")),
-        baselines=_parse_baselines(reader, data.get("baselines")),
-        search=_parse_search(reader, data["search"]),
+        baselines=baselines,
+        search=_parse_search(reader, data["search"], baselines),
         source=source,
     )
     space.validate_points()
@@ -162,7 +168,12 @@ def _parse_budget(reader: Reader, raw: Any) -> Budget:
     minimum = {"warm_start_steps": 0, "reeval_seeds": 0, "top_k": 0}
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "lr":
+        if key == "rungs":
+            raise reader.error("budget.rungs", "give the rungs as budget.seeds: [3, 9, 27]")
+        if key == "seeds" and isinstance(value, list | tuple):
+            values["rungs"] = _parse_rungs(reader, value)
+            values["seeds"] = values["rungs"][-1]
+        elif key == "lr":
             lr = reader.number("budget.lr", value)
             if lr <= 0:
                 raise reader.error("budget.lr", f"must be > 0, got {lr!r}")
@@ -175,6 +186,15 @@ def _parse_budget(reader: Reader, raw: Any) -> Budget:
     except ValueError as err:
         raise SpaceError(f"{reader.source}: budget: {err}") from None
     return budget
+
+
+def _parse_rungs(reader: Reader, raw: list[Any]) -> tuple[int, ...]:
+    rungs = [reader.integer(f"budget.seeds[{i}]", v, 1) for i, v in enumerate(raw)]
+    if not rungs:
+        raise reader.error("budget.seeds", "must not be an empty list")
+    if any(b <= a for a, b in itertools.pairwise(rungs)):
+        raise reader.error("budget.seeds", f"rungs must increase, got {rungs}")
+    return tuple(rungs)
 
 
 def _parse_base(reader: Reader, raw: Any) -> ObjectiveSpec:
@@ -210,7 +230,7 @@ def _parse_baselines(reader: Reader, raw: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _parse_search(reader: Reader, raw: Any) -> SearchSettings:
+def _parse_search(reader: Reader, raw: Any, baselines: tuple[str, ...]) -> SearchSettings:
     raw = reader.mapping("search", raw)
     reader.keys("search", raw, SEARCH_KEYS)
     if "trials" not in raw:
@@ -237,7 +257,28 @@ def _parse_search(reader: Reader, raw: Any) -> SearchSettings:
         )
     population = reader.integer("search.population_size", raw.get("population_size", 8), 2)
     seed = reader.integer("search.seed", raw.get("seed", 0), 0)
-    return SearchSettings(sampler, trials, pruner, objectives, population, seed)
+    reference = raw.get("reference", "grpo" if "grpo" in baselines else None)
+    if reference is not None:
+        reference = reader.string("search.reference", reference)
+        if reference not in presets.names():
+            raise reader.error(
+                "search.reference", f"unknown preset '{reference}'; valid: {presets.names()}"
+            )
+    fitness = reader.string("search.fitness", raw.get("fitness", "final"))
+    if fitness not in MEASURES:
+        valid = list(MEASURES)
+        raise reader.error("search.fitness", f"unknown fitness '{fitness}'; valid: {valid}")
+    keep = float(reader.number("search.keep", raw.get("keep", 1 / 3)))
+    if not 0 < keep < 1:
+        raise reader.error("search.keep", f"must be in (0, 1), got {keep}")
+    raw_tune = raw.get("tune_lr", [0.5, 1.0, 2.0])
+    tune = [] if raw_tune is None else reader.listing("search.tune_lr", raw_tune)
+    multiples = tuple(float(reader.number(f"search.tune_lr[{i}]", m)) for i, m in enumerate(tune))
+    if any(m <= 0 for m in multiples) or len(set(multiples)) != len(multiples):
+        raise reader.error("search.tune_lr", f"must be distinct positive multiples, got {tune}")
+    return SearchSettings(
+        sampler, trials, pruner, objectives, population, seed, reference, fitness, keep, multiples
+    )
 
 
 def _parse_objectives(reader: Reader, raw: Any) -> tuple[str, ...]:

@@ -238,19 +238,26 @@ class Budget:
 
     ``steps``, ``eval_every``, ``batch_size``, ``warm_start_steps``, ``lr`` and ``eval_prompts``
     go into every run's :class:`~grape_evo.training.config.TrainConfig` (defaults are
-    TrainConfig's). Every trial is the mean over ``seeds`` runs; the ``top_k`` best candidates
-    are re-evaluated on ``reeval_seeds`` fresh seeds before they are called discoveries.
+    TrainConfig's). A candidate trains on up to ``seeds`` seeds per task; ``rungs`` are the
+    seed counts at which successive halving decides whether it earns more (the last is
+    ``seeds``; one rung: no halving). The ``top_k`` best candidates are re-evaluated on
+    ``reeval_seeds`` fresh seeds before they are called discoveries.
     """
 
     steps: int = TrainConfig.steps
     seeds: int = 1
+    rungs: tuple[int, ...] = ()
     eval_every: int = TrainConfig.eval_every
     batch_size: int = TrainConfig.batch_size
     warm_start_steps: int = TrainConfig.warm_start_steps
     lr: float = TrainConfig.lr
     eval_prompts: int = TrainConfig.eval_prompts
-    reeval_seeds: int = 3
+    reeval_seeds: int = 10
     top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.rungs:
+            object.__setattr__(self, "rungs", (self.seeds,))
 
     def train_config(self, seed: int, lr: float | None = None, device: str = "cpu") -> TrainConfig:
         """The TrainConfig of one run with ``seed`` (``lr`` overrides the budget's)."""
@@ -266,7 +273,10 @@ class Budget:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rungs"}
+        if len(self.rungs) > 1:
+            out["seeds"] = list(self.rungs)
+        return out
 
 
 @dataclass(frozen=True)
@@ -275,7 +285,13 @@ class SearchSettings:
 
     ``objectives`` holds one or two of :data:`OBJECTIVES`; ``final_reward`` is maximised and
     ``kl_to_ref`` minimised. ``population_size`` is the evolution sampler's (and NSGA-II's)
-    generation size; ``seed`` seeds the sampler.
+    generation size; ``seed`` seeds the sampler. ``reference`` is the preset every candidate
+    is compared with on the same seeds (None: fitness is the raw mean reward);
+    ``fitness`` the measure compared (``final`` reward or ``auc``, see
+    :mod:`grape_evo.search.fitness`); ``keep`` the fraction of candidates successive halving
+    promotes at each rung; ``tune_lr`` the multiples of the budget's learning rate the
+    reference is tried at before the search (the best becomes every run's rate; empty: no
+    tuning; see :mod:`grape_evo.search.campaign.tuning`).
     """
 
     sampler: str
@@ -284,6 +300,10 @@ class SearchSettings:
     objectives: tuple[str, ...]
     population_size: int = 8
     seed: int = 0
+    reference: str | None = None
+    fitness: str = "final"
+    keep: float = 1 / 3
+    tune_lr: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     @property
     def directions(self) -> list[str]:
@@ -293,6 +313,7 @@ class SearchSettings:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["objectives"] = list(self.objectives)
+        out["tune_lr"] = list(self.tune_lr)
         return out
 
 
