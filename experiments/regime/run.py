@@ -291,8 +291,9 @@ def main() -> None:
     t = config["train"]
     budget = (
         f"Budget per run: {t['steps']} steps x {t['batch_size']} completions, "
-        f"lr {t.get('lr', 1e-4):g} for every objective, tiny policy, CPU, seeds {config['seeds']}; the objectives of one "
-        "(task, regime, seed) trained in one lockstep batch. Final reward: the expected gold "
+        f"lr {t.get('lr', 1e-4):g} for every objective, tiny policy, CPU, "
+        f"seeds {config['seeds']}; the objectives of one (task, regime, seed) trained in one "
+        "lockstep batch. Final reward: the expected gold "
         f"reward under sampling ({t['eval_samples']} completions per prompt) on each task's "
         f"fixed set of {t['eval_prompts']} held-out prompts. Effects: mean paired difference "
         "over seeds with a t 95% CI (separation.csv: every pair, every regime)."
