@@ -181,6 +181,17 @@ def test_successive_halving_gives_seeds_to_the_best_and_records_every_rung(tmp_p
         if record.baseline:
             assert len(seeds) == 8  # the yardstick is never halved
     assert seen_counts == {2, 4, 8}
+    # One trial at a time: a candidate goes on from rung 2 iff it is in the better half of the
+    # candidates that reached rung 2 so far, itself included (with one or two of them: the best).
+    so_far: list[float] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        record = TrialRecord.of(t)
+        if record.baseline:
+            continue
+        so_far.append(record.rungs["2"])
+        best_first = sorted(so_far, reverse=True)
+        cut = best_first[max(1, len(so_far) // 2) - 1]
+        assert ("4" in record.rungs) == (record.rungs["2"] >= cut)
 
 
 def test_the_learning_rate_is_tuned_on_the_reference_and_used_everywhere(tmp_path, monkeypatch):

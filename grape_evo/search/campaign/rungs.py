@@ -96,7 +96,9 @@ def _promoted(
     campaign: Campaign, study: optuna.Study, candidate: Candidate, rung: int, value: float
 ) -> bool:
     """Whether ``value`` at ``rung`` seeds is among the best ``keep`` of every candidate that
-    reached this rung (baselines excluded; with fewer than ``1 / keep`` of them, yes)."""
+    reached this rung (baselines excluded). With fewer than ``1 / keep`` of them, only the best
+    so far is promoted (as Optuna's SuccessiveHalvingPruner: a stopped trial is never resumed,
+    so promoting every early trial would give the first ones all the seeds)."""
     keep = campaign.space.search.keep
     peers = [value]
     for t in study.get_trials(deepcopy=False):
@@ -107,9 +109,7 @@ def _promoted(
         if not other.baseline and value_there is not None:
             peers.append(value_there)
     finite = sorted((p for p in peers if math.isfinite(p)), reverse=True)
-    if len(finite) < math.ceil(1 / keep):
-        return math.isfinite(value)
-    cut = finite[max(1, math.floor(keep * len(finite))) - 1]
+    cut = finite[max(1, math.floor(keep * len(finite))) - 1] if finite else math.inf
     return math.isfinite(value) and value >= cut
 
 
@@ -145,6 +145,7 @@ def train_rungs(
         for i, part in zip(going, trained, strict=False):
             results[i].runs.extend(part.runs)
             results[i].stopped = part.stopped
+        ranked = []  # every member's value is recorded before any is judged against the rest
         for i in going:
             candidate, result = batch[i], results[i]
             fitness[i] = fitness_of(campaign, study, result)
@@ -154,6 +155,9 @@ def train_rungs(
             rungs_so_far = dict(TrialRecord.of(candidate.trial).rungs or {})
             rungs_so_far[str(rung)] = value if math.isfinite(value) else None
             record(candidate.trial, rungs=rungs_so_far)
+            ranked.append((i, value))
+        for i, value in ranked:
+            candidate, result = batch[i], results[i]
             last = rung == rungs[-1]
             is_baseline = TrialRecord.of(candidate.trial).baseline is not None
             if not (last or is_baseline or _promoted(campaign, study, candidate, rung, value)):
