@@ -26,7 +26,7 @@ from grape_evo.search.campaign import (
     summarize,
 )
 from grape_evo.search.space import SpaceError, load_space
-from grape_evo.tasks import describe_tasks, get_task
+from grape_evo.tasks import build_task, describe_tasks
 from grape_evo.training import TrainConfig, train
 
 app = typer.Typer(
@@ -137,7 +137,9 @@ def tasks_command() -> None:
 @app.command("train")
 def train_command(
     objective: str = typer.Option(..., help="A preset name or a YAML objective file."),
-    task: str = typer.Option("addition", help="Task name (see grape_evo.tasks)."),
+    task: str = typer.Option(
+        "addition", help="A built-in task (grape tasks) or a task file (.yaml, see README)."
+    ),
     steps: int = typer.Option(200, min=1, help="RL steps."),
     seed: int = typer.Option(0, help="Seed of the warm start, sampling and prompts."),
     out: Path = typer.Option(..., help="Run folder: metrics.jsonl and summary.json go here."),
@@ -148,13 +150,20 @@ def train_command(
     batch_size: int = typer.Option(TrainConfig.batch_size, min=1, help="Completions per step."),
     eval_every: int = typer.Option(TrainConfig.eval_every, min=1, help="Steps between evals."),
     warm_start_steps: int = typer.Option(
-        TrainConfig.warm_start_steps, min=0, help="SFT steps of the (cached) reference policy."
+        TrainConfig.warm_start_steps,
+        min=0,
+        help="SFT steps of the (cached) reference policy; 0 = none: start from --policy as is.",
+    ),
+    warm_start_lr: float = typer.Option(
+        TrainConfig.warm_start_lr, min=0.0, help="Learning rate of the SFT warm start."
     ),
 ) -> None:
     """Train a small policy with one objective and write its run folder."""
     try:
         spec = load_objective(objective)
-        task_obj = get_task(task)
+        task_obj = build_task(task)
+        if warm_start_steps > 0:
+            task_obj.require_demonstrations()
         config = TrainConfig(
             steps=steps,
             seed=seed,
@@ -162,6 +171,7 @@ def train_command(
             batch_size=batch_size,
             eval_every=eval_every,
             warm_start_steps=warm_start_steps,
+            warm_start_lr=warm_start_lr,
             device=device,
         )
         is_path = Path(policy).exists()
@@ -177,7 +187,7 @@ def train_command(
     summary = train(spec, task_obj, config, policy_config, out_dir=out)
     initial, final = summary.initial_eval, summary.final_eval
     console.print(
-        f"[bold]{spec.name}[/] on {task}: status [bold]{summary.status}[/] "
+        f"[bold]{spec.name}[/] on {task_obj.name}: status [bold]{summary.status}[/] "
         f"{escape(summary.reason)}".rstrip()
     )
     if final is not None and initial is not None:

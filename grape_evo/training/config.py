@@ -20,7 +20,8 @@ class TrainConfig:
     keeps them at temperature 1. Held-out evaluation scores the task's fixed set of
     ``eval_prompts`` held-out prompts: greedy accuracy, and the expected reward under sampling
     at ``temperature`` from ``eval_samples`` completions per prompt. ``warm_start_steps`` of SFT
-    build the reference policy (cached on disk). A run is declared diverged when its loss is not
+    at ``warm_start_lr`` build the reference policy (cached on disk; 0: no SFT, the policy as
+    built or loaded is the reference). A run is declared diverged when its loss is not
     finite or its mean per-sequence KL to the reference exceeds ``max_kl_to_ref`` nats.
     """
 

@@ -143,7 +143,8 @@ def train_members(
             initial = engine.evaluate([0])[0]  # every member starts from the same weights
             last_evals = [initial] * count
             for summary in summaries:
-                summary.initial_eval, summary.warm_start_cache = initial, str(cache)
+                summary.initial_eval = initial
+                summary.warm_start_cache = "" if cache is None else str(cache)
             for step in range(config.steps):
                 live = engine.live
                 if not live:
