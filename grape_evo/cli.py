@@ -157,6 +157,9 @@ def train_command(
     warm_start_lr: float = typer.Option(
         TrainConfig.warm_start_lr, min=0.0, help="Learning rate of the SFT warm start."
     ),
+    save_model: bool = typer.Option(
+        False, help="Write the trained policy to OUT/model (save_pretrained; LoRA: the adapter)."
+    ),
 ) -> None:
     """Train a small policy with one objective and write its run folder."""
     try:
@@ -184,7 +187,7 @@ def train_command(
         prepare_out_dir(out)
     except (ObjectiveError, ValueError, OSError) as err:
         fail(str(err))
-    summary = train(spec, task_obj, config, policy_config, out_dir=out)
+    summary = train(spec, task_obj, config, policy_config, out_dir=out, save_model=save_model)
     initial, final = summary.initial_eval, summary.final_eval
     console.print(
         f"[bold]{spec.name}[/] on {task_obj.name}: status [bold]{summary.status}[/] "
@@ -197,7 +200,10 @@ def train_command(
             f"KL to reference {final.kl_to_ref:.3f} nats/sequence, "
             f"{summary.wall_seconds:.0f} s"
         )
-    console.print(f"outputs: {out / 'metrics.jsonl'}, {out / 'summary.json'}", markup=False)
+    outputs = [out / "metrics.jsonl", out / "summary.json"]
+    if summary.model:
+        outputs.append(Path(summary.model))
+    console.print("outputs: " + ", ".join(map(str, outputs)), markup=False)
     if not summary.ok:
         raise typer.Exit(1)
 

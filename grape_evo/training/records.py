@@ -92,7 +92,8 @@ class RunSummary:
     """A run's ``summary.json``: what was trained, how it ended and its held-out results.
 
     ``trained_with`` is the number of members of the lockstep batch the run was trained in
-    (1 when alone); ``wall_seconds`` is that batch's.
+    (1 when alone); ``wall_seconds`` is that batch's. ``model`` is the folder of the saved
+    trained policy (``--save-model``), empty when none was saved.
     """
 
     objective: dict[str, Any]
@@ -111,6 +112,7 @@ class RunSummary:
     reason: str = ""
     wall_seconds: float = 0.0
     warm_start_cache: str = ""
+    model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
