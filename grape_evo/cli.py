@@ -18,6 +18,7 @@ from rich.table import Table
 
 from grape_evo.objective import ObjectiveError, ObjectiveSpec, presets
 from grape_evo.policy import PolicyConfig, resolve_device
+from grape_evo.policy.precision import resolve_precision
 from grape_evo.search.campaign import (
     Campaign,
     CampaignError,
@@ -160,6 +161,9 @@ def train_command(
     save_model: bool = typer.Option(
         False, help="Write the trained policy to OUT/model (save_pretrained; LoRA: the adapter)."
     ),
+    precision: str = typer.Option(
+        "fp32", help="fp32, bf16 (bfloat16 autocast, float32 weights) or auto (bf16 on CUDA)."
+    ),
 ) -> None:
     """Train a small policy with one objective and write its run folder."""
     try:
@@ -176,6 +180,7 @@ def train_command(
             warm_start_steps=warm_start_steps,
             warm_start_lr=warm_start_lr,
             device=device,
+            precision=resolve_precision(precision, resolve_device(device)),
         )
         is_path = Path(policy).exists()
         policy_config = PolicyConfig(
@@ -183,7 +188,6 @@ def train_command(
             checkpoint=policy if is_path else None,
             lora_rank=lora_rank,
         )
-        resolve_device(device)
         prepare_out_dir(out)
     except (ObjectiveError, ValueError, OSError) as err:
         fail(str(err))
