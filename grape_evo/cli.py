@@ -29,6 +29,7 @@ from grape_evo.search.campaign import (
 from grape_evo.search.space import SpaceError, load_space
 from grape_evo.tasks import build_task, describe_tasks
 from grape_evo.training import TrainConfig, train
+from grape_evo.training.tracking import make_tracker, tracking_hook
 
 app = typer.Typer(
     help="GRAPE: search the space of RL post-training objectives.",
@@ -164,6 +165,11 @@ def train_command(
     precision: str = typer.Option(
         "fp32", help="fp32, bf16 (bfloat16 autocast, float32 weights) or auto (bf16 on CUDA)."
     ),
+    report_to: str = typer.Option(
+        "none",
+        help="Also log step metrics and eval samples to tensorboard (OUT/tensorboard), wandb, "
+        "mlflow or trackio (optional packages).",
+    ),
 ) -> None:
     """Train a small policy with one objective and write its run folder."""
     try:
@@ -189,9 +195,23 @@ def train_command(
             lora_rank=lora_rank,
         )
         prepare_out_dir(out)
+        settings = {
+            "objective": spec.to_dict(),
+            "task": task_obj.config(),
+            "train": config.to_dict(),
+            "policy": policy_config.to_dict(),
+        }
+        tracker = make_tracker(report_to, out, out.resolve().name, settings)
     except (ObjectiveError, ValueError, OSError) as err:
         fail(str(err))
-    summary = train(spec, task_obj, config, policy_config, out_dir=out, save_model=save_model)
+    hook = None if tracker is None else tracking_hook(tracker)
+    try:
+        summary = train(
+            spec, task_obj, config, policy_config, out, on_step=hook, save_model=save_model
+        )
+    finally:
+        if tracker is not None:
+            tracker.close()
     initial, final = summary.initial_eval, summary.final_eval
     console.print(
         f"[bold]{spec.name}[/] on {task_obj.name}: status [bold]{summary.status}[/] "
