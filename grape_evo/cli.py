@@ -18,6 +18,7 @@ from rich.table import Table
 
 from grape_evo.objective import ObjectiveError, ObjectiveSpec, presets
 from grape_evo.policy import PolicyConfig, resolve_device
+from grape_evo.policy.precision import resolve_precision
 from grape_evo.search.campaign import (
     Campaign,
     CampaignError,
@@ -26,8 +27,9 @@ from grape_evo.search.campaign import (
     summarize,
 )
 from grape_evo.search.space import SpaceError, load_space
-from grape_evo.tasks import describe_tasks, get_task
+from grape_evo.tasks import build_task, describe_tasks
 from grape_evo.training import TrainConfig, train
+from grape_evo.training.tracking import make_tracker, tracking_hook
 
 app = typer.Typer(
     help="GRAPE: search the space of RL post-training objectives.",
@@ -137,7 +139,9 @@ def tasks_command() -> None:
 @app.command("train")
 def train_command(
     objective: str = typer.Option(..., help="A preset name or a YAML objective file."),
-    task: str = typer.Option("addition", help="Task name (see grape_evo.tasks)."),
+    task: str = typer.Option(
+        "addition", help="A built-in task (grape tasks) or a task file (.yaml, see README)."
+    ),
     steps: int = typer.Option(200, min=1, help="RL steps."),
     seed: int = typer.Option(0, help="Seed of the warm start, sampling and prompts."),
     out: Path = typer.Option(..., help="Run folder: metrics.jsonl and summary.json go here."),
@@ -148,13 +152,31 @@ def train_command(
     batch_size: int = typer.Option(TrainConfig.batch_size, min=1, help="Completions per step."),
     eval_every: int = typer.Option(TrainConfig.eval_every, min=1, help="Steps between evals."),
     warm_start_steps: int = typer.Option(
-        TrainConfig.warm_start_steps, min=0, help="SFT steps of the (cached) reference policy."
+        TrainConfig.warm_start_steps,
+        min=0,
+        help="SFT steps of the (cached) reference policy; 0 = none: start from --policy as is.",
+    ),
+    warm_start_lr: float = typer.Option(
+        TrainConfig.warm_start_lr, min=0.0, help="Learning rate of the SFT warm start."
+    ),
+    save_model: bool = typer.Option(
+        False, help="Write the trained policy to OUT/model (save_pretrained; LoRA: the adapter)."
+    ),
+    precision: str = typer.Option(
+        "fp32", help="fp32, bf16 (bfloat16 autocast, float32 weights) or auto (bf16 on CUDA)."
+    ),
+    report_to: str = typer.Option(
+        "none",
+        help="Also log step metrics and eval samples to tensorboard (OUT/tensorboard), wandb, "
+        "mlflow or trackio (optional packages).",
     ),
 ) -> None:
     """Train a small policy with one objective and write its run folder."""
     try:
         spec = load_objective(objective)
-        task_obj = get_task(task)
+        task_obj = build_task(task)
+        if warm_start_steps > 0:
+            task_obj.require_demonstrations()
         config = TrainConfig(
             steps=steps,
             seed=seed,
@@ -162,7 +184,9 @@ def train_command(
             batch_size=batch_size,
             eval_every=eval_every,
             warm_start_steps=warm_start_steps,
+            warm_start_lr=warm_start_lr,
             device=device,
+            precision=resolve_precision(precision, resolve_device(device)),
         )
         is_path = Path(policy).exists()
         policy_config = PolicyConfig(
@@ -170,14 +194,27 @@ def train_command(
             checkpoint=policy if is_path else None,
             lora_rank=lora_rank,
         )
-        resolve_device(device)
         prepare_out_dir(out)
+        settings = {
+            "objective": spec.to_dict(),
+            "task": task_obj.config(),
+            "train": config.to_dict(),
+            "policy": policy_config.to_dict(),
+        }
+        tracker = make_tracker(report_to, out, out.resolve().name, settings)
     except (ObjectiveError, ValueError, OSError) as err:
         fail(str(err))
-    summary = train(spec, task_obj, config, policy_config, out_dir=out)
+    hook = None if tracker is None else tracking_hook(tracker)
+    try:
+        summary = train(
+            spec, task_obj, config, policy_config, out, on_step=hook, save_model=save_model
+        )
+    finally:
+        if tracker is not None:
+            tracker.close()
     initial, final = summary.initial_eval, summary.final_eval
     console.print(
-        f"[bold]{spec.name}[/] on {task}: status [bold]{summary.status}[/] "
+        f"[bold]{spec.name}[/] on {task_obj.name}: status [bold]{summary.status}[/] "
         f"{escape(summary.reason)}".rstrip()
     )
     if final is not None and initial is not None:
@@ -187,7 +224,10 @@ def train_command(
             f"KL to reference {final.kl_to_ref:.3f} nats/sequence, "
             f"{summary.wall_seconds:.0f} s"
         )
-    console.print(f"outputs: {out / 'metrics.jsonl'}, {out / 'summary.json'}", markup=False)
+    outputs = [out / "metrics.jsonl", out / "summary.json"]
+    if summary.model:
+        outputs.append(Path(summary.model))
+    console.print("outputs: " + ", ".join(map(str, outputs)), markup=False)
     if not summary.ok:
         raise typer.Exit(1)
 

@@ -254,7 +254,7 @@ class DataTask(Task):
             raise TaskFileError(
                 f"{self.settings.label}: answer: not set, so the task has no demonstrations "
                 "for an SFT warm start; name the field holding gold completions or skip the "
-                "warm start"
+                "warm start (warm-start steps 0)"
             )
 
     def gold(self, prompt: str) -> str:

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from grape_evo.policy.precision import PRECISIONS
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -20,8 +22,12 @@ class TrainConfig:
     keeps them at temperature 1. Held-out evaluation scores the task's fixed set of
     ``eval_prompts`` held-out prompts: greedy accuracy, and the expected reward under sampling
     at ``temperature`` from ``eval_samples`` completions per prompt. ``warm_start_steps`` of SFT
-    build the reference policy (cached on disk). A run is declared diverged when its loss is not
+    at ``warm_start_lr`` build the reference policy (cached on disk; 0: no SFT, the policy as
+    built or loaded is the reference). A run is declared diverged when its loss is not
     finite or its mean per-sequence KL to the reference exceeds ``max_kl_to_ref`` nats.
+    ``precision``: ``fp32``, or ``bf16`` mixed precision (bfloat16 autocast around every
+    forward of the RL run and its evaluations, float32 weights and optimiser: see
+    `grape_evo.policy.precision`); the cached warm start always trains in float32.
     """
 
     steps: int = 200
@@ -39,6 +45,7 @@ class TrainConfig:
     offline_pairs: int = 1024
     max_kl_to_ref: float = 50.0
     device: str = "cpu"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         positive_ints = ("steps", "batch_size", "eval_every", "eval_prompts", "eval_samples")
@@ -54,6 +61,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be a finite number >= 0, got {value!r}")
         if self.temperature == 0:
             raise ValueError("train.temperature must be > 0 (evaluation is greedy already)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
+            )
         if not isinstance(self.temper_logprobs, bool):
             raise ValueError(
                 f"train.temper_logprobs must be true or false, got {self.temper_logprobs!r}"

@@ -53,6 +53,7 @@ from grape_evo.policy import (
     stream_key,
 )
 from grape_evo.policy.forward import VALUE_KEYS
+from grape_evo.policy.precision import with_precision
 from grape_evo.policy.streams import permutation
 from grape_evo.tasks import Task
 from grape_evo.training.batches import (
@@ -128,7 +129,7 @@ class Engine:
             raise ValueError("data 'preference_pairs' needs offline pairs")
         self.task, self.config, self.policy = task, config, policy
         self.tokenizer, self.device = policy.tokenizer, policy.device
-        self.forward = forward_for(policy)
+        self.forward = with_precision(forward_for(policy), config.precision, self.device)
         self.logprob_temperature = config.temperature if config.temper_logprobs else 1.0
         self.offline_pairs = offline_pairs
         self._offline_ref: tuple[Tensor, Tensor] | None = None

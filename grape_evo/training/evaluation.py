@@ -10,7 +10,9 @@ different seeds, objectives or members differ only in what they generate:
 * ``accuracy`` and ``greedy_reward``: the accuracy criterion and the gold reward of greedy
   completions;
 * ``kl_to_ref``: the per-sequence KL(pi || pi_ref), k3 summed over the tokens of
-  temperature-1 samples, mean over sequences.
+  temperature-1 samples, mean over sequences;
+* ``samples``: the first sampled completion of each of the first `LOGGED_SAMPLES` prompts,
+  with its gold reward (for trackers).
 
 ``gold_reward`` is the task's held-out score: its training reward, except for tasks whose
 training reward is a gameable proxy of a hidden gold one.
@@ -28,7 +30,10 @@ from grape_evo.policy.tokenizer import TextTokenizer
 from grape_evo.tasks import Task
 from grape_evo.training.config import TrainConfig
 from grape_evo.training.losses import sequence_k3
-from grape_evo.training.records import EvalReport
+from grape_evo.training.records import EvalReport, Sample
+
+LOGGED_SAMPLES = 4
+"""Sampled completions an evaluation keeps for trackers (one per prompt)."""
 
 
 @torch.no_grad()
@@ -69,13 +74,18 @@ def evaluate(
     for member in range(members):
         greedy_rewards = task.gold_reward(prompts, greedy[member].texts)
         correct = task.correct_flags(prompts, greedy[member].texts, greedy_rewards)
-        rewards = task.gold_reward(sampled[member].prompts, sampled[member].texts)
+        rollout = sampled[member]
+        rewards = task.gold_reward(rollout.prompts, rollout.texts)
+        firsts = range(0, len(rewards), config.eval_samples)[:LOGGED_SAMPLES]
         reports.append(
             EvalReport(
                 reward=statistics.fmean(rewards),
                 accuracy=statistics.fmean(float(c) for c in correct),
                 kl_to_ref=kls[member],
                 greedy_reward=statistics.fmean(greedy_rewards),
+                samples=tuple(
+                    Sample(rollout.prompts[i], rollout.texts[i], rewards[i]) for i in firsts
+                ),
             )
         )
     return reports

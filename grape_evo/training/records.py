@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 STEP_KEYS = ("reward", "kl_to_ref", "entropy", "clip_fraction", "grad_norm", "loss")
 """The metrics every record lists first (null when a step has none)."""
@@ -29,25 +29,41 @@ class RunStatus(StrEnum):
     STOPPED = "stopped"
 
 
+class Sample(NamedTuple):
+    """One sampled completion of an evaluation prompt and its gold reward."""
+
+    prompt: str
+    completion: str
+    reward: float
+
+
 @dataclass(frozen=True)
 class EvalReport:
     """A held-out evaluation (see `grape_evo.training.evaluation`): ``reward``, the expected
     gold reward under sampling; ``accuracy`` and ``greedy_reward`` of greedy completions;
-    ``kl_to_ref``, the sampled KL to the reference (nats per sequence)."""
+    ``kl_to_ref``, the sampled KL to the reference (nats per sequence). ``samples``: a few
+    sampled completions, for trackers to show (not written to metrics or summaries, not
+    compared)."""
 
     reward: float
     accuracy: float
     kl_to_ref: float
     greedy_reward: float | None = None
+    samples: tuple[Sample, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+        """The `EVAL_KEYS` (not the samples)."""
+        return {key: getattr(self, key) for key in EVAL_KEYS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EvalReport | None:
         if data is None:
             return None
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        return cls(**{key: data[key] for key in EVAL_KEYS if key in data})
+
+
+EVAL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(EvalReport) if f.name != "samples")
+"""The numbers of an `EvalReport`, as written to metrics (``eval_<key>``) and summaries."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +95,8 @@ class StepRecord:
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
         evaluation = None
         if data.get("eval_reward") is not None:
-            evaluation = EvalReport.from_dict(
-                {f.name: data.get(f"eval_{f.name}") for f in fields(EvalReport)}
-            )
-        skip = {"step", "seconds"} | {f"eval_{f.name}" for f in fields(EvalReport)}
+            evaluation = EvalReport.from_dict({k: data.get(f"eval_{k}") for k in EVAL_KEYS})
+        skip = {"step", "seconds"} | {f"eval_{k}" for k in EVAL_KEYS}
         metrics = {k: v for k, v in data.items() if k not in skip and v is not None}
         return cls(int(data["step"]), metrics, evaluation, float(data.get("seconds", 0.0)))
 
@@ -92,7 +106,8 @@ class RunSummary:
     """A run's ``summary.json``: what was trained, how it ended and its held-out results.
 
     ``trained_with`` is the number of members of the lockstep batch the run was trained in
-    (1 when alone); ``wall_seconds`` is that batch's.
+    (1 when alone); ``wall_seconds`` is that batch's. ``model`` is the folder of the saved
+    trained policy (``--save-model``), empty when none was saved.
     """
 
     objective: dict[str, Any]
@@ -111,6 +126,7 @@ class RunSummary:
     reason: str = ""
     wall_seconds: float = 0.0
     warm_start_cache: str = ""
+    model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

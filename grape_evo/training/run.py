@@ -2,7 +2,8 @@
 
 `train` trains one objective; `train_members` trains several from one warm start, each with its
 own run folder and summary, the same contract as `train` (**contract**, DESIGN.md section 4):
-``OUT/metrics.jsonl`` and ``OUT/summary.json``. A run never ends in a traceback: a diverged run
+``OUT/metrics.jsonl`` and ``OUT/summary.json`` (and with ``save_model`` the trained policy in
+``OUT/model``, see `grape_evo.training.saving`). A run never ends in a traceback: a diverged run
 reports ``status: diverged``, a failure (a task that raises, a model that outputs NaN, ...)
 ``status: failed`` and a run its caller stopped (pruned) ``status: stopped``, each with a
 ``reason``. Ctrl-C still stops the run, leaving what was written so far.
@@ -33,6 +34,7 @@ from grape_evo.training.config import TrainConfig
 from grape_evo.training.engine import Engine, Member
 from grape_evo.training.losses import needs_critic
 from grape_evo.training.records import MetricsLog, RunStatus, RunSummary, StepRecord
+from grape_evo.training.saving import MODEL_DIR, save_trained
 from grape_evo.training.warm_start import warm_start_policy
 
 StepHook = Callable[[StepRecord], str | None]
@@ -76,12 +78,14 @@ def train(
     progress: bool = True,
     cache_dir: Path | None = None,
     on_step: StepHook | None = None,
+    save_model: bool = False,
 ) -> RunSummary:
     """Train ``spec`` on ``task`` from the cached warm start at ``config.lr``: `train_members`
     with one member."""
     member = Member(spec, config.lr)
+    outs, hooks = [out_dir], [on_step]
     return train_members(
-        [member], task, config, policy_config, [out_dir], progress, cache_dir, [on_step]
+        [member], task, config, policy_config, outs, progress, cache_dir, hooks, save_model
     )[0]
 
 
@@ -94,12 +98,15 @@ def train_members(
     progress: bool = True,
     cache_dir: Path | None = None,
     on_steps: Sequence[StepHook | None] | None = None,
+    save_model: bool = False,
 ) -> list[RunSummary]:
     """Train M members in lockstep from one warm start; one summary per member.
 
     Member i trains at its own ``lr`` (``config.lr`` is not used); its run folder
     ``out_dirs[i]`` and summary follow the contract above, with ``trained_with`` = M and
-    ``train_config.lr`` its own rate. ``on_steps[i]`` is called after each of its steps.
+    ``train_config.lr`` its own rate. ``on_steps[i]`` is called after each of its steps. With
+    ``save_model``, a member that ends ``ok`` or ``stopped`` and has a run folder gets its
+    trained policy written to ``OUT/model`` (summary field ``model``).
     """
     start = time.perf_counter()
     count = len(members)
@@ -143,7 +150,8 @@ def train_members(
             initial = engine.evaluate([0])[0]  # every member starts from the same weights
             last_evals = [initial] * count
             for summary in summaries:
-                summary.initial_eval, summary.warm_start_cache = initial, str(cache)
+                summary.initial_eval = initial
+                summary.warm_start_cache = "" if cache is None else str(cache)
             for step in range(config.steps):
                 live = engine.live
                 if not live:
@@ -165,10 +173,14 @@ def train_members(
                         engine.stop(i, RunStatus.STOPPED, why)
                         summaries[i].end(RunStatus.STOPPED, why)
                 bar.update(job, advance=1, status=_status_line(engine, results, last_evals))
-            for summary, evaluation in zip(summaries, last_evals, strict=True):
-                if summary.status in (RunStatus.OK, RunStatus.STOPPED):
-                    summary.final_eval = evaluation
-                    summary.kl_to_ref = evaluation.kl_to_ref if summary.ok and evaluation else None
+            for i, (summary, evaluation) in enumerate(zip(summaries, last_evals, strict=True)):
+                if summary.status not in (RunStatus.OK, RunStatus.STOPPED):
+                    continue
+                summary.final_eval = evaluation
+                summary.kl_to_ref = evaluation.kl_to_ref if summary.ok and evaluation else None
+                if save_model and (out := outs[i]) is not None:
+                    engine.export(i, policy)
+                    summary.model = str(save_trained(policy, out / MODEL_DIR))
     except (KeyboardInterrupt, SystemExit):
         for summary in summaries:
             summary.end(RunStatus.FAILED, "interrupted")

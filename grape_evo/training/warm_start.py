@@ -3,6 +3,8 @@
 The cache key hashes (task config, policy config, warm-start budget, seed), so every candidate
 of a campaign starts from the same place and only the first run pays for it. Writes go to a
 temporary folder renamed into place, so concurrent workers never read a half-written cache.
+With ``warm_start_steps`` 0 there is nothing to train or cache: the reference is the built
+policy (a preset's seeded initialisation, or a checkpoint's weights) as it is.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _train_sft(policy: Policy, task: Task, config: TrainConfig) -> None:
     from grape_evo.training.engine import Engine, Member
 
     sft = TrainConfig(
-        steps=max(1, config.warm_start_steps),
+        steps=config.warm_start_steps,
         seed=config.seed,
         lr=config.warm_start_lr,
         batch_size=config.batch_size,
@@ -73,14 +75,17 @@ def warm_start_policy(
     config: TrainConfig,
     device: torch.device,
     cache_dir: Path | None = None,
-) -> tuple[Policy, Path]:
+) -> tuple[Policy, Path | None]:
     """A policy whose weights and frozen reference are the cached SFT warm start.
 
     Built (and cached) on first use by full fine-tuning; the value head, when the config asks
     for one, starts fresh from the seed; with ``lora_rank`` > 0 a fresh adapter is attached on
     top of the warm-start weights, which stay the reference. Returns the policy and its cache
-    folder.
+    folder, None when ``warm_start_steps`` is 0 (no SFT: the built policy is the reference).
     """
+    if config.warm_start_steps == 0:
+        policy = build_policy(replace(policy_config, lora_rank=0), None, config.seed, device)
+        return _with_reference(policy, policy_config), None
     root = cache_root() if cache_dir is None else cache_dir
     folder = root / "warm_start" / warm_start_key(task, policy_config, config)
     base_config = _warm_config(policy_config)
@@ -103,9 +108,14 @@ def warm_start_policy(
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("value_head") for k in missing):
         raise RuntimeError(f"warm-start cache {folder} does not match the policy config")
-    policy = policy.to(device)
+    return _with_reference(policy.to(device), policy_config), folder
+
+
+def _with_reference(policy: Policy, policy_config: PolicyConfig) -> Policy:
+    """Make ``policy``'s current weights the reference: a fresh LoRA adapter on top of them
+    when ``policy_config`` asks for one, else a frozen copy."""
     if policy_config.use_lora:
         policy.attach_lora(policy_config.lora_rank, policy_config.lora_alpha)
     else:
         policy.freeze_reference()
-    return policy, folder
+    return policy

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from cli_helpers import CliRun, cli_text
+from typer.testing import CliRunner
 
+from grape_evo.cli import app
 from grape_evo.training import TrainConfig
 
 # Tiny models: one intra-op thread is fastest, and with two threads per process a loaded
@@ -48,6 +52,24 @@ def read_jsonl_strict(path: Path) -> list[dict[str, Any]]:
 def tiny() -> Any:
     """``tiny(**changes)``: a tiny TrainConfig (see :func:`tiny_config`)."""
     return tiny_config
+
+
+@pytest.fixture
+def runner(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A CliRunner whose runs use the session's warm-start cache."""
+    monkeypatch.setenv("GRAPE_CACHE", str(cache_dir))
+    return CliRunner()
+
+
+@pytest.fixture
+def grape(runner: CliRunner) -> Callable[..., CliRun]:
+    """``grape(*args)``: run the ``grape`` command in-process (session warm-start cache)."""
+
+    def run(*args: str) -> CliRun:
+        result = runner.invoke(app, list(args))
+        return CliRun(result.exit_code, cli_text(result))
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,25 +13,13 @@ from typing import Any
 
 import pytest
 import torch
+from cli_helpers import cli_text as _output
 from typer.testing import CliRunner
 
 from grape_evo.cli import app
 from grape_evo.objective import presets
 
 TINY = ["--warm-start-steps", "5", "--batch-size", "8"]
-
-
-@pytest.fixture
-def runner(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("GRAPE_CACHE", str(cache_dir))
-    return CliRunner()
-
-
-def _output(result: Any) -> str:
-    text = result.output
-    with contextlib.suppress(ValueError, AttributeError):
-        text += result.stderr
-    return text
 
 
 def test_train_writes_run_folder(runner: CliRunner, tmp_path: Path, read_jsonl: Any) -> None:

@@ -63,6 +63,26 @@ def test_different_key_different_folder(change: str, tmp_path: Path, tiny: Any) 
         assert not _same_weights(first, other)
 
 
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_zero_steps_train_the_built_policy_as_is(
+    lora_rank: int, tmp_path: Path, tiny: Any, monkeypatch
+) -> None:
+    def no_sft(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("SFT ran with warm_start_steps 0")
+
+    monkeypatch.setattr(warm_start, "_train_sft", no_sft)
+    config = PolicyConfig(lora_rank=lora_rank)
+    policy, folder = warm_start_policy(
+        get_task("sort"), config, tiny(warm_start_steps=0), CPU, tmp_path
+    )
+    assert folder is None and not any(tmp_path.iterdir())  # nothing trained, nothing cached
+    built = warm_start.build_policy(PolicyConfig(), None, seed=0)
+    if lora_rank:  # a fresh adapter starts at B = 0: merged = base = reference = as built
+        assert _same_weights(policy.lm.merge_and_unload(), built.lm)
+    else:
+        assert _same_weights(policy, built) and _same_weights(policy.reference_lm, built.lm)
+
+
 def test_cache_root_follows_env(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("GRAPE_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"
