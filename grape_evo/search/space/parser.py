@@ -44,7 +44,7 @@ from grape_evo.search.space.values import (
     TaskRef,
     is_number,
 )
-from grape_evo.tasks import task_names
+from grape_evo.tasks import build_task, is_task_file_ref, task_names
 
 __all__ = ["BUDGET_KEYS", "POLICY_TYPES", "SEARCH_KEYS", "TOP_LEVEL_KEYS", "parse_space"]
 
@@ -104,6 +104,9 @@ def parse_space(
 
 
 def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
+    """Registered names (``addition``), ``{name, **kwargs}`` mappings, task-file paths
+    (``my_task.yaml``, relative to the space file) or ``{file, name?, fingerprint?}`` (as a
+    stored space writes them)."""
     if isinstance(raw, str | Mapping):
         raw = [raw]
     items = reader.listing("tasks", raw)
@@ -112,27 +115,53 @@ def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
     refs: list[TaskRef] = []
     for i, item in enumerate(items):
         key = f"tasks[{i}]"
-        if isinstance(item, str):
-            name, kwargs = item, {}
-        elif isinstance(item, Mapping):
-            item = reader.mapping(key, item)
-            if "name" not in item:
-                raise reader.error(key, f"needs a 'name'; valid tasks: {task_names()}")
-            name = reader.string(f"{key}.name", item["name"])
-            kwargs = {k: v for k, v in item.items() if k != "name"}
+        if isinstance(item, str) and is_task_file_ref(item):
+            ref = _task_file_ref(reader, key, {"file": item})
+        elif isinstance(item, Mapping) and "file" in item:
+            ref = _task_file_ref(reader, key, reader.mapping(key, item))
         else:
-            raise reader.error(key, f"must be a task name or a mapping, got {type_name(item)}")
-        if name not in task_names():
-            raise reader.error(key, f"unknown task '{name}'; valid tasks: {task_names()}")
-        ref = TaskRef(name, tuple(sorted(kwargs.items())))
-        try:
-            ref.build()
-        except (TypeError, ValueError) as err:
-            raise reader.error(key, f"cannot build task '{name}' with {kwargs}: {err}") from None
-        if any(r.name == ref.name and r.kwargs == ref.kwargs for r in refs):
+            ref = _registered_task_ref(reader, key, item)
+        if any(r.label == ref.label for r in refs):
             raise reader.error(key, f"task '{ref.label}' is listed twice")
         refs.append(ref)
     return tuple(refs)
+
+
+def _registered_task_ref(reader: Reader, key: str, item: Any) -> TaskRef:
+    if isinstance(item, str):
+        name, kwargs = item, {}
+    elif isinstance(item, Mapping):
+        item = reader.mapping(key, item)
+        if "name" not in item:
+            raise reader.error(key, f"needs a 'name'; valid tasks: {task_names()}")
+        name = reader.string(f"{key}.name", item["name"])
+        kwargs = {k: v for k, v in item.items() if k != "name"}
+    else:
+        raise reader.error(
+            key, f"must be a task name, a task file or a mapping, got {type_name(item)}"
+        )
+    if name not in task_names():
+        raise reader.error(
+            key, f"unknown task '{name}'; valid tasks: {task_names()}, or a task file (.yaml)"
+        )
+    ref = TaskRef(name, tuple(sorted(kwargs.items())))
+    try:
+        ref.build()
+    except (TypeError, ValueError) as err:
+        raise reader.error(key, f"cannot build task '{name}' with {kwargs}: {err}") from None
+    return ref
+
+
+def _task_file_ref(reader: Reader, key: str, item: Mapping[str, Any]) -> TaskRef:
+    """A task file's reference: the path resolved against the space file's folder."""
+    path = Path(reader.string(f"{key}.file", item["file"])).expanduser()
+    if not path.is_absolute():
+        path = reader.folder() / path
+    try:
+        task = build_task({**item, "file": str(path.resolve())})
+    except (TypeError, ValueError, OSError) as err:
+        raise reader.error(key, str(err)) from None
+    return TaskRef.of_file(task)
 
 
 def _parse_policy(reader: Reader, raw: Any) -> PolicyConfig:

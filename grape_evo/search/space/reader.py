@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from grape_evo.search.space.errors import SpaceError
@@ -52,6 +53,12 @@ class Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+
+    def folder(self) -> Path:
+        """Where relative paths in the document point from: the folder of the source file, or
+        the working directory for a document that is not a file."""
+        source = Path(self.source)
+        return source.parent if source.is_file() else Path.cwd()
 
     def error(self, key: str, message: str) -> SpaceError:
         return SpaceError(f"{self.source}: {key}: {message}")
