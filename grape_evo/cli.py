@@ -22,6 +22,7 @@ from grape_evo.search.campaign import (
     budget_used,
     load_campaign_from_storage,
 )
+from grape_evo.search.campaign.lookup import TrialObjective, is_trial_ref, trial_objective
 from grape_evo.search.space import SpaceError, load_space
 from grape_evo.tasks import describe_tasks, get_task
 from grape_evo.training import TrainConfig, train
@@ -292,7 +293,9 @@ def report_command(
 
 @app.command("export")
 def export_command(
-    objective: str = typer.Argument(..., help="A preset name or a YAML objective file."),
+    objective: str = typer.Argument(
+        ..., help="A preset name, a YAML objective file, or a campaign's RUN:trial-N / RUN:best."
+    ),
     to: str = typer.Option(..., "--to", help="Target library: trl or verl."),
     out: Path = typer.Option(..., help="Export folder: config, objective.yaml, README.md."),
     lr: float | None = typer.Option(None, help="Learning rate to write into the config."),
@@ -303,12 +306,19 @@ def export_command(
     max_new_tokens: int | None = typer.Option(None, help="Generation budget per completion."),
 ) -> None:
     """Write TRL or verl settings that compute this objective's loss (or a TRL trainer
-    subclass that computes grape's loss where no stock setting does)."""
+    subclass that computes grape's loss where no stock setting does). RUN:trial-N exports the
+    objective of trial N of the campaign folder RUN; RUN:best its completed trial with the
+    best score."""
     from grape_evo.export import ExportSettings, check_target, export
 
+    found: TrialObjective | None = None
     try:
         check_target(to)
-        spec = load_objective(objective)
+        if is_trial_ref(objective):
+            found = trial_objective(objective)
+            spec = found.spec
+        else:
+            spec = load_objective(objective)
         settings = ExportSettings(
             lr=lr,
             batch_size=batch_size,
@@ -323,6 +333,12 @@ def export_command(
         fail(str(err))
     mapping = result.mapping
     detail = mapping.trainer if mapping.status == "exact" else "; ".join(mapping.notes)
+    if found is not None:
+        score = "-" if found.score is None else f"{found.score:.4f}"
+        line = f"{objective}: {found.label} ({found.state}, score {score})"
+        if lr is None and "lr" in found.overrides:
+            line += f"; it trained at lr {found.overrides['lr']:g} (--lr sets the exported rate)"
+        console.print(line, markup=False, soft_wrap=True)
     console.print(f"[bold]{spec.name}[/] -> {to}: [bold]{mapping.status}[/] ({escape(detail)})")
     console.print("wrote " + ", ".join(str(p) for p in result.files), markup=False)
 

@@ -43,6 +43,7 @@ from grape_evo.search.campaign.storage import (
     CampaignError,
     default_storage_url,
     fail_stale_trials,
+    load_run_study,
     make_storage,
 )
 from grape_evo.search.campaign.tuning import tune_learning_rate
@@ -64,6 +65,7 @@ __all__ = [
     "default_storage_url",
     "fail_stale_trials",
     "load_campaign_from_storage",
+    "load_run_study",
     "make_storage",
     "summarize",
     "usable_cores",
