@@ -136,4 +136,4 @@ def load_space(path: str | Path) -> SearchSpace:
     except UnicodeDecodeError as err:
         raise SpaceError(f"{source}: cannot read search space (not UTF-8: {err})") from None
     data = load_yaml_text(text, source)
-    return parse_space(data, source=source, default_name=p.stem)
+    return parse_space(data, source=source, default_name=p.stem, base_dir=p.parent)

@@ -17,6 +17,8 @@ Forms of the top-level keys besides ``axes`` (see :mod:`grape_evo.search.space.a
                                        # when it is a baseline; tune_lr: [] keeps budget.lr
 
 ``objectives`` may also be one string; with two objectives the pruner defaults to ``none``.
+A ``tasks`` entry ending in ``.yaml`` or ``.yml`` is a task file (`grape_evo.tasks.task_file`),
+read relative to the space file's folder.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from grape_evo.search.space.values import (
     TaskRef,
     is_number,
 )
-from grape_evo.tasks import task_names
+from grape_evo.tasks import TaskFileError, is_task_file_ref, task_names
 
 __all__ = ["BUDGET_KEYS", "POLICY_TYPES", "SEARCH_KEYS", "TOP_LEVEL_KEYS", "parse_space"]
 
@@ -62,12 +64,16 @@ POLICY_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def parse_space(
-    data: Mapping[str, Any], source: str = "<string>", default_name: str = "space"
+    data: Mapping[str, Any],
+    source: str = "<string>",
+    default_name: str = "space",
+    base_dir: Path | None = None,
 ) -> SearchSpace:
     """Build and validate a SearchSpace from an in-memory mapping (as ``load_space``).
 
     Every mistake is a SpaceError whose message starts with ``source`` and names the key; the
-    space's points are checked with :meth:`SearchSpace.validate_points`.
+    space's points are checked with :meth:`SearchSpace.validate_points`. Relative task-file
+    paths are read from ``base_dir`` (default: the current folder) and stored absolute.
     """
     reader = Reader(source)
     if data is None:
@@ -90,7 +96,7 @@ def parse_space(
     baselines = _parse_baselines(reader, data.get("baselines"))
     space = SearchSpace(
         name=reader.string("name", data.get("name", default_name)),
-        tasks=_parse_tasks(reader, data["tasks"]),
+        tasks=_parse_tasks(reader, data["tasks"], Path(base_dir or ".")),
         policy=_parse_policy(reader, data.get("policy")),
         budget=_parse_budget(reader, data.get("budget")),
         base=_parse_base(reader, data["base"]),
@@ -103,7 +109,7 @@ def parse_space(
     return space
 
 
-def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
+def _parse_tasks(reader: Reader, raw: Any, base_dir: Path) -> tuple[TaskRef, ...]:
     if isinstance(raw, str | Mapping):
         raw = [raw]
     items = reader.listing("tasks", raw)
@@ -112,6 +118,9 @@ def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
     refs: list[TaskRef] = []
     for i, item in enumerate(items):
         key = f"tasks[{i}]"
+        if isinstance(item, str) and is_task_file_ref(item):
+            refs.append(_task_file(reader, key, (base_dir / item).resolve(), refs))
+            continue
         if isinstance(item, str):
             name, kwargs = item, {}
         elif isinstance(item, Mapping):
@@ -123,7 +132,9 @@ def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
         else:
             raise reader.error(key, f"must be a task name or a mapping, got {type_name(item)}")
         if name not in task_names():
-            raise reader.error(key, f"unknown task '{name}'; valid tasks: {task_names()}")
+            raise reader.error(
+                key, f"unknown task '{name}'; valid tasks: {task_names()}, or a task file (.yaml)"
+            )
         ref = TaskRef(name, tuple(sorted(kwargs.items())))
         try:
             ref.build()
@@ -133,6 +144,18 @@ def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
             raise reader.error(key, f"task '{ref.label}' is listed twice")
         refs.append(ref)
     return tuple(refs)
+
+
+def _task_file(reader: Reader, key: str, path: Path, refs: list[TaskRef]) -> TaskRef:
+    """The task file at ``path``, loaded once to check it (its data and reward function)."""
+    ref = TaskRef(str(path))
+    try:
+        ref.build()
+    except TaskFileError as err:
+        raise reader.error(key, str(err)) from None
+    if ref in refs:
+        raise reader.error(key, f"task file {path} is listed twice")
+    return ref
 
 
 def _parse_policy(reader: Reader, raw: Any) -> PolicyConfig:

@@ -1,14 +1,16 @@
-"""A task of a search space: a registered name plus constructor keyword arguments."""
+"""A task of a search space: a registered name plus constructor keyword arguments, or the
+absolute path of a task file (`grape_evo.tasks.task_file`)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from grape_evo.search.space.errors import format_value
-from grape_evo.tasks import get_task
+from grape_evo.tasks import get_task, is_task_file_ref, load_task_file
 
 if TYPE_CHECKING:
     from grape_evo.tasks import Task
@@ -23,13 +25,20 @@ _SLUG_READABLE = 64  # characters of the readable part kept in a hashed slug
 
 @dataclass(frozen=True)
 class TaskRef:
-    """A task by registered name plus constructor keyword arguments (sorted pairs)."""
+    """A task by registered name plus constructor keyword arguments (sorted pairs), or by the
+    absolute path of a task file (``name``; no arguments)."""
 
     name: str
     kwargs: tuple[tuple[str, Any], ...] = ()
 
+    @property
+    def is_file(self) -> bool:
+        return is_task_file_ref(self.name)
+
     def build(self) -> Task:
-        """A fresh task instance (``get_task(name, **kwargs)``)."""
+        """A fresh task instance (the task file's, or ``get_task(name, **kwargs)``)."""
+        if self.is_file:
+            return load_task_file(self.name)
         return get_task(self.name, **dict(self.kwargs))
 
     @property
@@ -48,9 +57,11 @@ class TaskRef:
         such a slug reads back unambiguously. Otherwise the readable part (other characters
         replaced by ``_``, at most 64 of them) is followed by ``.`` and 8 hex digits of the
         SHA-256 of :attr:`label`, e.g. ``addition-modefast.<hash>``: only these slugs hold a
-        ``.``, so two distinct tasks never share a slug short of a hash collision.
+        ``.``, so two distinct tasks never share a slug short of a hash collision. A task file's
+        readable part is its file name without the suffix (``my_task.<hash>``).
         """
-        parts = [self.name] + [f"{k}{format_value(v)}" for k, v in self.kwargs]
+        name = PurePath(self.name).stem if self.is_file else self.name
+        parts = [name] + [f"{k}{format_value(v)}" for k, v in self.kwargs]
         readable = "-".join(_SLUG_UNSAFE.sub("_", part) for part in parts)
         plain = (
             _PLAIN_NAME.fullmatch(self.name) is not None
