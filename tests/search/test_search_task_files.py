@@ -79,3 +79,11 @@ def test_evolve_trains_on_a_task_file(
     summary = json.loads((out / "trials" / "00000" / slug / "seed0" / "summary.json").read_text())
     assert summary["task"]["name"] == "byo_words"
     assert summary["task"]["file"] == str((task_folder / "task.yaml").resolve())
+
+
+def test_the_example_space_lists_the_example_task_file() -> None:
+    """examples/byo_task/space.yaml, the README's walkthrough, loads from any folder."""
+    loaded = load_space(EXAMPLE / "space.yaml")
+    (task,) = loaded.tasks
+    assert task.name == str((EXAMPLE / "task.yaml").resolve())
+    assert loaded.search.reference == "grpo" and loaded.search.metric_names == ["fitness"]
