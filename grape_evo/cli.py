@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
 from rich.table import Table
 
+from grape_evo.cli_campaign import CampaignProgress, print_discoveries
 from grape_evo.objective import ObjectiveError, ObjectiveSpec, presets
 from grape_evo.policy import PolicyConfig, resolve_device
 from grape_evo.policy.precision import resolve_precision
@@ -24,8 +22,8 @@ from grape_evo.search.campaign import (
     CampaignError,
     budget_used,
     load_campaign_from_storage,
-    summarize,
 )
+from grape_evo.search.campaign.lookup import TrialObjective, is_trial_ref, trial_objective
 from grape_evo.search.space import SpaceError, load_space
 from grape_evo.tasks import build_task, describe_tasks
 from grape_evo.training import TrainConfig, train
@@ -232,69 +230,6 @@ def train_command(
         raise typer.Exit(1)
 
 
-def _campaign_progress(
-    study: Any, budget: int, jobs: int, population: int
-) -> tuple[Progress, Callable[..., None]]:
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-    )
-    modes = [f"{jobs} jobs"] * (jobs > 1) + [f"population {population}"] * (population > 1)
-    name = f"campaign {study.study_name}" + (f" ({', '.join(modes)})" if modes else "")
-    job = bar.add_task(name, total=budget, status="")
-
-    def update(study: Any, _trial: Any = None) -> None:
-        info = summarize(study)
-        best = info["best_score"]
-        best_text = "-" if best is None else f"{best:.3f} ({info['best_label']})"
-        bar.update(
-            job,
-            completed=budget_used(study),
-            status=f"best {best_text}  pruned {info['pruned']}  failed {info['failed']}",
-        )
-
-    update(study)
-    return bar, update
-
-
-def _print_discoveries(rows: list[dict[str, Any]], out: Path) -> None:
-    reference = next((r["reference"] for r in rows if r.get("reference")), None)
-    title = "fresh-seed re-evaluation: held-out reward"
-    if reference:
-        title += f"; effect = paired difference to {reference} (t-interval, Bonferroni)"
-    table = Table(title=title)
-    columns = ["rank", "objective", "reward", "effect", "CI", "verdict", "seeds", "KL to ref"]
-    for column in [*columns, "status"]:
-        table.add_column(column)
-    for rank, row in enumerate(rows, 1):
-        label = row["label"] + (" (baseline)" if row["baseline"] else "")
-        if row.get("reference") == row["label"]:
-            label += " (reference)"
-        table.add_row(
-            str(rank),
-            label,
-            _fmt(row["reward"]),
-            _fmt(row.get("paired_effect"), signed=True),
-            f"[{_fmt(row.get('ci_low'), True)}, {_fmt(row.get('ci_high'), True)}]",
-            row.get("verdict") or "-",
-            str(row.get("n_seeds", len(row["rewards"]))),
-            _fmt(row["kl_to_ref"]),
-            row["status"],
-        )
-    console.print(table)
-    console.print(f"discoveries: {out / 'discoveries.json'}; study: {out}", markup=False)
-
-
-def _fmt(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "-"
-    return f"{x:+.3f}" if signed else f"{x:.3f}"
-
-
 @app.command("evolve")
 def evolve_command(
     space_file: Path = typer.Argument(..., help="Search-space YAML (see search_spaces/)."),
@@ -338,13 +273,11 @@ def evolve_command(
     budget = candidates + len(space.baselines)
     study.set_user_attr("candidates", candidates)
     study.set_user_attr("budget", budget)
-    bar, update = _campaign_progress(study, budget, jobs, population)
-    with bar:
-        campaign.optimize(study, budget, on_trial=update, wait_for_running=True)
-        update(study)
+    with CampaignProgress(console, study, budget, jobs, population) as progress:
+        campaign.optimize(study, budget, on_trial=progress.trial_finished, wait_for_running=True)
     console.print("re-evaluating the top candidates and the baselines on fresh seeds ...")
     rows = campaign.reevaluate(study)
-    _print_discoveries(rows, out)
+    print_discoveries(console, rows, out)
 
 
 @app.command("worker")
@@ -375,11 +308,9 @@ def worker_command(
         fail(str(err))
     space = campaign.space
     budget = int(opened.user_attrs.get("budget", space.search.trials + len(space.baselines)))
-    bar, update = _campaign_progress(opened, budget, jobs, population)
-    with bar:
+    with CampaignProgress(console, opened, budget, jobs, population) as progress:
         # Waits for trials running elsewhere: if their worker dies, this one retries them.
-        campaign.optimize(opened, budget, on_trial=update, wait_for_running=True)
-        update(opened)
+        campaign.optimize(opened, budget, on_trial=progress.trial_finished, wait_for_running=True)
     console.print(f"worker done: study '{study}' has {budget_used(opened)}/{budget} trials")
 
 
@@ -402,7 +333,9 @@ def report_command(
 
 @app.command("export")
 def export_command(
-    objective: str = typer.Argument(..., help="A preset name or a YAML objective file."),
+    objective: str = typer.Argument(
+        ..., help="A preset name, a YAML objective file, or a campaign's RUN:trial-N / RUN:best."
+    ),
     to: str = typer.Option(..., "--to", help="Target library: trl or verl."),
     out: Path = typer.Option(..., help="Export folder: config, objective.yaml, README.md."),
     lr: float | None = typer.Option(None, help="Learning rate to write into the config."),
@@ -413,12 +346,19 @@ def export_command(
     max_new_tokens: int | None = typer.Option(None, help="Generation budget per completion."),
 ) -> None:
     """Write TRL or verl settings that compute this objective's loss (or a TRL trainer
-    subclass that computes grape's loss where no stock setting does)."""
+    subclass that computes grape's loss where no stock setting does). RUN:trial-N exports the
+    objective of trial N of the campaign folder RUN; RUN:best its completed trial with the
+    best score."""
     from grape_evo.export import ExportSettings, check_target, export
 
+    found: TrialObjective | None = None
     try:
         check_target(to)
-        spec = load_objective(objective)
+        if is_trial_ref(objective):
+            found = trial_objective(objective)
+            spec = found.spec
+        else:
+            spec = load_objective(objective)
         settings = ExportSettings(
             lr=lr,
             batch_size=batch_size,
@@ -433,6 +373,12 @@ def export_command(
         fail(str(err))
     mapping = result.mapping
     detail = mapping.trainer if mapping.status == "exact" else "; ".join(mapping.notes)
+    if found is not None:
+        score = "-" if found.score is None else f"{found.score:.4f}"
+        line = f"{objective}: {found.label} ({found.state}, score {score})"
+        if lr is None and "lr" in found.overrides:
+            line += f"; it trained at lr {found.overrides['lr']:g} (--lr sets the exported rate)"
+        console.print(line, markup=False, soft_wrap=True)
     console.print(f"[bold]{spec.name}[/] -> {to}: [bold]{mapping.status}[/] ({escape(detail)})")
     console.print("wrote " + ", ".join(str(p) for p in result.files), markup=False)
 

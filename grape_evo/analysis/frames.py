@@ -32,7 +32,6 @@ from grape_evo.analysis.stats import t_interval
 from grape_evo.search.evaluator import verify_artifacts
 from grape_evo.training.records import parse_metrics
 
-STUDY_FILE = "study.db"
 DISCOVERIES_FILE = "discoveries.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
@@ -41,20 +40,6 @@ _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 
 
 # ---- loading ------------------------------------------------------------------------------
-def load_study(run_dir: Path, study_name: str | None = None) -> optuna.Study:
-    """The campaign's study in ``RUN/study.db`` (the only one, or ``study_name``)."""
-    path = Path(run_dir) / STUDY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no study database (is this a `grape evolve` folder?)")
-    storage = f"sqlite:///{path.resolve()}"
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if study_name is None:
-        if len(names) != 1:
-            raise ValueError(f"{path} holds {len(names)} studies {names}; name one")
-        study_name = names[0]
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
 def study_axes(study: optuna.Study) -> list[str]:
     """Axis paths in the space's order (from the stored space), else as trials name them."""
     text = study.user_attrs.get("space")

@@ -29,7 +29,6 @@ from grape_evo.analysis.frames import (
     curves_from_trials,
     discoveries_frame,
     find_run_folders,
-    load_study,
     runs_frame,
     steps_frame,
     trials_frame,
@@ -37,6 +36,7 @@ from grape_evo.analysis.frames import (
 from grape_evo.analysis.pareto import pareto_mask
 from grape_evo.analysis.summaries import best_so_far, curve_summary, param_importances
 from grape_evo.objective import ObjectiveSpec, presets
+from grape_evo.search.campaign import load_run_study
 
 CURVE_BASELINES = ("ppo", "grpo", "dpo")
 TOP_N = 3
@@ -73,7 +73,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    study = load_study(run_dir)
+    study = load_run_study(run_dir)
     trials = trials_frame(study)
     trials.to_csv(out / "trials.csv", index=False)
     runs = runs_frame(run_dir, study)

@@ -19,7 +19,6 @@ from grape_evo.analysis import write_report
 from grape_evo.analysis.frames import (
     discoveries_frame,
     find_run_folders,
-    load_study,
     runs_frame,
     seed_columns,
     steps_frame,
@@ -27,6 +26,7 @@ from grape_evo.analysis.frames import (
 )
 from grape_evo.analysis.summaries import best_so_far, curve_summary, param_importances
 from grape_evo.objective import ObjectiveSpec, presets
+from grape_evo.search.campaign import load_run_study
 
 ADV = CategoricalDistribution(["group_zscore", "group_mean"])
 CLIP = FloatDistribution(0.1, 0.4)
@@ -183,7 +183,7 @@ def campaign(tmp_path: Path) -> Path:
 
 # ---- frames -------------------------------------------------------------------------------
 def test_trials_frame_rows_axes_status_key_and_seeds(campaign: Path):
-    study = load_study(campaign)
+    study = load_run_study(campaign)
     trials = trials_frame(study).set_index("number")
     assert list(trials.index) == [0, 1, 2, 3, 4, 5]
     assert list(trials["state"]) == ["COMPLETE"] * 3 + ["PRUNED", "FAIL", "COMPLETE"]
@@ -204,13 +204,13 @@ def test_trials_frame_rows_axes_status_key_and_seeds(campaign: Path):
 
 
 def test_best_so_far_ignores_pruned_and_failed(campaign: Path):
-    trials = trials_frame(load_study(campaign))
+    trials = trials_frame(load_run_study(campaign))
     best = best_so_far(trials)
     assert best.tolist() == pytest.approx([0.5, 0.5, 0.7, 0.7, 0.7, 0.7])
 
 
 def test_runs_frame_flags_missing_and_corrupt_summaries(campaign: Path):
-    runs = runs_frame(campaign, load_study(campaign))
+    runs = runs_frame(campaign, load_run_study(campaign))
     # 4 complete trials x 2 seeds + 1 pruned run + 4 re-evaluated x 3 seeds
     assert len(runs) == 8 + 1 + 12
     bad = runs[runs["problem"] != ""].set_index("path")
@@ -278,7 +278,7 @@ def _offsets(collection) -> int:
 
 
 def test_figures_have_expected_artists(campaign: Path):
-    study = load_study(campaign)
+    study = load_run_study(campaign)
     trials = trials_frame(study)
     refs = [r for r in find_run_folders(campaign, study) if r.source == "reeval"]
     curves = curve_summary(steps_frame(refs))

@@ -86,3 +86,13 @@ def test_a_worker_refuses_a_campaign_whose_task_data_changed(space_file, tmp_pat
     result = invoke("worker", "--storage", f"sqlite:///{out / 'study.db'}", "--study", "own_data")
     assert result.exit_code == 2
     assert "changed since" in result.output and "Traceback" not in result.output
+
+
+def test_the_example_space_lists_the_example_task_file(tmp_path, monkeypatch):
+    """examples/byo_task/space.yaml, the README's walkthrough, loads from any folder."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "byo_task"
+    monkeypatch.chdir(tmp_path)
+    loaded = load_space(example / "space.yaml")
+    (task,) = loaded.tasks
+    assert dict(task.kwargs)["file"] == str((example / "task.yaml").resolve())
+    assert loaded.search.reference == "grpo" and loaded.search.metric_names == ["fitness"]

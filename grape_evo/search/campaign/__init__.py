@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from grape_evo.search.campaign.storage import (
     CampaignError,
     default_storage_url,
     fail_stale_trials,
+    load_run_study,
     make_storage,
 )
 from grape_evo.search.campaign.tuning import tune_learning_rate
@@ -63,6 +65,7 @@ __all__ = [
     "default_storage_url",
     "fail_stale_trials",
     "load_campaign_from_storage",
+    "load_run_study",
     "make_storage",
     "summarize",
     "usable_cores",
@@ -117,7 +120,8 @@ class Campaign:
         return self.space.name in names
 
     def open(self, create: bool) -> optuna.Study:
-        """Load the study (``create``: or create it, store the space, enqueue baselines)."""
+        """Load the study (``create``: or create it, store the space, enqueue baselines); name
+        its metrics (`SearchSettings.metric_names`) for optuna-dashboard."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(
             study_name=self.space.name,
@@ -127,6 +131,11 @@ class Campaign:
             pruner=make_pruner(self.space),
             load_if_exists=True,
         )
+        names = self.space.search.metric_names
+        if study.metric_names != names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(names)
         # A process that joins or resumes must not replay the random genomes of the first
         # process: its sampler's seed moves on with the study (and with the process id). So
         # must workers that join at the same time, before any trial exists.

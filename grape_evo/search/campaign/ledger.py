@@ -91,12 +91,20 @@ def finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial with the best score (the first of equals; baselines included),
+    None when no completed trial has one."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = max(complete, key=score_or_minus_inf, default=None)
+    return None if best is None or TrialRecord.of(best).score is None else best
+
+
 def summarize(study: optuna.Study) -> dict[str, Any]:
     """Counts and the best trial, for progress displays."""
     trials = study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=score_or_minus_inf, default=None)
+    best = best_trial(study)
     rewards = [r for t in complete if (r := TrialRecord.of(t).reward) is not None]
     return {
         "complete": states.count(TrialState.COMPLETE),

@@ -63,6 +63,24 @@ def make_storage(
         raise CampaignError(f"cannot open storage '{url}': {err}") from None
 
 
+def load_run_study(run_dir: Path, study_name: str | None = None) -> optuna.Study:
+    """The study of the campaign folder ``run_dir`` (in its ``study.db``: the only study
+    there, or ``study_name``)."""
+    path = Path(run_dir) / STUDY_FILE
+    if not path.is_file():
+        raise CampaignError(
+            f"{run_dir} holds no campaign (no {STUDY_FILE}); `grape evolve SPACE --out "
+            f"{run_dir}` writes one"
+        )
+    storage = make_storage(default_storage_url(Path(run_dir)))
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if study_name is None:
+        if len(names) != 1:
+            raise CampaignError(f"{path} holds {len(names)} studies {names}; name one")
+        study_name = names[0]
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's stale-trial check, plus RUNNING trials that never sent a heartbeat.
 

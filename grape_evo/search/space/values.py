@@ -310,6 +310,16 @@ class SearchSettings:
         """Optuna study directions, one per objective."""
         return ["maximize" if o == "final_reward" else "minimize" for o in self.objectives]
 
+    @property
+    def metric_names(self) -> list[str]:
+        """Optuna metric names, one per objective (what optuna-dashboard shows): with a
+        ``reference`` the study's reward value is the paired fitness against it
+        (`grape_evo.search.fitness`), so ``final_reward`` is named ``fitness``."""
+        return [
+            "fitness" if o == "final_reward" and self.reference is not None else o
+            for o in self.objectives
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["objectives"] = list(self.objectives)
