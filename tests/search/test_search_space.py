@@ -280,6 +280,10 @@ BAD_EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], list[str]]] = {
         _set("search/objectives", ["accuracy"]),
         ["search.objectives", "accuracy"],
     ),
+    "the KL first (trial values are the fitness, then the KL)": (
+        _set("search/objectives", ["kl_to_ref", "final_reward"]),
+        ["search.objectives", "must start with final_reward"],
+    ),
     "too many objectives": (
         _set("search/objectives", ["final_reward", "kl_to_ref", "final_reward"]),
         ["search.objectives"],

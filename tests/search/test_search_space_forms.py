@@ -314,9 +314,9 @@ FORMS: dict[str, tuple[str, Callable[[SearchSpace], Any], Any]] = {
         (4, (4,), 4),
     ),
     "search: one objective as a string": (
-        "search: {trials: 3, objectives: kl_to_ref}",
+        "search: {trials: 3, objectives: final_reward}",
         lambda s: (s.search.objectives, s.search.directions),
-        (("kl_to_ref",), ["minimize"]),
+        (("final_reward",), ["maximize"]),
     ),
     "search: two objectives (the pruner defaults to none)": (
         "search: {trials: 3, objectives: [final_reward, kl_to_ref]}",

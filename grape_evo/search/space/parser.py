@@ -326,4 +326,11 @@ def _parse_objectives(reader: Reader, raw: Any) -> tuple[str, ...]:
             )
     if len(set(objectives)) != len(objectives):
         raise reader.error("search.objectives", f"lists an objective twice: {objectives}")
+    if objectives[0] != "final_reward":
+        # a trial's values are (score, kl_to_ref) in that order; the directions follow this list
+        raise reader.error(
+            "search.objectives",
+            f"must start with final_reward (the fitness), got {objectives}; "
+            "e.g. [final_reward, kl_to_ref]",
+        )
     return tuple(objectives)
