@@ -303,3 +303,43 @@ def test_power_against_a_planted_effect_matches_the_noncentral_t():
     power = 1 - stats.nct.cdf(critical, n - 1, effect / (sd / math.sqrt(n)))
     assert abs(hits / repeats - power) < 4 * math.sqrt(power * (1 - power) / repeats)
     assert power > 0.8  # 10 paired seeds resolve 1.5 paired sd of effect after Bonferroni
+
+
+# ---- end to end, trained -----------------------------------------------------------------------
+@pytest.mark.slow  # about a minute: warm starts that score above 0, so rung values differ
+def test_a_trained_campaign_with_halving_and_a_population_runs_end_to_end(tmp_path):
+    """Real training (tiny budget): rungs of 1 and 2 seeds, lockstep batches of 4, the reference
+    tuned and paired; every trial ends COMPLETE at 2 seeds or PRUNED by halving at 1, and the
+    claims name the reference."""
+    data = space(
+        budget={
+            **TINY_BUDGET,
+            "seeds": [1, 2],
+            "reeval_seeds": 2,
+            "top_k": 1,
+            "lr": 0.01,
+            "warm_start_steps": 150,
+        },
+        axes={"entropy_coef": {"choices": [0.0, 0.1, 0.5, 1.0]}},  # far apart at lr 0.01
+        search={"sampler": "grid", "trials": 4, "keep": 0.5, "tune_lr": [0.5, 1]},
+    )
+    out = tmp_path / "run"
+    result = invoke("evolve", str(write_space(tmp_path, data)), "--out", str(out),
+                    "--population", "4")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    campaign = Campaign(parse_space(data), out)
+    study = campaign.open(create=False)
+    assert study.user_attrs["lr"] in (0.005, 0.01)
+    assert max(TrialRecord.of(t).trained_with for t in study.get_trials()) > 1
+    states = [t.state for t in study.get_trials()]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    for t in study.get_trials():
+        record = TrialRecord.of(t)
+        seeds = sorted(r.seed for r in record.runs)
+        if t.state == TrialState.COMPLETE:
+            assert seeds == [0, 1] and set(record.rungs) == {"1", "2"}
+        else:
+            assert t.state == TrialState.PRUNED and seeds == [0]
+            assert record.failure.startswith("successive halving:")
+    document = json.loads((out / "discoveries.json").read_text())
+    assert document["reference"] == "grpo" and len(document["reference_rewards"]) == 2
