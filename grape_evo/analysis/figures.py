@@ -228,7 +228,7 @@ def _paired_effects(ax: Axes, data: pd.DataFrame, y: np.ndarray) -> None:
     ax.scatter(data["paired_effect"], y, c=colors, s=50, zorder=3)
     ax.axvline(0.0, color="#444444", linewidth=1.0)
     reference = next((r for r in data["reference"] if isinstance(r, str)), "the reference")
-    ax.set_xlabel(f"paired effect on {reference} (final held-out reward)")
+    ax.set_xlabel(f"objective - {reference}, paired by seed (final held-out reward)")
     seeds = int(data["n_seeds"].max()) if data["n_seeds"].notna().any() else 0
     ax.set_title(
         f"difference to {reference} on the same {seeds} seeds\n"
