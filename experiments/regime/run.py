@@ -173,8 +173,9 @@ def admission(
 def separation_figure(separation: pd.DataFrame, config: dict[str, Any], reference: str) -> Any:
     """Paired effects against the reference objective, one panel per regime."""
     regimes = list(config["regimes"])
+    rows = len(config["tasks"]) * (len(config["objectives"]) - 1)  # one per (task, objective)
     fig, axes = plt.subplots(
-        1, len(regimes), figsize=(5 * len(regimes), 0.6 + 0.32 * 40), sharey=True
+        1, len(regimes), figsize=(5 * len(regimes), 1.6 + 0.32 * rows), sharey=True
     )
     axes = axes if len(regimes) > 1 else [axes]
     for ax, regime in zip(axes, regimes, strict=True):
