@@ -209,7 +209,9 @@ def final_scores_figure(
             handles.append(
                 Line2D([], [], color="#444444", linestyle=":", label="best baseline mean")
             )
-        ax.legend(handles=handles, loc="best", frameon=False)
+        # below the panel: the rows span the whole width, so no corner inside is free
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4,
+                  frameon=False)  # fmt: skip
         _pad_x(ax, [*data["ci_low"], *data["ci_high"], *seed_x])
         if data.empty:
             _empty_note(ax, "no re-evaluated candidates")
@@ -241,7 +243,9 @@ def _paired_effects(ax: Axes, data: pd.DataFrame, y: np.ndarray) -> None:
         Line2D([], [], color=c, marker="o", linewidth=2.5, label=v)
         for v, c in _VERDICT_COLORS.items()
     ]
-    ax.legend(handles=handles, loc="lower right", frameon=False)
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False
+    )
     _pad_x(ax, [0.0, *data["effect_low"], *data["effect_high"]])
 
 
