@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from campaign_helpers import TINY_BUDGET
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -24,16 +25,7 @@ SPACE: dict[str, Any] = {
     "name": "hostile",
     "tasks": ["addition"],
     "policy": {"preset": "tiny"},
-    "budget": {
-        "steps": 2,
-        "seeds": 1,
-        "eval_every": 1,
-        "eval_prompts": 8,
-        "batch_size": 8,
-        "warm_start_steps": 5,
-        "reeval_seeds": 1,
-        "top_k": 1,
-    },
+    "budget": {**TINY_BUDGET, "seeds": 1, "reeval_seeds": 1, "top_k": 1},
     # Two updates per batch: the ratio moves, so every clip trains differently (at one update
     # they all train alike, and the campaign would evaluate them once).
     "base": {"group_size": 4, "advantage": "group_zscore", "surrogate": "ppo_clip", "epochs": 2},

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 import pytest
 import sympy as sp
-from campaign_helpers import fake_result, fake_training, invoke, write_space
+from campaign_helpers import TINY_BUDGET, fake_result, fake_training, invoke, write_space
 from optuna.trial import TrialState
 
 from grape_evo.objective import ObjectiveSpec
@@ -37,16 +37,7 @@ def formula_space(**changes: Any) -> dict[str, Any]:
         "name": "formulas",
         "tasks": ["addition"],
         "policy": {"preset": "tiny"},
-        "budget": {
-            "steps": 2,
-            "seeds": 1,
-            "eval_every": 1,
-            "eval_prompts": 8,
-            "batch_size": 8,
-            "warm_start_steps": 5,
-            "reeval_seeds": 1,
-            "top_k": 1,
-        },
+        "budget": {**TINY_BUDGET, "seeds": 1, "reeval_seeds": 1, "top_k": 1},
         "base": {
             "group_size": 4,
             "advantage": {"name": "expression"},
