@@ -27,7 +27,13 @@ from grape_evo.search.campaign.lookup import TrialObjective, is_trial_ref, trial
 from grape_evo.search.space import SpaceError, load_space
 from grape_evo.tasks import build_task, describe_tasks
 from grape_evo.training import TrainConfig, train
-from grape_evo.training.tracking import make_tracker, tracking_hook
+from grape_evo.training.tracking import (
+    REPORT_TO,
+    TrackingError,
+    make_tracker,
+    run_settings,
+    tracking_hook,
+)
 
 app = typer.Typer(
     help="GRAPE: search the space of RL post-training objectives.",
@@ -45,6 +51,10 @@ err_console = Console(stderr=True)
 POPULATION_HELP = (
     "Train up to P candidates of each process at once in lockstep (one batched forward and "
     "backward for all of them; any objectives, any policy)."
+)
+CAMPAIGN_REPORT_HELP = (
+    f"Also log every trained run ({', '.join(REPORT_TO[1:])}; optional packages): TensorBoard "
+    "in each run folder's tensorboard/, the others as runs named STUDY/<run folder>."
 )
 
 
@@ -193,12 +203,7 @@ def train_command(
             lora_rank=lora_rank,
         )
         prepare_out_dir(out)
-        settings = {
-            "objective": spec.to_dict(),
-            "task": task_obj.config(),
-            "train": config.to_dict(),
-            "policy": policy_config.to_dict(),
-        }
+        settings = run_settings(spec, task_obj, config, policy_config)
         tracker = make_tracker(report_to, out, out.resolve().name, settings)
     except (ObjectiveError, ValueError, OSError) as err:
         fail(str(err))
@@ -245,6 +250,7 @@ def evolve_command(
     heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
     jobs: int = typer.Option(1, min=1, help=JOBS_HELP),
     population: int = typer.Option(1, min=1, help=POPULATION_HELP),
+    report_to: str = typer.Option("none", help=CAMPAIGN_REPORT_HELP),
 ) -> None:
     """Run an evolution campaign over a search space, then re-evaluate the best on fresh seeds."""
     try:
@@ -259,6 +265,7 @@ def evolve_command(
             heartbeat_interval=heartbeat,
             jobs=jobs,
             population=population,
+            report_to=report_to,
         )
         if campaign.exists() and not resume:
             fail(
@@ -273,10 +280,13 @@ def evolve_command(
     budget = candidates + len(space.baselines)
     study.set_user_attr("candidates", candidates)
     study.set_user_attr("budget", budget)
-    with CampaignProgress(console, study, budget, jobs, population) as progress:
-        campaign.optimize(study, budget, on_trial=progress.trial_finished, wait_for_running=True)
-    console.print("re-evaluating the top candidates and the baselines on fresh seeds ...")
-    rows = campaign.reevaluate(study)
+    try:  # a tracker that cannot start its first run (no login, no server) stops here
+        with CampaignProgress(console, study, budget, jobs, population) as progress:
+            campaign.optimize(study, budget, progress.trial_finished, wait_for_running=True)
+        console.print("re-evaluating the top candidates and the baselines on fresh seeds ...")
+        rows = campaign.reevaluate(study)
+    except TrackingError as err:
+        fail(str(err))
     print_discoveries(console, rows, out)
 
 
@@ -289,6 +299,7 @@ def worker_command(
     heartbeat: int = typer.Option(10, min=1, help=HEARTBEAT_HELP),
     jobs: int = typer.Option(1, min=1, help=JOBS_HELP),
     population: int = typer.Option(1, min=1, help=POPULATION_HELP),
+    report_to: str = typer.Option("none", help=CAMPAIGN_REPORT_HELP),
 ) -> None:
     """Join a running campaign from another process or host and run trials until its budget."""
     try:
@@ -301,6 +312,7 @@ def worker_command(
             heartbeat_interval=heartbeat,
             jobs=jobs,
             population=population,
+            report_to=report_to,
         )
         prepare_out_dir(campaign.out_dir)
         opened = campaign.open(create=False)
@@ -308,9 +320,12 @@ def worker_command(
         fail(str(err))
     space = campaign.space
     budget = int(opened.user_attrs.get("budget", space.search.trials + len(space.baselines)))
-    with CampaignProgress(console, opened, budget, jobs, population) as progress:
-        # Waits for trials running elsewhere: if their worker dies, this one retries them.
-        campaign.optimize(opened, budget, on_trial=progress.trial_finished, wait_for_running=True)
+    try:
+        with CampaignProgress(console, opened, budget, jobs, population) as progress:
+            # Waits for trials running elsewhere: if their worker dies, this one retries them.
+            campaign.optimize(opened, budget, progress.trial_finished, wait_for_running=True)
+    except TrackingError as err:
+        fail(str(err))
     console.print(f"worker done: study '{study}' has {budget_used(opened)}/{budget} trials")
 
 

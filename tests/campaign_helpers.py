@@ -118,7 +118,11 @@ def fake_training(monkeypatch: pytest.MonkeyPatch, per_candidate: Any) -> None:
     candidate of a lockstep batch."""
 
     def run_candidates(
-        runs: list[CandidateRun], tasks: Any, policy: Any, reuse_existing: bool = False
+        runs: list[CandidateRun],
+        tasks: Any,
+        policy: Any,
+        reuse_existing: bool = False,
+        tracking: Any = None,
     ) -> list[CandidateResult]:
         return [
             per_candidate(r.spec, [r.configs[i] for i in r.seed_indices()], r.folder) for r in runs

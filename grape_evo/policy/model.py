@@ -209,6 +209,15 @@ class Policy(nn.Module):
         self.config = config
         object.__setattr__(self, "_reference_lm", None)
 
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapter into the base weights and drop it: the policy becomes a
+        full-weight one (``lora_rank`` 0) with the same outputs, in which only the adapter's
+        target matrices changed (by the adapter's low-rank product)."""
+        if not self.config.use_lora:
+            raise RuntimeError("this policy has no LoRA adapter to merge")
+        self.lm = self.lm.merge_and_unload()
+        self.config = replace(self.config, lora_rank=0)
+
     @contextmanager
     def reference(self) -> Iterator[Policy]:
         """Context manager: inside it, every forward of this policy is the reference policy's.

@@ -6,7 +6,9 @@ candidate's value is the mean final held-out reward over (task, seed); its KL th
 to the reference. Intermediate values (held-out reward at each evaluation) are reported through
 ``report(global_step, value)``, where the global step orders (task, seed, step) the same way for
 every candidate, so a pruner compares like with like; a reporter that returns a reason stops
-its candidate (pruning is a value, not an exception). :func:`write_artifacts` records a sha256
+its candidate (pruning is a value, not an exception). With ``tracking`` (``--report-to``),
+every run trained is also logged to its own tracker run under its run folder, the tracker
+called before the reporter and never stopping a run. :func:`write_artifacts` records a sha256
 of every run file in ``artifacts.json`` so a report can tell a file that changed after the
 trial from the one the trial produced.
 """
@@ -28,6 +30,7 @@ from grape_evo.policy import PolicyConfig
 from grape_evo.search.records import RunResult
 from grape_evo.training import Member, RunSummary, StepRecord, TrainConfig, read_metrics
 from grape_evo.training import train_members as _train_members
+from grape_evo.training.tracking import RunTracking, open_trackers, run_settings, with_tracker
 
 Reporter = Callable[[int, float], str | None]
 """``report(global_step, value)``: a returned reason stops the candidate (e.g. pruned)."""
@@ -105,13 +108,16 @@ def run_candidates(
     tasks: Sequence[Any],
     policy_config: PolicyConfig,
     reuse_existing: bool = False,
+    tracking: RunTracking | None = None,
 ) -> list[CandidateResult]:
     """Train every candidate on each task (a ``TaskRef``) with each of its TrainConfigs.
 
     A candidate stops at its first run that does not end ``ok`` (a diverged candidate is not
     worth more seeds) or when its reporter returns a reason. With ``reuse_existing``, a run
     folder whose summary is ``ok`` for the same objective key and seed is read back instead of
-    trained again.
+    trained again. With ``tracking``, each run trained (not one read back) is logged to a
+    tracker of its own; a tracker that cannot start raises `TrackingError` before the batch
+    trains.
     """
     results = [CandidateResult() for _ in candidates]
     seeds = len(candidates[0].configs) if candidates else 0
@@ -141,15 +147,20 @@ def run_candidates(
             _hook(curve, c.report, results[i], offset)
             for i, c, curve in zip(members, chosen, curves, strict=True)
         ]
-        summaries = _train_members(
-            [Member(c.spec, cfg.lr) for c, cfg in zip(chosen, configs, strict=True)],
-            task,
-            shared,
-            policy_config,
-            folders,
-            progress=False,
-            on_steps=hooks,
-        )
+        settings = [
+            (folder, run_settings(c.spec, task, cfg, policy_config))
+            for c, cfg, folder in zip(chosen, configs, folders, strict=True)
+        ]
+        with open_trackers(tracking, settings) as trackers:
+            summaries = _train_members(
+                [Member(c.spec, cfg.lr) for c, cfg in zip(chosen, configs, strict=True)],
+                task,
+                shared,
+                policy_config,
+                folders,
+                progress=False,
+                on_steps=[with_tracker(h, t) for h, t in zip(hooks, trackers, strict=True)],
+            )
         for i, summary, curve, folder in zip(members, summaries, curves, folders, strict=True):
             results[i].runs.append(RunResult.of(summary, task_ref.slug, curve, str(folder)))
     return results

@@ -5,6 +5,19 @@ of a campaign starts from the same place and only the first run pays for it. Wri
 temporary folder renamed into place, so concurrent workers never read a half-written cache.
 With ``warm_start_steps`` 0 there is nothing to train or cache: the reference is the built
 policy (a preset's seeded initialisation, or a checkpoint's weights) as it is.
+
+How it trains follows the RL run's policy config:
+
+* full fine-tuning (``lora_rank`` 0): SFT of every weight;
+* LoRA (``lora_rank`` > 0): SFT of a LoRA adapter of the same rank and alpha on the frozen
+  built weights (a checkpoint is never overwritten by full-parameter SFT); the cache stores the
+  built weights with that adapter merged in, so only the adapter's target matrices differ from
+  the built policy's. The RL run then trains a fresh adapter on top of these merged weights,
+  which are its frozen reference (the adapter-disabled base).
+
+Either way the cache holds full weights in the same format; the LoRA rank and alpha are part
+of the key, so full and LoRA warm starts (or two ranks) never share a cache. The value head is
+not: it is not trained here and starts fresh from the seed in the RL run.
 """
 
 from __future__ import annotations
@@ -48,8 +61,9 @@ def warm_start_key(task: Task, policy_config: PolicyConfig, config: TrainConfig)
 
 
 def _warm_config(policy_config: PolicyConfig) -> PolicyConfig:
-    """The warm start trains every weight, without a value head, whatever the RL run uses."""
-    return replace(policy_config, value_head=False, lora_rank=0)
+    """The policy the warm start trains: the RL run's without a value head (every weight, or
+    an adapter of the RL run's rank and alpha with LoRA)."""
+    return replace(policy_config, value_head=False)
 
 
 def _train_sft(policy: Policy, task: Task, config: TrainConfig) -> None:
@@ -78,10 +92,12 @@ def warm_start_policy(
 ) -> tuple[Policy, Path | None]:
     """A policy whose weights and frozen reference are the cached SFT warm start.
 
-    Built (and cached) on first use by full fine-tuning; the value head, when the config asks
-    for one, starts fresh from the seed; with ``lora_rank`` > 0 a fresh adapter is attached on
-    top of the warm-start weights, which stay the reference. Returns the policy and its cache
-    folder, None when ``warm_start_steps`` is 0 (no SFT: the built policy is the reference).
+    Built (and cached) on first use: full fine-tuning, or with ``lora_rank`` > 0 an SFT
+    adapter merged into the built weights (see the module docstring); the value head, when
+    the config asks for one, starts fresh from the seed; with ``lora_rank`` > 0 a fresh adapter
+    is attached on top of the warm-start weights, which stay the reference. Returns the policy
+    and its cache folder, None when ``warm_start_steps`` is 0 (no SFT: the built policy is the
+    reference).
     """
     if config.warm_start_steps == 0:
         policy = build_policy(replace(policy_config, lora_rank=0), None, config.seed, device)
@@ -92,12 +108,17 @@ def warm_start_policy(
     if not (folder / _DONE).is_file():
         policy = build_policy(base_config, None, seed=config.seed, device=device)
         _train_sft(policy, task, config)
+        if policy.config.use_lora:
+            policy.merge_lora()
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".warm-", dir=root))
         policy.save(tmp)
-        (tmp / _DONE).write_text(
-            json.dumps({"task": task.config(), "steps": config.warm_start_steps}, indent=2)
-        )
+        done = {
+            "task": task.config(),
+            "policy": base_config.to_dict(),
+            "steps": config.warm_start_steps,
+        }
+        (tmp / _DONE).write_text(json.dumps(done, indent=2))
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(tmp, folder)

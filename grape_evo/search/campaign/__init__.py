@@ -20,6 +20,10 @@
 * Re-evaluation (`reevaluation`): after the budget, the top-k candidates, the baselines and the
   reference are re-run on fresh seeds; paired effects with Bonferroni-corrected t-intervals
   and verdicts are the discoveries.
+* Tracking (``report_to``, `grape_evo.training.tracking`): every run trained is also logged to
+  TensorBoard, wandb, MLflow or Trackio under its run folder. A setting of this process only
+  (its worker processes inherit it), stored nowhere: a campaign resumes, or a worker joins,
+  with any ``report_to``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from grape_evo.search.records import TrialRecord
 from grape_evo.search.samplers import make_pruner, make_sampler
 from grape_evo.search.space import SearchSpace, parse_space
 from grape_evo.training.config import TrainConfig
+from grape_evo.training.tracking import RunTracking, check_report_to
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -74,8 +79,9 @@ __all__ = [
 
 @dataclass
 class Campaign:
-    """A search space bound to a run folder and a storage; ``jobs`` worker processes and
-    lockstep batches of up to ``population`` trials."""
+    """A search space bound to a run folder and a storage; ``jobs`` worker processes,
+    lockstep batches of up to ``population`` trials, and the ``--report-to`` tracker of every
+    run trained (checked here: an unknown name or a missing package raises `TrackingError`)."""
 
     space: SearchSpace
     out_dir: Path
@@ -85,12 +91,14 @@ class Campaign:
     grace_period: int | None = None
     jobs: int = 1
     population: int = 1
+    report_to: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("jobs", "population"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CampaignError(f"{name} must be an integer >= 1, got {value!r}")
+        check_report_to(self.report_to)
         self.out_dir = Path(self.out_dir)
         self.url = self.storage_url or default_storage_url(self.out_dir)
         self.budget: int | None = None  # set by optimize()
@@ -102,6 +110,12 @@ class Campaign:
         return self.space.budget.train_config(
             seed, lr=self.lr if lr is None else lr, device=self.device
         )
+
+    @property
+    def tracking(self) -> RunTracking:
+        """Where its runs are tracked: each run folder under ``out_dir`` is a tracker run
+        named ``<study>/<folder under out_dir>``."""
+        return RunTracking(self.report_to, self.out_dir, self.space.name)
 
     @property
     def directions(self) -> list[str]:

@@ -139,7 +139,9 @@ def train_rungs(
         ]
         members = runs + ([reference] if reference is not None and not itself else [])
         space = campaign.space
-        trained = run_candidates(members, space.tasks, space.policy, reuse_existing=True)
+        trained = run_candidates(
+            members, space.tasks, space.policy, reuse_existing=True, tracking=campaign.tracking
+        )
         if reference is not None:
             store_reference(study, trained[itself[0]] if itself else trained[-1])
         for i, part in zip(going, trained, strict=False):

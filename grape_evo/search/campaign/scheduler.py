@@ -138,8 +138,8 @@ def train(
     campaign: Campaign, batch: list[Candidate], reuse_existing: bool = False
 ) -> list[CandidateResult]:
     """Train one lockstep batch of candidates on the space's tasks and seeds."""
-    space = campaign.space
-    return run_candidates([c.run for c in batch], space.tasks, space.policy, reuse_existing)
+    space, runs = campaign.space, [c.run for c in batch]
+    return run_candidates(runs, space.tasks, space.policy, reuse_existing, campaign.tracking)
 
 
 def usable_cores() -> int:

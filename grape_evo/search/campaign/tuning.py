@@ -57,7 +57,9 @@ def tune_learning_rate(campaign: Campaign, study: optuna.Study) -> float:
         )
         for rate in rates
     ]
-    results = run_candidates(members, space.tasks, space.policy, reuse_existing=True)
+    results = run_candidates(
+        members, space.tasks, space.policy, reuse_existing=True, tracking=campaign.tracking
+    )
     scores = [result.reward if result.ok else None for result in results]
     best = max(range(len(rates)), key=lambda i: -math.inf if scores[i] is None else scores[i])
     store_reference(study, results[best])
