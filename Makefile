@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=25
 
 # The db tests start a real PostgreSQL server from Debian's packages (installed here, as root,
 # if missing) and need psycopg2 (the db extra). `make test` runs them too where both exist.

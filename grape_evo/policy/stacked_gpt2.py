@@ -1,4 +1,4 @@
-"""GPT-2 over M weight sets at once, each distinct prefix run once per member (the fast path).
+"""GPT-2 over M weight sets at once, as a prefix tree or one dense block (the fast path).
 
 transformers' generic forward spends most of a small model's time in machinery (mask building,
 cache classes, output objects), and most of its tokens are repeats: the G rows of a group share
@@ -25,6 +25,13 @@ own), so a level needs only the one before it. As in transformers, a query atten
 (left padding, which nothing reads) attends to itself so it stays finite. Positions are
 ``cumsum(mask) - 1`` clamped at 0 along each prefix. A row's output at completion position j
 is its level-j node's.
+
+The tree pays one pass of the layer stack per completion position. Scoring (not decoding) can
+instead run every row's whole sequence as one dense block (the same masks and positions, so the
+same function): no sharing, one pass. `StackedGPT2.score` takes the cheaper by a cost model in
+tokens (`PASS_COST_IN_TOKENS` per pass, `HISTORY_COST` per copied key/value entry): rows that
+share no prompt (group size 1, e.g. PPO's minibatches) always run dense; many members or rows
+sharing short prompts and answers run the tree; long completions run dense.
 """
 
 from __future__ import annotations
@@ -111,6 +118,40 @@ def or_self(allowed: Tensor) -> Tensor:
     return allowed | (own & ~allowed.any(-1, keepdim=True))
 
 
+PASS_COST_IN_TOKENS = {"cpu": 100.0}
+"""What one pass of the layer stack costs beyond its tokens (dispatch, small kernels), in
+tokens, and what copying one key/value history entry per level costs (`HISTORY_COST`): fitted
+on the tiny policy on a 2-core CPU (benchmarks/README.md, "Dense or tree"). Other devices are
+taken to be like CUDA, where a launch costs far more than a token (not measured)."""
+PASS_COST_DEFAULT = 4096.0
+HISTORY_COST = 0.1
+
+
+@dataclass(frozen=True)
+class _TreePlan:
+    """The prefix tree of M members' rows: per completion position j < T - 1 its level's
+    distinct (parent, real, token) nodes [M, N_j] and each row's node [M, B]."""
+
+    levels: list[tuple[Tensor, Tensor, Tensor]]
+    nodes: list[Tensor]
+
+    def cost(self, rows: MemberRows, per_pass: float) -> float:
+        """Estimated cost in tokens: one pass per level, every node once, and each level's
+        copy of its nodes' key/value history."""
+        m, n, p = rows.prompts.ids.shape
+        cost = per_pass + m * n * p
+        for j, (parent, _, _) in enumerate(self.levels):
+            width = parent.numel()
+            cost += per_pass + width + HISTORY_COST * width * (p + j + 1)
+        return cost
+
+
+def _dense_cost(rows: MemberRows, per_pass: float) -> float:
+    """Estimated cost in tokens of one block over every row's whole sequence."""
+    m, b, t = rows.ids.shape
+    return per_pass + m * b * (rows.prompts.ids.shape[-1] + t - 1)
+
+
 @dataclass
 class _Level:
     """The last level run: per node (M * N rows), its keys and values per layer
@@ -162,6 +203,7 @@ class StackedGPT2:
         self.n_layer, self.n_head = cfg.n_layer, cfg.n_head
         self.eps, self.gelu = cfg.layer_norm_epsilon, GELU_APPROXIMATE[cfg.activation_function]
         self.vocab, self.width = cfg.vocab_size, cfg.n_embd
+        self.dense: bool | None = None  # None: per call, whichever is estimated cheaper
         self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
         self.reference = (
             None
@@ -267,6 +309,52 @@ class StackedGPT2:
         x, kv = self._layers(w, self._embed(w, tokens[:, :, None], positions), attn_mask, past)
         return _Level(kv, visible, count, x[:, :, 0])
 
+    def _plan(self, rows: MemberRows) -> _TreePlan:
+        """Each member's prefix tree over its rows (index work only, no model)."""
+        levels, nodes, width, node = [], [], rows.prompts.ids.shape[1], rows.prompts.rows
+        for j in range(rows.ids.shape[-1] - 1):
+            real = rows.mask[:, :, j].bool()
+            parent, node_real, tokens, node = _distinct(
+                node, real, rows.ids[:, :, j], width, self.vocab, self.pad_id
+            )
+            levels.append((parent, node_real, tokens))
+            nodes.append(node)
+            width = tokens.shape[1]
+        return _TreePlan(levels, nodes)
+
+    def _tree(self, w: Stacked, rows: MemberRows, plan: _TreePlan) -> tuple[Tensor, Tensor]:
+        """Hidden states [M, K, H] of every distinct scored position, run as the prompt block
+        and then one tree level per completion position 0 .. T - 2, and the state of each row's
+        completion token [M, B, T] (an index into K)."""
+        level = self._prompts(w, rows.prompts)
+        states, index = [level.x], [rows.prompts.rows]
+        offset = level.width
+        for (parent, node_real, tokens), node in zip(plan.levels, plan.nodes, strict=True):
+            level = self._extend(w, level, parent, node_real, tokens)
+            states.append(level.x)
+            index.append(node + offset)
+            offset += level.width
+        return torch.cat(states, 1), torch.stack(index, -1)
+
+    def _dense(self, w: Stacked, rows: MemberRows) -> tuple[Tensor, Tensor]:
+        """The same as `_tree`, computed as one block over every row's whole sequence (its
+        prompt, then its completion; the state of completion token j is that of sequence
+        position P - 1 + j): K = B * T, with no sharing between rows."""
+        prompts = rows.prompts
+        m, b, t = rows.ids.shape
+        pick = rows.prompts.rows[:, :, None].expand(-1, -1, prompts.ids.shape[-1])
+        # The last completion token predicts nothing scored: [M, B, P + T - 1].
+        ids = torch.cat([prompts.ids.gather(1, pick), rows.ids[:, :, :-1]], -1)
+        mask = torch.cat([prompts.mask.gather(1, pick), rows.mask[:, :, :-1]], -1).bool()
+        length = ids.shape[-1]
+        tril = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+        attn_mask = or_self(tril & mask.view(m * b, 1, length))[:, None]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        x, _ = self._layers(w, self._embed(w, ids, positions), attn_mask, None)
+        states = x[:, :, length - t :].reshape(m, b * t, -1)
+        index = torch.arange(b * t, device=ids.device).view(1, b, t).expand(m, -1, -1)
+        return states, index
+
     # ---- the Forward protocol -------------------------------------------------------------
     def score(
         self,
@@ -279,25 +367,19 @@ class StackedGPT2:
         positions 0 .. T - 2 run as tree levels (position T - 1 predicts nothing scored)."""
         w = self._stack(weights)
         m, b, t = rows.ids.shape
-        level = self._prompts(w, rows.prompts)
-        states, index = [level.x], [rows.prompts.rows]
-        offset = level.width
-        node = rows.prompts.rows
-        for j in range(t - 1):
-            real = rows.mask[:, :, j].bool()
-            parent, node_real, tokens, node = _distinct(
-                node, real, rows.ids[:, :, j], level.width, self.vocab, self.pad_id
-            )
-            level = self._extend(w, level, parent, node_real, tokens)
-            states.append(level.x)
-            index.append(node + offset)
-            offset += level.width
-        logits, hidden = self._head(w, torch.cat(states, 1))  # [M, K, V], [M, K, H]
+        # Rows that share no prompt share no prefix: the tree would only add passes.
+        unshared = rows.prompts.ids.shape[1] >= b
+        plan = None if self.dense or (unshared and self.dense is None) else self._plan(rows)
+        if plan is not None and self.dense is None:
+            per_pass = PASS_COST_IN_TOKENS.get(rows.ids.device.type, PASS_COST_DEFAULT)
+            plan = plan if plan.cost(rows, per_pass) < _dense_cost(rows, per_pass) else None
+        states, index = self._dense(w, rows) if plan is None else self._tree(w, rows, plan)
+        logits, hidden = self._head(w, states)  # [M, K, V], [M, K, H]
         if temperature != 1.0:
             logits = logits / temperature
         k = logits.shape[1]
         member = torch.arange(m, device=logits.device)[:, None, None]
-        flat_index = (torch.stack(index, -1) + member * k).view(m * b, t)
+        flat_index = (index + member * k).view(m * b, t)
         ids, mask = rows.ids.reshape(m * b, t), rows.mask.reshape(m * b, t)
         logp, entropy = token_logprobs(logits.flatten(0, 1), flat_index, ids, mask)
         values = log_dist = None

@@ -32,8 +32,9 @@ from grape_evo.tasks import Task
 from grape_evo.training.batches import sample_offline_pairs
 from grape_evo.training.config import TrainConfig
 from grape_evo.training.engine import Engine, Member
+from grape_evo.training.initial_eval import evaluation_key, initial_evaluation
 from grape_evo.training.losses import needs_critic
-from grape_evo.training.records import MetricsLog, RunStatus, RunSummary, StepRecord
+from grape_evo.training.records import EvalReport, MetricsLog, RunStatus, RunSummary, StepRecord
 from grape_evo.training.saving import MODEL_DIR, save_trained
 from grape_evo.training.warm_start import warm_start_policy
 
@@ -147,7 +148,9 @@ def train_members(
                 pairs = sample_offline_pairs(policy, task, config)
             engine = Engine(members, task, config, policy, pairs)
             logs = [None if o is None else MetricsLog(o / "metrics.jsonl") for o in outs]
-            initial = engine.evaluate([0])[0]  # every member starts from the same weights
+            # every member starts from the same weights: one evaluation, cached per warm start
+            key = evaluation_key(config, policy_cfg, device.type)
+            initial = initial_evaluation(cache, key, lambda: _evaluate_first(engine))
             last_evals = [initial] * count
             for summary in summaries:
                 summary.initial_eval = initial
@@ -198,6 +201,12 @@ def train_members(
             if out is not None:
                 summary.write(out / "summary.json")
     return summaries
+
+
+def _evaluate_first(engine: Engine) -> EvalReport:
+    report = engine.evaluate([0])[0]
+    assert report is not None
+    return report
 
 
 def _status_line(engine: Engine, results: list, last_evals: list) -> str:

@@ -58,7 +58,7 @@ MEMBER_PAIRS = [
     [("100+250=", "350"), ("100+250=", "35")],
     [("9+9=", "18"), ("1+1=", "2"), ("5+5=", "10"), ("3+4=", "7777")],
 ]
-FORWARDS = ["stacked", "vmap", "loop"]
+FORWARDS = ["stacked", "stacked_dense", "vmap", "loop"]
 
 
 def _rollout(tok: CharTokenizer, pairs: Sequence[tuple[str, str]]) -> Rollout:
@@ -66,9 +66,12 @@ def _rollout(tok: CharTokenizer, pairs: Sequence[tuple[str, str]]) -> Rollout:
 
 
 def _forward(policy: Policy, kind: str) -> Forward:
-    """The stacked forward, or the transformers forward with or without vmap."""
-    if kind == "stacked":
-        return StackedGPT2(policy.lm, policy.reference_lm)
+    """The stacked forward (as it chooses, or always dense), or the transformers forward with
+    or without vmap."""
+    if kind.startswith("stacked"):
+        stacked = StackedGPT2(policy.lm, policy.reference_lm)
+        stacked.dense = True if kind == "stacked_dense" else None
+        return stacked
     forward = TransformersForward(policy)
     forward.vmap_ok = kind == "vmap"
     return forward
@@ -159,14 +162,19 @@ def test_members_score_what_they_score_alone(
         assert isinstance(forward, TransformersForward) and forward.vmap_ok  # vmap really ran
 
 
-def test_stacked_equals_transformers_for_members(make_policy: Make, tok: CharTokenizer) -> None:
+@pytest.mark.parametrize("dense", [False, True])
+def test_stacked_equals_transformers_for_members(
+    make_policy: Make, tok: CharTokenizer, dense: bool
+) -> None:
     policy = make_policy(seed=2, value_head=True)
     weights = _members(policy)
     rollouts = [_rollout(tok, pairs) for pairs in MEMBER_PAIRS]
     rows = rows_of(rollouts, tok.pad_id)
     transformers = TransformersForward(policy)
+    stacked = StackedGPT2(policy.lm, None)
+    stacked.dense = dense
     with torch.no_grad():
-        fast = StackedGPT2(policy.lm, None).score(rows, weights, full=True)
+        fast = stacked.score(rows, weights, full=True)
         slow = transformers.score(rows, weights, full=True)
     assert transformers.vmap_ok
     for name in ("logp", "entropy", "values"):

@@ -92,10 +92,12 @@ ATOL = {"cpu": 1e-5, "cuda": 1e-4}  # CUDA kernels (SDPA, GEMM) reduce in other 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ["gelu_pytorch_tanh", "gelu_new", "gelu"])
 @pytest.mark.parametrize("hole", [False, True])
+@pytest.mark.parametrize("dense", [False, True])
 def test_logits_equal_transformers(
     tok: CharTokenizer,
     activation: str,
     hole: bool,
+    dense: bool,
     device: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -113,6 +115,7 @@ def test_logits_equal_transformers(
 
     monkeypatch.setattr(StackedGPT2, "_head", counting_head)
     forward = StackedGPT2(lm, None)
+    forward.dense = dense
     with torch.no_grad():
         want_logits, want_hidden = _hf_reference(lm, rollout)
         want_dist = F.log_softmax(want_logits, -1)
@@ -120,8 +123,9 @@ def test_logits_equal_transformers(
         basis = _basis_heads(weights, lm.config.n_embd)
         hidden = forward.score(rows_of([rollout] * len(basis), tok.pad_id), basis).values
     b, t = rollout.completion_ids.shape
-    # Shared prompts and completion prefixes are computed once: fewer positions than tokens.
-    assert positions[0] < b * t
+    # The tree computes shared prompts and completion prefixes once: fewer positions than
+    # tokens; the dense block one position per completion token.
+    assert positions[0] < b * t if not dense else positions[0] == b * t
     real = rollout.completion_mask.bool()  # positions whose predicted token is real
     atol = ATOL[device]
     assert out.log_dist is not None and out.log_dist.shape == (1, b, t, tok.vocab_size)
@@ -139,15 +143,55 @@ def test_logits_equal_transformers(
     torch.testing.assert_close(got_logits[real], want_logits[real], atol=atol, rtol=0)
 
 
-def test_single_completion_token(tok: CharTokenizer) -> None:
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        # No prompt repeats: nothing to share, one dense block (every completion token a
+        # position).
+        ([(f"{i}+{i}=", str(2 * i)) for i in range(10, 74)], "dense"),
+        # 64 copies of one row: the tree runs the prompt once and one node per level.
+        ([("12+34=", "46464")] * 64, "tree"),
+    ],
+)
+def test_the_cheaper_layout_is_chosen(
+    tok: CharTokenizer,
+    pairs: list[tuple[str, str]],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     lm = tiny_gpt2(activation="gelu_pytorch_tanh")
+    rollout = _rollout(tok, pairs)
+    positions: list[int] = []
+    head = StackedGPT2._head
+
+    def counting_head(self: StackedGPT2, w: Any, x: torch.Tensor) -> Any:
+        positions.append(x.shape[1])
+        return head(self, w, x)
+
+    monkeypatch.setattr(StackedGPT2, "_head", counting_head)
+    with torch.no_grad():
+        out = StackedGPT2(lm, None).score(
+            rows_of([rollout], tok.pad_id), [dict(lm.named_parameters())]
+        )
+        want = F.log_softmax(_hf_reference(lm, rollout)[0], -1)
+    b, t = rollout.completion_ids.shape
+    distinct_positions = 1 + (t - 1)  # one prompt, then one node per completion position
+    assert positions == [b * t] if expected == "dense" else positions == [distinct_positions]
+    real = rollout.completion_mask.bool()
+    want_logp = want.gather(-1, rollout.completion_ids[..., None])[..., 0]
+    torch.testing.assert_close(out.logp[0][real], want_logp[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_single_completion_token(tok: CharTokenizer, dense: bool) -> None:
+    lm = tiny_gpt2(activation="gelu_pytorch_tanh")
+    forward = StackedGPT2(lm, None)
+    forward.dense = dense
     rollout = _rollout(tok, [(p, "") for p, _ in PAIRS])  # every completion is EOS alone
     assert rollout.completion_ids.shape == (len(PAIRS), 1)
     with torch.no_grad():
         want = F.log_softmax(_hf_reference(lm, rollout)[0], -1)
-        out = StackedGPT2(lm, None).score(
-            rows_of([rollout], tok.pad_id), [dict(lm.named_parameters())], full=True
-        )
+        out = forward.score(rows_of([rollout], tok.pad_id), [dict(lm.named_parameters())], True)
     assert out.log_dist is not None
     torch.testing.assert_close(out.log_dist[0], want, atol=1e-5, rtol=0)
 

@@ -216,6 +216,7 @@ def check_against_reference(study: optuna.Study, tmp_path: Path, steps: int) -> 
     assert max(got.values()) == pytest.approx(max(want.values()), abs=1e-9)
 
 
+@pytest.mark.slow  # the PostgreSQL test kills a shared-database worker; the jobs test SQLite's
 def test_sqlite_workers_with_a_kill(tmp_path: Path, grape_cache: Path) -> None:
     """3 workers on the default SQLite storage, one SIGKILLed mid-trial."""
     steps, out = 16, tmp_path / "run"

@@ -63,9 +63,17 @@ def test_a_missing_task_file_is_a_clear_cli_error(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_a_campaign_on_a_task_file_trains_in_worker_processes(space_file, tmp_path):
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["--population", "2"],
+        # 40 s: two spawned workers each import the reward file and train
+        pytest.param(["--jobs", "2"], marks=pytest.mark.slow),
+    ],
+)
+def test_a_campaign_on_a_task_file_trains(space_file, tmp_path, mode):
     out = tmp_path / "run"
-    result = invoke("evolve", str(space_file), "--out", str(out), "--jobs", "2")
+    result = invoke("evolve", str(space_file), "--out", str(out), *mode)
     assert result.exit_code == 0, result.output
     campaign = load_campaign_from_storage(f"sqlite:///{out / 'study.db'}", "own_data", out)
     study = campaign.open(create=False)

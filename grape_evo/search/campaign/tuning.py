@@ -7,9 +7,10 @@ the cost of every candidate; and a learning-rate gene confounds "a better object
 better rate for this budget", which does not transfer to a user's own training. So every run
 of a campaign (candidates, baselines, the reference, the re-evaluation) uses one rate: the
 best of ``search.tune_lr`` multiples of ``budget.lr`` for the reference, by its mean final
-held-out reward over the tasks on the first rung's seeds (a lockstep batch whose members
-differ only in the rate). The choice and every rate's score are stored with the study
-(``lr``, ``lr_tuning``); the winning rate's runs are the reference's runs on those seeds.
+held-out reward over the tasks on the first rung's seeds (lockstep batches of up to
+``population`` members that differ only in the rate). The choice and every rate's score are
+stored with the study (``lr``, ``lr_tuning``); the winning rate's runs are the reference's runs
+on those seeds.
 A space with an ``optim.lr`` axis keeps the rate in its genome and is not tuned.
 """
 
@@ -57,9 +58,18 @@ def tune_learning_rate(campaign: Campaign, study: optuna.Study) -> float:
         )
         for rate in rates
     ]
-    results = run_candidates(
-        members, space.tasks, space.policy, reuse_existing=True, tracking=campaign.tracking
-    )
+    size = campaign.population  # population 1 trains one rate at a time, as it does trials
+    results = [
+        result
+        for start in range(0, len(members), size)
+        for result in run_candidates(
+            members[start : start + size],
+            space.tasks,
+            space.policy,
+            reuse_existing=True,
+            tracking=campaign.tracking,
+        )
+    ]
     scores = [result.reward if result.ok else None for result in results]
     best = max(range(len(rates)), key=lambda i: -math.inf if scores[i] is None else scores[i])
     store_reference(study, results[best])
