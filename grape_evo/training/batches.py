@@ -30,6 +30,7 @@ from grape_evo.policy import (
     Weights,
     decode,
     encode_pairs,
+    rows_of,
     sample,
     stream_key,
 )
@@ -252,6 +253,29 @@ def online_pairs(rewards: Tensor, group_ids: Tensor, pairing: str) -> tuple[Tens
         torch.tensor(chosen, dtype=torch.long, device=device),
         torch.tensor(rejected, dtype=torch.long, device=device),
     )
+
+
+@torch.no_grad()
+def reference_pair_sums(
+    forward: Forward,
+    tokenizer: TextTokenizer,
+    pairs: OfflinePairs,
+    temperature: float,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """The reference's log-prob sums [N] of every offline pair's chosen and rejected
+    completion (softmax(logits / ``temperature``)), scored in chunks of 256 pairs."""
+    sums = []
+    for texts in (pairs.chosen, pairs.rejected):
+        parts = []
+        for start in range(0, len(texts), 256):
+            chunk = slice(start, start + 256)
+            rollout = encode_pairs(tokenizer, pairs.prompts[chunk], texts[chunk], device=device)
+            rows = rows_of([rollout], tokenizer.pad_id)
+            out = forward.score(rows, None, temperature=temperature)
+            parts.append(sequence_sums(out.logp[0], rollout.completion_mask)[0])
+        sums.append(torch.cat(parts))
+    return sums[0], sums[1]
 
 
 def sequence_sums(logp: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

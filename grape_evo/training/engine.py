@@ -46,7 +46,6 @@ from grape_evo.policy import (
     Rollout,
     TokenOutputs,
     Weights,
-    encode_pairs,
     forward_for,
     policy_weights,
     rows_of,
@@ -62,8 +61,8 @@ from grape_evo.training.batches import (
     demonstration_batch,
     offline_pair_batch,
     online_pairs,
+    reference_pair_sums,
     sample_members,
-    sequence_sums,
     slice_rollout,
 )
 from grape_evo.training.config import TrainConfig
@@ -260,24 +259,16 @@ class Engine:
         return batches
 
     def _reference_pair_sums(self) -> tuple[Tensor, Tensor]:
-        """The reference's log-prob sums [N] of every offline pair's chosen and rejected
-        completion, computed once per run in chunks of 256."""
+        """The reference's log-prob sums of the offline pairs (computed on first use)."""
         if self._offline_ref is None:
             assert self.offline_pairs is not None
-            pairs, sums = self.offline_pairs, []
-            for texts in (pairs.chosen, pairs.rejected):
-                parts = []
-                for start in range(0, len(texts), 256):
-                    chunk = slice(start, start + 256)
-                    rollout = encode_pairs(
-                        self.tokenizer, pairs.prompts[chunk], texts[chunk], device=self.device
-                    )
-                    with torch.no_grad():
-                        rows = rows_of([rollout], self.tokenizer.pad_id)
-                        out = self.forward.score(rows, None, temperature=self.logprob_temperature)
-                    parts.append(sequence_sums(out.logp[0], rollout.completion_mask)[0])
-                sums.append(torch.cat(parts))
-            self._offline_ref = (sums[0], sums[1])
+            self._offline_ref = reference_pair_sums(
+                self.forward,
+                self.tokenizer,
+                self.offline_pairs,
+                self.logprob_temperature,
+                self.device,
+            )
         return self._offline_ref
 
     def _fix(self, step: int, live: list[int], batches: dict[int, MemberBatch]) -> None:
