@@ -80,6 +80,8 @@ class TrialRecord:
     (host:pid), ``runs``, ``reward``, ``accuracy``, ``kl_to_ref`` (means over the runs),
     ``artifacts`` (sha256 of every run file), ``failure``, ``reused_from`` (the trial whose
     result it copied), ``surplus`` (failed unstarted: the budget was claimed elsewhere),
+    ``rejected`` (failed untrained: its formulas failed their cheap checks; free toward the
+    budget, see `grape_evo.search.campaign.ledger.count_budget`),
     ``trained_with`` (members of the lockstep batch it was trained in; 1 when alone),
     ``behaviour`` (`grape_evo.objective.behaviour.behaviour`: objectives that train alike are
     evaluated once), ``genes`` (axis path -> value: the point of the space, formulas of
@@ -105,6 +107,7 @@ class TrialRecord:
     failure: str | None = None
     reused_from: int | None = None
     surplus: bool = False
+    rejected: bool = False
     trained_with: int | None = None
     behaviour: dict[str, Any] | None = None
     genes: dict[str, Any] | None = None

@@ -20,7 +20,7 @@ from grape_evo.objective.expression import depth
 from grape_evo.objective.expression import parse as parse_formula
 from grape_evo.objective.expression.probe import distance
 from grape_evo.objective.expression.published import PUBLISHED
-from grape_evo.search.campaign import Campaign
+from grape_evo.search.campaign import Campaign, budget_used
 from grape_evo.search.evaluator import CandidateResult
 from grape_evo.search.samplers import make_sampler
 from grape_evo.search.samplers.evolution import GENOME_KEY, EvolutionSampler, genes_of
@@ -268,6 +268,13 @@ def test_broken_formulas_fail_before_training_and_the_rest_train(tmp_path, monke
     )
     assert "runs" not in bad.user_attrs  # never trained
     assert sorted(d["advantage"]["expr"] for d in trained) == ["2*R", "R - mean_G"]
+    # Rejected formulas are free toward the budget of 3: further trials took their place (the
+    # grid is exhausted, so they repeat its points; a trained one reuses its result).
+    trials = study.get_trials()
+    rejected = [t for t in trials if t.user_attrs.get("rejected")]
+    assert rejected and all(t.state == TrialState.FAIL for t in rejected)
+    assert budget_used(study) == 3 and len(trials) == 3 + len(rejected)
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
     for text in ("R - mean_G", "2*R"):
         t = by_formula[text]
         assert t.state == TrialState.COMPLETE
@@ -371,3 +378,25 @@ def test_functions_space_has_the_three_formula_axes_and_the_regime_axes():
     }
     assert {"epochs", "minibatches", "staleness"} <= set(kinds)
     space.validate_points()
+
+
+@pytest.mark.parametrize(
+    ("complete", "rejected", "surplus", "counted"),
+    [
+        (2, 3, 0, 2),  # rejections within the free allowance: only trained candidates count
+        (1, 15, 0, 6),  # 10 free per counted trial: 1 + (15 - 10)
+        (0, 12, 0, 2),  # nothing trained: 10 free, then every rejection counts
+        (3, 0, 2, 3),  # surplus trials never count
+    ],
+)
+def test_rejected_candidates_are_free_toward_the_budget_up_to_a_cap(
+    complete: int, rejected: int, surplus: int, counted: int
+) -> None:
+    from optuna.trial import create_trial
+
+    from grape_evo.search.campaign.ledger import count_budget
+
+    trials = [create_trial(value=0.5) for _ in range(complete)]
+    trials += [create_trial(state=TrialState.FAIL, user_attrs={"rejected": True})] * rejected
+    trials += [create_trial(state=TrialState.FAIL, user_attrs={"surplus": True})] * surplus
+    assert count_budget(trials, count_running=False) == counted

@@ -33,21 +33,31 @@ def budget_used(study: optuna.Study, count_running: bool = False) -> int:
     return count_budget(study.get_trials(deepcopy=False), count_running)
 
 
+FREE_REJECTIONS = 10
+"""Candidates rejected by their cheap checks (never trained) that are free per counted trial;
+rejections beyond that count, so a space whose sampler proposes nothing else still ends."""
+
+
 def count_budget(trials: list[FrozenTrial], count_running: bool, before: int | None = None) -> int:
-    """Trials that count toward the budget (with ``before``: only those numbered below it)."""
+    """Trials that count toward the budget (with ``before``: only those numbered below it):
+    the budget counts trained candidates, so a candidate rejected by its cheap checks is free,
+    up to `FREE_REJECTIONS` per counted trial (at least one counted)."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     retried |= {t.system_attrs.get("failed_trial") for t in trials} - {None}
     counted = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     if count_running:
         counted.append(TrialState.RUNNING)
-    return sum(
-        1
+    records = [
+        TrialRecord.of(t)
         for t in trials
         if t.state in counted
         and t.number not in retried
-        and not TrialRecord.of(t).surplus
         and (before is None or t.number < before)
-    )
+    ]
+    kept = [r for r in records if not r.surplus]
+    rejected = sum(r.rejected for r in kept)
+    others = len(kept) - rejected
+    return others + max(0, rejected - FREE_REJECTIONS * max(1, others))
 
 
 def budget_claimed(study: optuna.Study) -> int:

@@ -117,7 +117,7 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
     )
     if not screening.passed:
         failure = "cheap checks: " + "; ".join(screening.problems)
-        record(trial, failure=failure)
+        record(trial, failure=failure, rejected=True)
         raise Rejected(failure)
     record(trial, behaviour=behaviour(spec))
     configs = [campaign.config(seed, overrides.get("lr")) for seed in range(space.budget.seeds)]
