@@ -22,6 +22,7 @@ from grape_evo.search.campaign import (
     CampaignError,
     budget_used,
     load_campaign_from_storage,
+    load_run_study,
 )
 from grape_evo.search.campaign.lookup import TrialObjective, is_trial_ref, trial_objective
 from grape_evo.search.space import SpaceError, load_space
@@ -337,8 +338,10 @@ def report_command(
     """Write report.md, figures and trials.csv for a campaign."""
     from grape_evo.analysis import write_report
 
-    if not (run_dir / "study.db").is_file():
-        fail(f"{run_dir} holds no campaign (no study.db); run `grape evolve ... --out {run_dir}`")
+    try:
+        load_run_study(run_dir)
+    except CampaignError as err:
+        fail(str(err))
     try:
         path = write_report(run_dir, out)
     except (ValueError, OSError, KeyError) as err:

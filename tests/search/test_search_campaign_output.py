@@ -131,3 +131,49 @@ def test_trial_line_of_a_trial_without_a_value_names_why() -> None:
     line = trial_line(study, frozen)
     assert line.startswith("trial 0 trial-0: FAIL (surplus: the budget was claimed elsewhere")
     assert TrialRecord.of(frozen).runs == [] and "| seeds 0 |" in line
+
+
+def test_a_campaign_stored_elsewhere_is_reported_and_exported_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --storage outside the run folder, RUN/storage.json says where the study is, so
+    `grape report RUN` and `grape export RUN:best` find it (no study.db in RUN)."""
+    fake_training(monkeypatch, fake_result)
+    out, journal = tmp_path / "run", tmp_path / "shared" / "studies.log"
+    journal.parent.mkdir()
+    path = write_space(tmp_path, space())
+    result = invoke("evolve", str(path), "--out", str(out), "--storage", f"journal:{journal}")
+    assert result.exit_code == 0, result.output
+    assert not (out / "study.db").exists()
+    assert json.loads((out / "storage.json").read_text()) == {
+        "storage": f"journal:{journal}",
+        "study": "out",
+    }
+    report = invoke("report", str(out))
+    assert report.exit_code == 0, report.output
+    trials = (out / "report" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 4  # header, the baseline and the three candidates
+    exported = invoke("export", f"{out}:best", "--to", "trl", "--out", str(tmp_path / "x"))
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "x" / "trl_config.json").is_file()
+
+
+def test_no_campaign_in_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    result = invoke("report", str(tmp_path))
+    assert result.exit_code == 2
+    assert "holds no campaign" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("postgresql://grape:s3cret@db.lab:5432/studies", "postgresql://grape@db.lab:5432/studies"),
+        ("postgresql://grape@db.lab/studies", "postgresql://grape@db.lab/studies"),
+        ("mysql+pymysql://u:p:q@h/d", "mysql+pymysql://u@h/d"),
+        ("journal:/shared/log", "journal:/shared/log"),
+    ],
+)
+def test_the_storage_pointer_leaves_out_the_password(url: str, stored: str) -> None:
+    from grape_evo.search.campaign.storage import redacted
+
+    assert redacted(url) == stored

@@ -49,6 +49,7 @@ from grape_evo.search.campaign.storage import (
     fail_stale_trials,
     load_run_study,
     make_storage,
+    record_storage,
 )
 from grape_evo.search.campaign.tuning import tune_learning_rate
 from grape_evo.search.records import TrialRecord
@@ -157,6 +158,8 @@ class Campaign:
         if existing or not create:
             seed = self.space.search.seed + 7919 * existing + (0 if create else os.getpid())
             study.sampler = make_sampler(self.space, seed % (2**31 - 1))
+        if create:
+            record_storage(self.out_dir, self.url, self.space.name)
         if create and not study.user_attrs.get("baselines_enqueued"):
             study.set_user_attr("space", json.dumps(self.space.to_dict()))
             study.set_user_attr("out_dir", str(self.out_dir.resolve()))

@@ -50,9 +50,7 @@ def count_budget(trials: list[FrozenTrial], count_running: bool, before: int | N
     records = [
         TrialRecord.of(t)
         for t in trials
-        if t.state in counted
-        and t.number not in retried
-        and (before is None or t.number < before)
+        if t.state in counted and t.number not in retried and (before is None or t.number < before)
     ]
     kept = [r for r in records if not r.surplus]
     rejected = sum(r.rejected for r in kept)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import json
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,10 @@ from optuna.trial import TrialState
 from grape_evo.search.samplers.evolution import GENOME_KEY
 
 STUDY_FILE = "study.db"
+STORAGE_FILE = "storage.json"
+"""Where a campaign folder whose study lives elsewhere (``--storage``) says where: the storage
+URL, its password left out (libpq reads it from ``PGPASSWORD`` or ``~/.pgpass``), and the
+study's name."""
 
 
 class CampaignError(ValueError):
@@ -63,21 +69,52 @@ def make_storage(
         raise CampaignError(f"cannot open storage '{url}': {err}") from None
 
 
+def redacted(url: str) -> str:
+    """``url`` without the password of its user part (``user:secret@host`` -> ``user@host``)."""
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in user:
+        return url
+    return f"{scheme}://{user.split(':', 1)[0]}@{host}"
+
+
+def record_storage(run_dir: Path, url: str, study_name: str) -> None:
+    """Write ``RUN/storage.json`` (`STORAGE_FILE`) for a study stored outside ``run_dir``."""
+    if url == default_storage_url(Path(run_dir)):
+        return
+    path = Path(run_dir) / STORAGE_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"storage": redacted(url), "study": study_name}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def load_run_study(run_dir: Path, study_name: str | None = None) -> optuna.Study:
-    """The study of the campaign folder ``run_dir`` (in its ``study.db``: the only study
-    there, or ``study_name``)."""
+    """The study of the campaign folder ``run_dir``: in its ``study.db`` (the only study there,
+    or ``study_name``), else where its ``storage.json`` points."""
     path = Path(run_dir) / STUDY_FILE
-    if not path.is_file():
+    pointer = Path(run_dir) / STORAGE_FILE
+    if path.is_file():
+        storage = make_storage(default_storage_url(Path(run_dir)))
+    elif pointer.is_file():
+        try:
+            stored = json.loads(pointer.read_text())
+            url, study_name = str(stored["storage"]), study_name or str(stored["study"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CampaignError(f"{pointer} is unreadable: {err}") from None
+        storage = make_storage(url)
+        path = Path(url)
+    else:
         raise CampaignError(
-            f"{run_dir} holds no campaign (no {STUDY_FILE}); `grape evolve SPACE --out "
-            f"{run_dir}` writes one"
+            f"{run_dir} holds no campaign (no {STUDY_FILE} or {STORAGE_FILE}); `grape evolve "
+            f"SPACE --out {run_dir}` writes one"
         )
-    storage = make_storage(default_storage_url(Path(run_dir)))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if study_name is None:
         if len(names) != 1:
             raise CampaignError(f"{path} holds {len(names)} studies {names}; name one")
         study_name = names[0]
+    if study_name not in names:
+        raise CampaignError(f"{path} holds no study '{study_name}'; studies there: {names}")
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
