@@ -37,6 +37,7 @@ from grape_evo.analysis.pareto import pareto_mask
 from grape_evo.analysis.summaries import best_so_far, curve_summary, param_importances
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.search.campaign import load_run_study
+from grape_evo.search.fitness import GAIN_FLOOR
 
 CURVE_BASELINES = ("ppo", "grpo", "dpo")
 TOP_N = 3
@@ -219,7 +220,28 @@ def _overview(study, trials, runs, disc, run_dir: Path) -> list[str]:
     if budget:
         text = budget if isinstance(budget, str) else json.dumps(budget)
         lines += [f"Trial budget: {text}.", ""]
+    floored = _floored_tasks(study)
+    if floored:
+        lines += [
+            f"**Fitness caveat:** on {', '.join(floored)} the reference gained less than "
+            f"{GAIN_FLOOR} over its warm start in some trial's runs, so fitness there is the raw "
+            f"reward difference divided by that floor (-0.04 reads -2.0): the budget is too "
+            "small for the reference to learn. Read the raw differences (`fitness.tasks` in "
+            "the trials' records) and the fresh-seed effects below.",
+            "",
+        ]
     return lines
+
+
+def _floored_tasks(study) -> list[str]:
+    """Tasks on which some trial's fitness divided by the gain floor, not the reference's gain."""
+    tasks: set[str] = set()
+    for t in study.get_trials(deepcopy=False):
+        fitness = t.user_attrs.get("fitness")
+        for part in (fitness or {}).get("tasks") or []:
+            if isinstance(part, dict) and part.get("gain", math.inf) <= GAIN_FLOOR:
+                tasks.add(str(part.get("task")))
+    return sorted(tasks)
 
 
 def _section_curves(out, run_dir, study, top, baselines, disc) -> list[str]:

@@ -380,3 +380,18 @@ def test_write_report_without_discoveries_uses_trials(campaign: Path, tmp_path: 
     assert "### 1. trial-2" in text and "### 2. trial-5" in text
     assert (tmp_path / "elsewhere" / "curves_addition.png").is_file()
     assert "Data problems" in text
+
+
+@pytest.mark.parametrize(("gain", "caveat"), [(0.02, True), (0.15, False)])
+def test_report_flags_fitness_divided_by_the_gain_floor(
+    campaign: Path, gain: float, caveat: bool
+) -> None:
+    """A trial whose fitness on a task was divided by the floor 0.02 (the reference did not
+    learn) gets the report's caveat naming the task; a learning reference does not."""
+    study = optuna.load_study(study_name="synth", storage=f"sqlite:///{campaign / 'study.db'}")
+    part = {"task": "addition", "n": 2, "raw_effect": -0.04, "raw_se": 0.01, "gain": gain}
+    part.update(effect=-0.04 / gain, se=0.01 / gain)
+    fitness = {"value": -0.04 / gain, "guarded": False, "n_seeds": 2, "tasks": [part]}
+    study.add_trial(create_trial(value=-0.04 / gain, user_attrs={"fitness": fitness}))
+    text = write_report(campaign).read_text()
+    assert ("**Fitness caveat:** on addition" in text) is caveat
