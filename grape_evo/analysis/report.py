@@ -14,13 +14,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from grape_evo.analysis import figures as F
+from grape_evo.analysis.candidates import (
+    Candidate,
+    baseline_specs,
+    curve_baselines,
+    source_trial,
+    top_candidates,
+)
 from grape_evo.analysis.diff import fmt_value, nearest_baseline_diff
 from grape_evo.analysis.formulas import read_formulas
 from grape_evo.analysis.frames import (
@@ -35,12 +41,10 @@ from grape_evo.analysis.frames import (
 )
 from grape_evo.analysis.pareto import pareto_mask
 from grape_evo.analysis.summaries import best_so_far, curve_summary, param_importances
-from grape_evo.objective import ObjectiveSpec, presets
+from grape_evo.objective import ObjectiveSpec
 from grape_evo.search.campaign import load_run_study
 from grape_evo.search.fitness import GAIN_FLOOR
 
-CURVE_BASELINES = ("ppo", "grpo", "dpo")
-TOP_N = 3
 SECTIONS = (
     "Learning curves",
     "Final held-out scores",
@@ -50,19 +54,6 @@ SECTIONS = (
     "Top objectives",
     "Data problems",
 )
-
-
-@dataclass
-class Candidate:
-    """A top discovered objective (or a baseline) as the report shows it."""
-
-    label: str
-    trial: int | None
-    spec: ObjectiveSpec | None
-    reward: float
-    ci: tuple[float, float] | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    formula: str | None = None
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
@@ -91,8 +82,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     except ValueError as err:
         problems.append(str(err))
         disc = None
-    baselines = _baseline_specs(study)
-    top = _top_candidates(study, trials, disc)
+    baselines = baseline_specs(study)
+    top = top_candidates(study, trials, disc)
 
     lines: list[str] = [f"# Campaign report: {study.study_name}", ""]
     lines += _overview(study, trials, runs, disc, run_dir)
@@ -114,91 +105,6 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-# ---- gathering ----------------------------------------------------------------------------
-def _baseline_specs(study) -> dict[str, ObjectiveSpec]:
-    """The campaign's baselines (as trained), then PPO / GRPO / DPO presets if missing."""
-    specs: dict[str, ObjectiveSpec] = {}
-    for t in study.get_trials(deepcopy=False):
-        name = t.user_attrs.get("baseline")
-        if not name or name in specs:
-            continue
-        try:
-            specs[name] = ObjectiveSpec.from_dict(t.user_attrs["objective"])
-        except Exception:
-            try:
-                specs[name] = presets.get(name)
-            except Exception:
-                continue
-    for name in CURVE_BASELINES:
-        if name not in specs:
-            specs[name] = presets.get(name)
-    return specs
-
-
-def _spec_of(attrs: dict[str, Any] | None) -> ObjectiveSpec | None:
-    try:
-        return ObjectiveSpec.from_dict(attrs) if attrs else None
-    except Exception:
-        return None
-
-
-def _top_candidates(study, trials: pd.DataFrame, disc: pd.DataFrame | None) -> list[Candidate]:
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    out: list[Candidate] = []
-    if disc is not None and not disc.empty:
-        for _, row in disc[~disc["baseline"]].head(TOP_N).iterrows():
-            t = by_number.get(row["trial"])
-            ua = t.user_attrs if t is not None else {}
-            out.append(
-                Candidate(
-                    str(row["label"]),
-                    None if t is None else t.number,
-                    _spec_of(row["objective"] or ua.get("objective")),
-                    float(row["reward"]),
-                    (float(row["ci_low"]), float(row["ci_high"])),
-                    ua.get("overrides") or {},
-                    ua.get("formula"),
-                )
-            )
-        return out
-    done = trials[(trials["state"] == "COMPLETE") & (trials["baseline"] == "")]
-    done = done.sort_values(["reward", "number"], ascending=[False, True])
-    for _, row in done.drop_duplicates("key").head(TOP_N).iterrows():
-        ua = by_number[int(row["number"])].user_attrs
-        out.append(
-            Candidate(
-                str(row["label"]),
-                int(row["number"]),
-                _spec_of(ua.get("objective")),
-                float(row["reward"]),
-                None,
-                ua.get("overrides") or {},
-                ua.get("formula"),
-            )
-        )
-    return out
-
-
-def _curve_baselines(study) -> list[tuple[str, int]]:
-    """(label, trial) of the PPO / GRPO / DPO baselines the campaign has (else its first 3)."""
-    found: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        name = t.user_attrs.get("baseline")
-        if name and name not in found and t.state.name == "COMPLETE":
-            found[name] = t.number
-    chosen = [n for n in CURVE_BASELINES if n in found] or list(found)[:3]
-    return [(n, found[n]) for n in chosen]
-
-
-def _source_trial(study, number: int) -> int:
-    """The trial whose run folders hold ``number``'s runs (a reused result points elsewhere)."""
-    trial = study.trials[number] if number < len(study.trials) else None
-    if trial is None:
-        return number
-    reused = trial.user_attrs.get("reused_from")
-    return int(reused) if reused is not None else number
 
 
 # ---- sections -----------------------------------------------------------------------------
@@ -246,7 +152,7 @@ def _floored_tasks(study) -> list[str]:
 
 def _section_curves(out, run_dir, study, top, baselines, disc) -> list[str]:
     lines = ["## Learning curves", ""]
-    base = _curve_baselines(study)
+    base = curve_baselines(study)
     base_labels = [b for b, _ in base]
     labels = [c.label for c in top] + base_labels
     refs = find_run_folders(run_dir, study)
@@ -258,7 +164,7 @@ def _section_curves(out, run_dir, study, top, baselines, disc) -> list[str]:
         numbers.update({n: label for label, n in base})
         wanted: list[RunRef] = []
         for number, label in numbers.items():
-            src = _source_trial(study, number)
+            src = source_trial(study, number)
             wanted += [
                 RunRef(r.source, label, number, r.task, r.seed, r.path)
                 for r in refs
