@@ -238,7 +238,8 @@ def results_text(
         table = pd.DataFrame(rows).pivot(index="objective", columns="regime", values="final reward")
         table = table.reindex(index=config["objectives"], columns=list(config["regimes"]))
         lines += [f"### {task}", "", markdown(table.reset_index()), ""]
-        lines += [_clear_pairs(separation, task), "", f"![{task} curves](curves_{task}.png)", ""]
+        lines += [_clear_pairs(separation, task), ""]
+        lines += [f"![{task}, {r}](curves_{task}_{r}.png)" for r in config["regimes"]] + [""]
     return "\n".join(lines)
 
 
@@ -285,10 +286,15 @@ def main() -> None:
     admitted = admission(separation, finals, config)
     reference = config["admission"]["reference"]
     figures.save(separation_figure(separation, config, reference), out / "separation.png")
-    first_regime = next(iter(config["regimes"]))
-    for task in config["tasks"]:
-        in_first = [r for r in results if r.plan.stage == first_regime]
-        save_learning_curves(in_first, task, out / f"curves_{task}.png", config["objectives"], [])
+    for task, regime in itertools.product(config["tasks"], config["regimes"]):
+        save_learning_curves(
+            [r for r in results if r.plan.stage == regime],
+            task,
+            out / f"curves_{task}_{regime}.png",
+            config["objectives"],
+            [reference],
+            title=f"{task}, {regime}: held-out reward",
+        )
     t = config["train"]
     budget = (
         f"Budget per run: {t['steps']} steps x {t['batch_size']} completions, "
