@@ -138,7 +138,12 @@ def learning_curves_figure(
                 alpha=0.08,
                 linewidth=0,
             )
-        seeds = f"mean over {int(curves['n'].max())} seeds" if order else "mean over seeds"
+        seeds = "mean over seeds"
+        if order:
+            most, fewest = int(curves["n"].max()), int(curves["n"].min())
+            seeds = f"mean over {most} seeds" + (
+                f" ({fewest} where runs stopped early)" if fewest < most else ""
+            )
         band = "CIs in the table" if comparison else "shaded: 95% CI (t-based)"
         ax.set_title(f"{title}\n{seeds}, {band}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -395,3 +395,14 @@ def test_report_flags_fitness_divided_by_the_gain_floor(
     study.add_trial(create_trial(value=-0.04 / gain, user_attrs={"fitness": fitness}))
     text = write_report(campaign).read_text()
     assert ("**Fitness caveat:** on addition" in text) is caveat
+
+
+@pytest.mark.parametrize(("counts", "suffix"), [((5, 5, 5), ""), ((5, 5, 4), " (4 where")])
+def test_curve_title_says_when_fewer_seeds_reached_a_point(counts, suffix) -> None:
+    rows = [
+        {"label": "a", "step": step, "n": n, "mean": 0.1, "ci_low": 0.0, "ci_high": 0.2}
+        for step, n in zip((0, 25, 50), counts, strict=True)
+    ]
+    title = F.learning_curves_figure(pd.DataFrame(rows)).axes[0].get_title()
+    assert "mean over 5 seeds" in title
+    assert (" (4 where runs stopped early)" in title) is bool(suffix)
