@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -288,3 +289,41 @@ def test_killed_population_campaign_resumes(tmp_path: Path, grape_cache: Path) -
     assert sorted(n for n in retried if n is not None) == sorted(killed)
     assert all(t.state == TrialState.COMPLETE for t in trials if t.number not in killed)
     assert budget_used(study) == 4 and integrity(out / "study.db") == "ok"
+
+
+def test_reevaluation_with_jobs_matches_the_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --jobs 2 the fresh-seed re-evaluation trains its seeds in two worker processes
+    (one thread each, as here) and reports the same numbers in the same order."""
+    import multiprocessing
+
+    pools: list[int] = []
+    spawn = multiprocessing.get_context("spawn")  # one context object per method
+    pool = spawn.Pool
+
+    def counted(processes: int, *args: Any) -> Any:
+        pools.append(processes)
+        return pool(processes, *args)
+
+    reeval = {**SPACE, "budget": {**SPACE["budget"], "reeval_seeds": 3}}
+    campaign = Campaign(parse_space(reeval), tmp_path / "one", population=4)
+    study = campaign.open(create=True)
+    campaign.optimize(study, BUDGET, wait_for_running=True)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    one = campaign.reevaluate(study)
+    two_campaign = Campaign(parse_space(reeval), tmp_path / "two", population=4, jobs=2)
+    monkeypatch.setattr(spawn, "Pool", counted)
+    two = two_campaign.reevaluate(two_campaign.open(create=False))
+    assert pools == [2]  # the re-evaluation ran in a pool of two worker processes
+    assert [r["label"] for r in two] == [r["label"] for r in one]
+    for ours, theirs in zip(two, one, strict=True):
+        assert len(ours["rewards"]) == 3 and ours["status"] == "ok"
+        assert ours["rewards"] == pytest.approx(theirs["rewards"], abs=1e-6), ours["label"]
+        assert ours["paired_effect"] == pytest.approx(theirs["paired_effect"], abs=1e-6)
+    # Seeds 1000 and 1001 trained in one process, 1002 in the other: each with its own part
+    # of the batch (trained_with counts the batch's members, the same in both).
+    for row in two:
+        for seed in (1000, 1001, 1002):
+            folder = tmp_path / "two" / "reeval" / row["label"] / "addition" / f"seed{seed}"
+            assert json.loads((folder / "summary.json").read_text())["status"] == "ok"

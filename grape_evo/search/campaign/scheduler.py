@@ -142,6 +142,54 @@ def train(
     return run_candidates(runs, space.tasks, space.policy, reuse_existing, campaign.tracking)
 
 
+def train_batches(
+    campaign: Campaign, batches: list[list[Candidate]], reuse_existing: bool = False
+) -> list[list[CandidateResult]]:
+    """`train` for each batch, in order. With ``jobs > 1`` each batch's seeds are cut into
+    ``jobs`` contiguous parts and every (batch, part) trains in one of ``jobs`` spawned
+    processes (``cores // jobs`` torch threads each), as the search's trials do; a candidate's
+    runs are merged back in (task, seed) order. A run is the same wherever it trains (it
+    depends only on its seed), and an interrupted call leaves its finished run folders for
+    ``reuse_existing`` to read back."""
+    if campaign.jobs == 1:
+        return [train(campaign, batch, reuse_existing) for batch in batches]
+    calls, owners = [], []
+    for b, batch in enumerate(batches):
+        seeds = batch[0].run.seed_indices()
+        size = -(-len(seeds) // campaign.jobs)
+        for start in range(0, len(seeds), size):
+            part = seeds[start : start + size]
+            calls.append((campaign, [replace(c.run, seeds=part) for c in batch], reuse_existing))
+            owners.append(b)
+    threads = max(1, usable_cores() // campaign.jobs)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(campaign.jobs, torch_threads, (threads,)) as pool:  # exit: terminate()
+        parts = pool.map(_train_runs, calls, chunksize=1)
+    slugs = [task.slug for task in campaign.space.tasks]
+    merged: list[list[CandidateResult]] = [[CandidateResult() for _ in b] for b in batches]
+    for b, results in zip(owners, parts, strict=True):
+        for into, result in zip(merged[b], results, strict=True):
+            into.runs += result.runs
+            into.stopped = into.stopped or result.stopped
+    for results in merged:
+        for result in results:
+            result.runs.sort(key=lambda run: (slugs.index(run.task), run.seed))
+    return merged
+
+
+def torch_threads(threads: int) -> None:
+    """A worker process's initialiser: ``threads`` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_runs(call: tuple[Campaign, list[Any], bool]) -> list[CandidateResult]:
+    campaign, runs, reuse_existing = call
+    space = campaign.space
+    return run_candidates(runs, space.tasks, space.policy, reuse_existing, campaign.tracking)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
