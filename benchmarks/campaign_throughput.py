@@ -4,8 +4,8 @@ What `grape evolve SPACE` does, timed by phase in each mode on the same machine,
 the learning-rate tuning and the search (``Campaign.optimize``: trials, baselines, pruning) and
 the fresh-seed re-evaluation (``Campaign.reevaluate``). Modes: ``sequential`` (one process, one
 member per engine, every core's torch threads), ``population_P`` (lockstep batches of up to P
-members, every core's threads) and ``jobs_N`` (N worker processes with ``cores // N`` threads
-each for the search; the re-evaluation runs in the main process as ``grape evolve`` does).
+members, every core's threads), ``jobs_N`` (N worker processes with ``cores // N`` threads
+each, for the search and for the re-evaluation's seeds) and ``jobs_N_population_P`` (both).
 Every mode is a fresh study in a temporary folder with the same sampler seed. The warm starts
 of every seed (search and re-evaluation) are built before timing; their cached initial
 evaluations are deleted before each mode, so each pays for its own. Runs are counted from the
@@ -75,11 +75,10 @@ def measure(space: SearchSpace, device: str, jobs: int, population: int) -> dict
         total = time.perf_counter() - start
         runs = sum(1 for _ in Path(folder).rglob("summary.json"))
         complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
-    name = (
-        f"jobs_{jobs}"
-        if jobs > 1
-        else ("sequential" if population == 1 else f"population_{population}")
+    parts = ([f"jobs_{jobs}"] if jobs > 1 else []) + (
+        [f"population_{population}"] if population > 1 else []
     )
+    name = "_".join(parts) or "sequential"
     return {
         "mode": name,
         "jobs": jobs,
@@ -110,7 +109,7 @@ def main() -> None:
     space = load_space(args.space)
     host = machine(device)
     warm_starts = build_warm_starts(space, device)
-    modes = [(1, 1), (1, args.population), (args.jobs, 1)]
+    modes = [(1, 1), (1, args.population), (args.jobs, 1), (args.jobs, args.population)]
     load_start = load_average()
     rounds = []
     for r in range(args.rounds):

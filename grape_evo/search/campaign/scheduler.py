@@ -6,7 +6,8 @@ lockstep batches of at most P (one batch of one when P = 1), rung by rung with t
 (`grape_evo.search.campaign.rungs`), and tells each its result. Candidates are ordered by data
 kind and group size before they are cut into batches, so members of a batch sample alike. On
 Ctrl-C (or any error) every trial not yet told is recorded as FAIL, as ``study.optimize``
-records its trial.
+records its trial. `train_batches` trains batches outside the study (the re-evaluation), its
+seeds split over the ``jobs`` processes.
 """
 
 from __future__ import annotations
