@@ -1,9 +1,10 @@
-"""Tiny GPT-2 models and weight edits shared by the forward-pass tests (importable: ``tests/``
-is on the path, see ``pythonpath`` in pyproject.toml)."""
+"""Tiny GPT-2 models, the HF form of the character tokenizer and weight edits shared by tests
+(importable: ``tests/`` is on the path, see ``pythonpath`` in pyproject.toml)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -29,6 +30,22 @@ def tiny_gpt2(seed: int = 0, activation: str = "gelu_new", **config: object) -> 
         "attn_pdrop": 0.0,
     }
     return GPT2LMHeadModel(GPT2Config(**{**fields, **config})).eval()
+
+
+def hf_char_tokenizer(**options: Any) -> Any:
+    """The character vocabulary as a transformers ``PreTrainedTokenizerFast`` (its special
+    tokens named), e.g. to ``save_pretrained`` beside a local checkpoint; ``options`` are
+    passed on (``padding_side``, ...)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=CharTokenizer().backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        **options,
+    )
 
 
 def perturbed(

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 pytest.importorskip("trl")
 
-from model_helpers import tiny_gpt2
+from model_helpers import hf_char_tokenizer, tiny_gpt2
 
 from grape_evo.export import ExportSettings, export
 from grape_evo.objective import ObjectiveSpec, RolloutBatch, build_objective, presets
-from grape_evo.policy import CharTokenizer
 
 # Custom for TRL (rank advantage, k1 KL in the reward, sequence token sums, entropy bonus).
 SPEC = {
@@ -40,19 +39,6 @@ PROMPTS = ["12+34=", "56+78=", "90+13=", "24+68="]  # equal lengths: no left pad
 
 def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
     return [float(len(c) % 3) + 0.5 * c.count("1") - 0.25 * c.count("+") for c in completions]
-
-
-def hf_tokenizer() -> Any:
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=CharTokenizer().backend,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
 
 
 def load_module(path: Path) -> Any:
@@ -97,7 +83,7 @@ def one_step(spec: ObjectiveSpec, tmp_path: Path) -> dict[str, Any]:
     reference.save_pretrained(tmp_path / "reference")
     policy = tiny_gpt2(seed=1)  # differs from the reference: log-ratios are not zero
     policy.config._name_or_path = str(tmp_path / "reference")  # TRL's reference model
-    tokenizer = hf_tokenizer()
+    tokenizer = hf_char_tokenizer(padding_side="left")
 
     class Recording(module.GrapeGRPOTrainer):
         def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import hf_char_tokenizer
 
 from grape_evo.policy import (
     CharTokenizer,
@@ -322,24 +323,12 @@ def test_save_load_round_trip(
 # ---------------------------------------------------------------------- checkpoints
 
 
-def _save_hf_tokenizer(tok: CharTokenizer, path: Path) -> None:
-    from transformers import PreTrainedTokenizerFast
-
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok.backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    ).save_pretrained(str(path))
-
-
 def test_gpt2_checkpoint_loads_same_weights(
     make_policy: Make, tok: CharTokenizer, tmp_path: Path
 ) -> None:
     source = make_policy(seed=3)
     source.hf_model.save_pretrained(str(tmp_path))
-    _save_hf_tokenizer(tok, tmp_path)
+    hf_char_tokenizer().save_pretrained(str(tmp_path))
     policy = build_policy(PolicyConfig(checkpoint=str(tmp_path)), None, seed=0)
     assert policy.tokenizer.eos_id == tok.eos_id
     batch = _batch(tok)
@@ -363,7 +352,7 @@ def test_llama_checkpoint_with_lora_all_linear(tok: CharTokenizer, tmp_path: Pat
     )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(str(tmp_path))
-    _save_hf_tokenizer(tok, tmp_path)
+    hf_char_tokenizer().save_pretrained(str(tmp_path))
     policy = build_policy(
         PolicyConfig(checkpoint=str(tmp_path), lora_rank=2, value_head=True), None, seed=0
     )

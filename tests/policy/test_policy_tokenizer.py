@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from model_helpers import hf_char_tokenizer
 
 from grape_evo.policy import CharTokenizer, HFTokenizer, tokenizer_for
 
@@ -71,16 +72,7 @@ def test_tokenizer_for_defaults(tmp_path: Path) -> None:
 
 
 def test_tokenizer_for_hf_checkpoint(tok: CharTokenizer, tmp_path: Path) -> None:
-    from transformers import PreTrainedTokenizerFast
-
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok.backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    )
-    hf.save_pretrained(str(tmp_path))
+    hf_char_tokenizer().save_pretrained(str(tmp_path))
     loaded = tokenizer_for(tmp_path)
     assert isinstance(loaded, HFTokenizer)
     assert (loaded.pad_id, loaded.bos_id, loaded.eos_id) == (0, 1, 2)

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from campaign_helpers import TINY_BUDGET, invoke, write_space
 from cli_helpers import cli_text
-from model_helpers import tiny_gpt2
+from model_helpers import hf_char_tokenizer, tiny_gpt2
 from optuna.trial import FrozenTrial, TrialState
 from task_file_helpers import write_task
 
@@ -43,18 +43,10 @@ def _campaign_env(campaign_env: None) -> None:
 def save_checkpoint(folder: Path) -> Path:
     """A 2-layer GPT-2 and its tokenizer (the character vocabulary as a
     ``PreTrainedTokenizerFast``), each written with ``save_pretrained``: a local HF checkpoint."""
-    from transformers import PreTrainedTokenizerFast
-
     tok = CharTokenizer()
     ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     tiny_gpt2(seed=1, **ids).save_pretrained(str(folder))
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok.backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    ).save_pretrained(str(folder))
+    hf_char_tokenizer().save_pretrained(str(folder))
     return folder
 
 
