@@ -284,14 +284,22 @@ class StackedGPT2:
         return torch.bmm(hidden, head.transpose(1, 2)), hidden
 
     # ---- the prefix tree ----------------------------------------------------------------
+    def _block(
+        self, w: Stacked, ids: Tensor, mask: Tensor
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Run sequences ids [M, R, L] (``mask`` bool: real tokens) as one causal block: the
+        output [M, R, L, H] and each layer's keys and values."""
+        m, r, length = mask.shape
+        tril = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        attn_mask = or_self(tril & mask.view(m * r, 1, length))[:, None]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self._layers(w, self._embed(w, ids, positions), attn_mask, None)
+
     def _prompts(self, w: Stacked, prompts: MemberPrompts) -> _Level:
         """Run each member's distinct prompts [M, N, P] as one block."""
         mask = prompts.mask.bool()
         m, n, length = mask.shape
-        tril = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
-        attn_mask = or_self(tril & mask.view(m * n, 1, length))[:, None]
-        positions = (prompts.mask.long().cumsum(-1) - 1).clamp(min=0)
-        x, kv = self._layers(w, self._embed(w, prompts.ids, positions), attn_mask, None)
+        x, kv = self._block(w, prompts.ids, mask)
         return _Level(kv, mask.view(m * n, length), mask.long().sum(-1).flatten(), x[:, :, -1])
 
     def _extend(
@@ -346,12 +354,8 @@ class StackedGPT2:
         # The last completion token predicts nothing scored: [M, B, P + T - 1].
         ids = torch.cat([prompts.ids.gather(1, pick), rows.ids[:, :, :-1]], -1)
         mask = torch.cat([prompts.mask.gather(1, pick), rows.mask[:, :, :-1]], -1).bool()
-        length = ids.shape[-1]
-        tril = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
-        attn_mask = or_self(tril & mask.view(m * b, 1, length))[:, None]
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        x, _ = self._layers(w, self._embed(w, ids, positions), attn_mask, None)
-        states = x[:, :, length - t :].reshape(m, b * t, -1)
+        x, _ = self._block(w, ids, mask)
+        states = x[:, :, -t:].reshape(m, b * t, -1)
         index = torch.arange(b * t, device=ids.device).view(1, b, t).expand(m, -1, -1)
         return states, index
 

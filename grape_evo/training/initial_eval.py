@@ -75,8 +75,7 @@ def _read(path: Path) -> EvalReport | None:
         samples = tuple(Sample(*s) for s in data["samples"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or unreadable: computed again and rewritten
-    assert report is not None
-    return EvalReport(**report.to_dict(), samples=samples)
+    return None if report is None else replace(report, samples=samples)
 
 
 def _write(path: Path, report: EvalReport) -> None:

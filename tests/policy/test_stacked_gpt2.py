@@ -60,6 +60,19 @@ def _rollout(tok: CharTokenizer, pairs: list[tuple[str, str]], hole: bool = Fals
     return dataclasses.replace(rollout, completion_mask=mask)
 
 
+def _count_head_positions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of positions each `StackedGPT2._head` call computes, appended as it runs."""
+    positions: list[int] = []
+    head = StackedGPT2._head
+
+    def counting_head(self: StackedGPT2, w: Any, x: torch.Tensor) -> Any:
+        positions.append(x.shape[1])
+        return head(self, w, x)
+
+    monkeypatch.setattr(StackedGPT2, "_head", counting_head)
+    return positions
+
+
 def _hf_reference(lm: torch.nn.Module, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' logits [B, T, V] and final hidden states [B, T, H] at the positions that
     predict the completion tokens."""
@@ -106,14 +119,7 @@ def test_logits_equal_transformers(
     rollout = _rollout(tok, PAIRS, hole).to(device)
     rows = rows_of([rollout], tok.pad_id)
     weights = dict(lm.named_parameters())
-    positions: list[int] = []
-    head = StackedGPT2._head
-
-    def counting_head(self: StackedGPT2, w: Any, x: torch.Tensor) -> Any:
-        positions.append(x.shape[1])
-        return head(self, w, x)
-
-    monkeypatch.setattr(StackedGPT2, "_head", counting_head)
+    positions = _count_head_positions(monkeypatch)
     forward = StackedGPT2(lm, None)
     forward.dense = dense
     with torch.no_grad():
@@ -161,14 +167,7 @@ def test_the_cheaper_layout_is_chosen(
 ) -> None:
     lm = tiny_gpt2(activation="gelu_pytorch_tanh")
     rollout = _rollout(tok, pairs)
-    positions: list[int] = []
-    head = StackedGPT2._head
-
-    def counting_head(self: StackedGPT2, w: Any, x: torch.Tensor) -> Any:
-        positions.append(x.shape[1])
-        return head(self, w, x)
-
-    monkeypatch.setattr(StackedGPT2, "_head", counting_head)
+    positions = _count_head_positions(monkeypatch)
     with torch.no_grad():
         out = StackedGPT2(lm, None).score(
             rows_of([rollout], tok.pad_id), [dict(lm.named_parameters())]

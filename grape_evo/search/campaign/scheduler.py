@@ -139,8 +139,7 @@ def train(
     campaign: Campaign, batch: list[Candidate], reuse_existing: bool = False
 ) -> list[CandidateResult]:
     """Train one lockstep batch of candidates on the space's tasks and seeds."""
-    space, runs = campaign.space, [c.run for c in batch]
-    return run_candidates(runs, space.tasks, space.policy, reuse_existing, campaign.tracking)
+    return _train_runs((campaign, [c.run for c in batch], reuse_existing))
 
 
 def train_batches(
@@ -186,6 +185,7 @@ def torch_threads(threads: int) -> None:
 
 
 def _train_runs(call: tuple[Campaign, list[Any], bool]) -> list[CandidateResult]:
+    """``run_candidates`` of a campaign's runs (one picklable argument, for a process pool)."""
     campaign, runs, reuse_existing = call
     space = campaign.space
     return run_candidates(runs, space.tasks, space.policy, reuse_existing, campaign.tracking)
