@@ -123,6 +123,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch, per_candidate: Any) -> None:
         policy: Any,
         reuse_existing: bool = False,
         tracking: Any = None,
+        population: int | None = None,
     ) -> list[CandidateResult]:
         return [
             per_candidate(r.spec, [r.configs[i] for i in r.seed_indices()], r.folder) for r in runs

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -109,82 +109,127 @@ def run_candidates(
     policy_config: PolicyConfig,
     reuse_existing: bool = False,
     tracking: RunTracking | None = None,
+    population: int | None = None,
 ) -> list[CandidateResult]:
     """Train every candidate on each task (a ``TaskRef``) with each of its TrainConfigs.
 
+    Without ``population``, one engine per (task, seed) trains every candidate still going.
+    With it, a task's (candidate, seed) runs, candidate by candidate, are cut into engines of
+    at most ``population`` members, so one candidate's seeds train together (candidates
+    without a reporter only: a pruner compares intermediate values seed by seed).
+
     A candidate stops at its first run that does not end ``ok`` (a diverged candidate is not
-    worth more seeds) or when its reporter returns a reason. With ``reuse_existing``, a run
-    folder whose summary is ``ok`` for the same objective key and seed is read back instead of
-    trained again. With ``tracking``, each run trained (not one read back) is logged to a
-    tracker of its own; a tracker that cannot start raises `TrackingError` before the batch
-    trains.
+    worth more seeds; runs already in the same engine finish) or when its reporter returns a
+    reason. With ``reuse_existing``, a run folder whose summary is ``ok`` for the same
+    objective key and seed is read back instead of trained again. With ``tracking``, each run
+    trained (not one read back) is logged to a tracker of its own; a tracker that cannot start
+    raises `TrackingError` before the batch trains. Each result's runs are in (task, seed)
+    order.
     """
+    if population is not None and any(c.report is not None for c in candidates):
+        raise ValueError("candidates with a reporter train seed by seed (no population)")
     results = [CandidateResult() for _ in candidates]
     seeds = len(candidates[0].configs) if candidates else 0
-    for task_ref, task, seed_index, offset in _runs(tasks, candidates, seeds):
-        members: list[int] = []
-        for i, (candidate, result) in enumerate(zip(candidates, results, strict=True)):
-            if not result.going or seed_index not in candidate.seed_indices():
-                continue
-            config = candidate.configs[seed_index]
-            run_dir = candidate.folder / task_ref.slug / f"seed{config.seed}"
-            done = _existing(run_dir, candidate.spec, config.seed) if reuse_existing else None
-            if done is None:
-                members.append(i)
-            else:
-                result.runs.append(RunResult.of(done, task_ref.slug, _curve(run_dir), str(run_dir)))
-        if not members:
-            continue
-        chosen = [candidates[i] for i in members]
-        configs = [c.configs[seed_index] for c in chosen]
-        shared = _shared_config(configs)
-        folders = [
-            c.folder / task_ref.slug / f"seed{cfg.seed}"
-            for c, cfg in zip(chosen, configs, strict=True)
-        ]
-        curves: list[list[tuple[int, float]]] = [[] for _ in members]
-        hooks = [
-            _hook(curve, c.report, results[i], offset)
-            for i, c, curve in zip(members, chosen, curves, strict=True)
-        ]
-        settings = [
-            (folder, run_settings(c.spec, task, cfg, policy_config))
-            for c, cfg, folder in zip(chosen, configs, folders, strict=True)
-        ]
-        with open_trackers(tracking, settings) as trackers:
-            summaries = _train_members(
-                [Member(c.spec, cfg.lr) for c, cfg in zip(chosen, configs, strict=True)],
-                task,
-                shared,
-                policy_config,
-                folders,
-                progress=False,
-                on_steps=[with_tracker(h, t) for h, t in zip(hooks, trackers, strict=True)],
-            )
-        for i, summary, curve, folder in zip(members, summaries, curves, folders, strict=True):
-            results[i].runs.append(RunResult.of(summary, task_ref.slug, curve, str(folder)))
-    return results
-
-
-def _shared_config(configs: Sequence[TrainConfig]) -> TrainConfig:
-    """The TrainConfig candidates trained together share (each keeps its own ``lr``)."""
-    base = configs[0]
-    for config in configs[1:]:
-        if replace(config, lr=base.lr) != base:
-            raise ValueError("candidates trained together must differ in lr only")
-    return base
-
-
-def _runs(
-    tasks: Sequence[Any], candidates: Sequence[CandidateRun], seeds: int
-) -> Iterator[tuple[Any, Any, int, int]]:
-    """(task ref, built task, seed index, first global step) of every run in (task, seed)
-    order; a run's global steps start after all earlier runs' (``max(steps)`` each)."""
     steps = max((c.steps for cand in candidates for c in cand.configs), default=0)
     for t_index, task_ref in enumerate(tasks):
         task = task_ref.build()
-        for s_index in range(seeds):
-            yield task_ref, task, s_index, (t_index * seeds + s_index) * steps
+        slots = [
+            Slot(i, s_index, (t_index * seeds + s_index) * steps)
+            for s_index in range(seeds)
+            for i in range(len(candidates))
+        ]
+        for engine in _engines(slots, population):
+            _train_slots(
+                engine, task_ref, task, candidates, results, policy_config, reuse_existing, tracking
+            )
+    slugs = [task_ref.slug for task_ref in tasks]
+    for result in results:
+        result.runs.sort(key=lambda run: (slugs.index(run.task), run.seed))
+    return results
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One run of a candidate: its index, its seed's index and its first global step."""
+
+    candidate: int
+    seed_index: int
+    offset: int
+
+
+def _engines(slots: list[Slot], population: int | None) -> list[list[Slot]]:
+    """A task's runs (in seed order) cut into engines: one per seed, or, with
+    ``population``, candidate by candidate into engines of at most that many."""
+    if population is None:
+        return [
+            [s for s in slots if s.seed_index == i] for i in sorted({s.seed_index for s in slots})
+        ]
+    ordered = sorted(slots, key=lambda slot: slot.candidate)  # stable: seeds stay in order
+    return [ordered[i : i + population] for i in range(0, len(ordered), population)]
+
+
+def _train_slots(
+    slots: Sequence[Slot],
+    task_ref: Any,
+    task: Any,
+    candidates: Sequence[CandidateRun],
+    results: list[CandidateResult],
+    policy_config: PolicyConfig,
+    reuse_existing: bool,
+    tracking: RunTracking | None,
+) -> None:
+    """Train the runs of ``slots`` whose candidates are still going in one engine (reading
+    back those ``reuse_existing`` finds) and append each to its candidate's result."""
+    members: list[Slot] = []
+    for slot in slots:
+        candidate, result = candidates[slot.candidate], results[slot.candidate]
+        if not result.going or slot.seed_index not in candidate.seed_indices():
+            continue
+        config = candidate.configs[slot.seed_index]
+        run_dir = candidate.folder / task_ref.slug / f"seed{config.seed}"
+        done = _existing(run_dir, candidate.spec, config.seed) if reuse_existing else None
+        if done is None:
+            members.append(slot)
+        else:
+            result.runs.append(RunResult.of(done, task_ref.slug, _curve(run_dir), str(run_dir)))
+    if not members:
+        return
+    chosen = [candidates[m.candidate] for m in members]
+    configs = [c.configs[m.seed_index] for c, m in zip(chosen, members, strict=True)]
+    shared = _shared_config(configs)
+    folders = [
+        c.folder / task_ref.slug / f"seed{cfg.seed}" for c, cfg in zip(chosen, configs, strict=True)
+    ]
+    curves: list[list[tuple[int, float]]] = [[] for _ in members]
+    hooks = [
+        _hook(curve, c.report, results[m.candidate], m.offset)
+        for m, c, curve in zip(members, chosen, curves, strict=True)
+    ]
+    settings = [
+        (folder, run_settings(c.spec, task, cfg, policy_config))
+        for c, cfg, folder in zip(chosen, configs, folders, strict=True)
+    ]
+    with open_trackers(tracking, settings) as trackers:
+        summaries = _train_members(
+            [Member(c.spec, cfg.lr, cfg.seed) for c, cfg in zip(chosen, configs, strict=True)],
+            task,
+            shared,
+            policy_config,
+            folders,
+            progress=False,
+            on_steps=[with_tracker(h, t) for h, t in zip(hooks, trackers, strict=True)],
+        )
+    for m, summary, curve, folder in zip(members, summaries, curves, folders, strict=True):
+        results[m.candidate].runs.append(RunResult.of(summary, task_ref.slug, curve, str(folder)))
+
+
+def _shared_config(configs: Sequence[TrainConfig]) -> TrainConfig:
+    """The TrainConfig runs trained together share (each keeps its own ``lr`` and seed)."""
+    base = configs[0]
+    for config in configs[1:]:
+        if replace(config, lr=base.lr, seed=base.seed) != base:
+            raise ValueError("runs trained together must differ in lr and seed only")
+    return base
 
 
 def _hook(

@@ -115,26 +115,28 @@ def sample_members(
     weights: Sequence[Weights],
     tokenizer: TextTokenizer,
     task: Task,
-    config: TrainConfig,
+    configs: Sequence[TrainConfig],
     steps: Sequence[int],
     specs: Sequence[ObjectiveSpec],
     max_length: int | None,
     device: torch.device,
 ) -> list[MemberBatch]:
-    """On-policy batches, sampled in lockstep: entry j is the batch of step ``steps[j]`` (its
-    `train_prompts` and sampling stream) drawn from ``weights[j]`` with ``specs[j]``'s group
-    size. A member with staleness draws the batch of a later step than the current one."""
+    """On-policy batches, sampled in lockstep: entry j is the batch of step ``steps[j]`` (the
+    `train_prompts` and sampling stream of ``configs[j]``'s seed) drawn from ``weights[j]``
+    with ``specs[j]``'s group size. A member with staleness draws the batch of a later step
+    than the current one. The configs differ at most in their seeds."""
+    config = configs[0]
     rollouts = decode(
         forward,
         weights,
         tokenizer,
         [
-            train_prompts(task, config, step, s.group_size)
-            for step, s in zip(steps, specs, strict=True)
+            train_prompts(task, cfg, step, s.group_size)
+            for cfg, step, s in zip(configs, steps, specs, strict=True)
         ],
         [s.group_size for s in specs],
         task.max_new_tokens,
-        [stream_key(config.seed, step, "sample") for step in steps],
+        [stream_key(cfg.seed, step, "sample") for cfg, step in zip(configs, steps, strict=True)],
         config.temperature,
         max_length,
         device,
@@ -256,15 +258,45 @@ def online_pairs(rewards: Tensor, group_ids: Tensor, pairing: str) -> tuple[Tens
 
 
 @torch.no_grad()
+def reference_logps(
+    forward: Forward,
+    rollouts: Sequence[Rollout],
+    references: Sequence[Weights | None],
+    pad_id: int,
+    temperature: float = 1.0,
+) -> list[Tensor]:
+    """Each rollout's log-probs [B_j, T_j] under its reference ``references[j]`` (None: the
+    forward's own frozen reference; else the reference's tensors as one member's weights),
+    softmax(logits / ``temperature``). Rollouts with the same reference are scored in one pass
+    over their distinct rows."""
+    groups: dict[int, list[int]] = {}
+    for j, reference in enumerate(references):
+        groups.setdefault(id(reference), []).append(j)
+    logps: list[Tensor] = [torch.empty(0)] * len(rollouts)
+    for members in groups.values():
+        rows = rows_of([rollouts[j] for j in members], pad_id)
+        distinct, index = rows.distinct()
+        reference = references[members[0]]
+        weights = None if reference is None else [reference]
+        logp = forward.score(distinct, weights, temperature=temperature).logp[0][index]
+        for k, j in enumerate(members):
+            b, t = rollouts[j].completion_mask.shape
+            logps[j] = logp[k, :b, :t]
+    return logps
+
+
+@torch.no_grad()
 def reference_pair_sums(
     forward: Forward,
     tokenizer: TextTokenizer,
     pairs: OfflinePairs,
     temperature: float,
     device: torch.device,
+    reference: Weights | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The reference's log-prob sums [N] of every offline pair's chosen and rejected
-    completion (softmax(logits / ``temperature``)), scored in chunks of 256 pairs."""
+    completion (softmax(logits / ``temperature``)), scored in chunks of 256 pairs;
+    ``reference`` as in `reference_logps`."""
     sums = []
     for texts in (pairs.chosen, pairs.rejected):
         parts = []
@@ -272,7 +304,8 @@ def reference_pair_sums(
             chunk = slice(start, start + 256)
             rollout = encode_pairs(tokenizer, pairs.prompts[chunk], texts[chunk], device=device)
             rows = rows_of([rollout], tokenizer.pad_id)
-            out = forward.score(rows, None, temperature=temperature)
+            weights = None if reference is None else [reference]
+            out = forward.score(rows, weights, temperature=temperature)
             parts.append(sequence_sums(out.logp[0], rollout.completion_mask)[0])
         sums.append(torch.cat(parts))
     return sums[0], sums[1]

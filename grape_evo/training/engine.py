@@ -1,9 +1,12 @@
 """The training engine: M >= 1 members trained in lockstep; training one objective is M = 1.
 
-Every member starts from the same warm start (a copy of the policy's trainable tensors) and has
-its own objective, learning rate, Adam state, objective state (EMA baselines, adaptive KL) and
-status; all share the task, the `TrainConfig` and the frozen reference. A member whose critic is
-``separate`` also has a value model of its own (a copy of the warm start with a value head).
+Every member starts from the warm start of its seed (a copy of that policy's trainable tensors)
+and has its own objective, learning rate, Adam state, objective state (EMA baselines, adaptive
+KL) and status; all share the task and the `TrainConfig` but its seed. Members of one seed share
+that seed's frozen reference and data streams; members of several seeds (a candidate's runs on
+several seeds in one population) train side by side as each would alone on its seed. A member
+whose critic is ``separate`` also has a value model of its own (a copy of the warm start with a
+value head).
 One step::
 
     batches   = per member, by its data kind (`grape_evo.training.batches`): on-policy members
@@ -30,16 +33,14 @@ numbers (`grape_evo.policy.streams`), the same loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from grape_evo.objective import KL_AFTER_UPDATE, SURROGATES, Objective, build_objective
-from grape_evo.objective.aggregation import masked_mean
-from grape_evo.objective.spec import ObjectiveSpec
 from grape_evo.objective.surrogates import old_to_new_kl
 from grape_evo.policy import (
     Policy,
@@ -61,6 +62,7 @@ from grape_evo.training.batches import (
     demonstration_batch,
     offline_pair_batch,
     online_pairs,
+    reference_logps,
     reference_pair_sums,
     sample_members,
     slice_rollout,
@@ -78,69 +80,69 @@ from grape_evo.training.losses import (
     separate_critic,
     sequence_k3,
 )
-from grape_evo.training.records import EvalReport, RunStatus
-from grape_evo.training.trpo import trust_region_step
+from grape_evo.training.members import (
+    Member,
+    adam,
+    by_seed,
+    check_members,
+    frozen_copy,
+    trainable_copy,
+)
+from grape_evo.training.records import EvalReport, RunStatus, divergence
+from grape_evo.training.trpo import trust_region_members
 
 Metrics = dict[str, Tensor]
-
-
-@dataclass(frozen=True)
-class Member:
-    """One objective to train and its learning rate."""
-
-    spec: ObjectiveSpec
-    lr: float
-
-
-def adam(params: list[dict[str, object]], device: torch.device) -> torch.optim.Adam:
-    """Adam over parameter groups; the fused kernel on CPU and CUDA."""
-    return torch.optim.Adam(params, fused=device.type in ("cpu", "cuda"))
-
-
-def _copy(weights: Weights) -> dict[str, nn.Parameter]:
-    return {n: nn.Parameter(p.detach().clone()) for n, p in weights.items()}
+T = TypeVar("T")
 
 
 class Engine:
     """Trains ``members`` on ``task`` from ``policy`` (its frozen reference included); the
-    policy's own weights are copied, never changed (see `export`)."""
+    policy's own weights are copied, never changed (see `export`).
+
+    Members of several seeds: ``policy`` (and ``offline_pairs``) map each member's seed to its
+    warm start (and its pairs); the forward is built from the first member's. Their references
+    are scored as explicit weights, so every policy must be fully fine-tuned (a LoRA adapter
+    would need its own seed's base weights in the forward)."""
 
     def __init__(
         self,
         members: Sequence[Member],
         task: Task,
         config: TrainConfig,
-        policy: Policy,
-        offline_pairs: OfflinePairs | None = None,
+        policy: Policy | Mapping[int, Policy],
+        offline_pairs: OfflinePairs | Mapping[int, OfflinePairs] | None = None,
     ) -> None:
-        if not members:
-            raise ValueError("the engine needs at least one member")
-        for i, member in enumerate(members):
-            if not (math.isfinite(member.lr) and member.lr >= 0):
-                raise ValueError(f"member {i}: lr {member.lr!r} is not a finite number >= 0")
         self.specs = [m.spec.canonical() for m in members]
         self.objectives: list[Objective] = [build_objective(spec) for spec in self.specs]
         self.critics = [needs_critic(o) for o in self.objectives]
         self.trust = [needs_trust_region(o) for o in self.objectives]
-        if any(self.critics) and policy.value_head is None:
-            raise ValueError("a critic advantage needs the policy's value head (value_head=True)")
-        if any(s.data == "preference_pairs" for s in self.specs) and offline_pairs is None:
-            raise ValueError("data 'preference_pairs' needs offline pairs")
-        self.task, self.config, self.policy = task, config, policy
-        self.tokenizer, self.device = policy.tokenizer, policy.device
-        self.forward = with_precision(forward_for(policy), config.precision, self.device)
+        self.seeds = [config.seed if m.seed is None else m.seed for m in members]
+        policies = by_seed(policy, config.seed)
+        pairs = {} if offline_pairs is None else by_seed(offline_pairs, config.seed)
+        check_members(members, self.seeds, self.critics, policies, pairs)
+        first = policies[self.seeds[0]]
+        self.task, self.config, self.policy = task, config, first
+        self.tokenizer, self.device = first.tokenizer, first.device
+        self.forward = with_precision(forward_for(first), config.precision, self.device)
         self.logprob_temperature = config.temperature if config.temper_logprobs else 1.0
-        self.offline_pairs = offline_pairs
-        self._offline_ref: tuple[Tensor, Tensor] | None = None
+        self.configs = {seed: replace(config, seed=seed) for seed in self.seeds}
+        # the first seed's reference is the forward's own; the others' are their warm starts
+        self.references: dict[int, Weights | None] = {
+            seed: None if seed == self.seeds[0] else frozen_copy(policies[seed])
+            for seed in self.configs
+        }
+        self.offline_pairs = pairs
+        self._offline_ref: dict[int, tuple[Tensor, Tensor]] = {}
         self._eval_prompts: list[str] | None = None
         self._pending: list[dict[int, MemberBatch]] = [{} for _ in members]
-        base = policy_weights(policy)
-        lm = {n: p for n, p in base.items() if n not in VALUE_KEYS}
-        head = [needs_critic(o) and not separate_critic(o) for o in self.objectives]
-        self.weights: list[dict[str, nn.Parameter]] = [_copy(base if h else lm) for h in head]
-        self.critic_weights: list[dict[str, nn.Parameter] | None] = [
-            _copy(base) if separate_critic(o) else None for o in self.objectives
-        ]
+        self.weights: list[dict[str, nn.Parameter]] = []
+        self.critic_weights: list[dict[str, nn.Parameter] | None] = []
+        for objective, seed in zip(self.objectives, self.seeds, strict=True):
+            base = policy_weights(policies[seed])
+            head = needs_critic(objective) and not separate_critic(objective)
+            lm = {n: p for n, p in base.items() if head or n not in VALUE_KEYS}
+            self.weights.append(trainable_copy(lm))
+            self.critic_weights.append(trainable_copy(base) if separate_critic(objective) else None)
         self.status = [(RunStatus.OK, "") for _ in members]
         groups = [
             {"params": self._adam_params(i), "lr": m.lr}
@@ -222,7 +224,7 @@ class Engine:
         """Each live member's batch of ``step``. On-policy members draw, in one decode, the
         batch of step ``step + staleness`` (and at step 0 also those of steps 0 .. staleness
         - 1, all from the warm start), and train on the one of ``step``."""
-        cfg, device = self.config, self.device
+        device = self.device
         draws = [
             (i, target)
             for i in live
@@ -236,7 +238,7 @@ class Engine:
                 [self.weights[i] for i, _ in draws],
                 self.tokenizer,
                 self.task,
-                cfg,
+                [self.configs[self.seeds[i]] for i, _ in draws],
                 [target for _, target in draws],
                 [self.specs[i] for i, _ in draws],
                 self.policy.max_length,
@@ -245,31 +247,31 @@ class Engine:
             for (i, target), batch in zip(draws, drawn, strict=True):
                 self._pending[i][target] = batch
         batches = {i: self._pending[i].pop(step) for i in live if step in self._pending[i]}
-        shared: dict[str, MemberBatch] = {}
+        shared: dict[tuple[str, int], MemberBatch] = {}
         for i in live:
-            data = self.specs[i].data
-            if data == "demonstrations" and data not in shared:
-                shared[data] = demonstration_batch(self.tokenizer, self.task, cfg, step, device)
-            elif data == "preference_pairs" and data not in shared:
-                assert self.offline_pairs is not None
-                pairs, sums = self.offline_pairs, self._reference_pair_sums()
-                shared[data] = offline_pair_batch(self.tokenizer, pairs, sums, cfg, step, device)
-            if data in shared:
-                batches[i] = replace(shared[data], metrics={})
+            seed, data = self.seeds[i], self.specs[i].data
+            cfg, kind = self.configs[seed], (data, seed)
+            if data == "demonstrations" and kind not in shared:
+                shared[kind] = demonstration_batch(self.tokenizer, self.task, cfg, step, device)
+            elif data == "preference_pairs" and kind not in shared:
+                pairs, sums = self.offline_pairs[seed], self._reference_pair_sums(seed)
+                shared[kind] = offline_pair_batch(self.tokenizer, pairs, sums, cfg, step, device)
+            if kind in shared:
+                batches[i] = replace(shared[kind], metrics={})
         return batches
 
-    def _reference_pair_sums(self) -> tuple[Tensor, Tensor]:
-        """The reference's log-prob sums of the offline pairs (computed on first use)."""
-        if self._offline_ref is None:
-            assert self.offline_pairs is not None
-            self._offline_ref = reference_pair_sums(
+    def _reference_pair_sums(self, seed: int) -> tuple[Tensor, Tensor]:
+        """The reference's log-prob sums of a seed's offline pairs (computed on first use)."""
+        if seed not in self._offline_ref:
+            self._offline_ref[seed] = reference_pair_sums(
                 self.forward,
                 self.tokenizer,
-                self.offline_pairs,
+                self.offline_pairs[seed],
                 self.logprob_temperature,
                 self.device,
+                self.references[seed],
             )
-        return self._offline_ref
+        return self._offline_ref[seed]
 
     def _fix(self, step: int, live: list[int], batches: dict[int, MemberBatch]) -> None:
         """Everything that stays fixed during the step's updates (see the module docstring).
@@ -282,9 +284,14 @@ class Engine:
         need_ref = on_policy + [
             i for i in live if self.specs[i].data == "demonstrations" and self.specs[i].kl.active
         ]
-        for i, ref in zip(
-            need_ref, self._reference_logp([batches[i] for i in need_ref]), strict=True
-        ):
+        refs = reference_logps(
+            self.forward,
+            [batches[i].rollout for i in need_ref],
+            [self.references[self.seeds[i]] for i in need_ref],
+            self.tokenizer.pad_id,
+            self.logprob_temperature,
+        )
+        for i, ref in zip(need_ref, refs, strict=True):
             batches[i].ref_logp = ref
         for i in on_policy:
             spec = self.specs[i]
@@ -313,16 +320,6 @@ class Engine:
                 completion_length=batch.mask.sum(-1).float().mean(),
             )
 
-    def _reference_logp(self, batches: list[MemberBatch]) -> list[Tensor]:
-        """Each batch's reference log-probs [B, T]: one pass over their distinct rows."""
-        if not batches:
-            return []
-        rows = rows_of([b.rollout for b in batches], self.tokenizer.pad_id)
-        distinct, index = rows.distinct()
-        out = self.forward.score(distinct, None, temperature=self.logprob_temperature)
-        logp = out.logp[0][index]  # [M, B, T]
-        return [logp[j, : b.mask.shape[0], : b.mask.shape[1]] for j, b in enumerate(batches)]
-
     def _plan(self, step: int, i: int, batch: MemberBatch) -> None:
         """Critic returns, advantages, preference pairs and the rows of each update."""
         spec, objective = self.specs[i], self.objectives[i]
@@ -344,7 +341,7 @@ class Engine:
             return
         # Group and batch statistics must not depend on how the batch is split.
         batch.advantages = objective.advantages(full_batch(batch))
-        key = stream_key(self.config.seed, step, "minibatch")
+        key = stream_key(self.seeds[i], step, "minibatch")
         size = batch.rewards.shape[0]
         for epoch in range(spec.epochs):
             order = permutation(key, size, epoch, self.device)
@@ -395,12 +392,9 @@ class Engine:
     ) -> dict[int, Metrics]:
         """One batched TRPO step of ``members`` on their whole batches."""
         rollouts = [batches[i].rollout for i in members]
-        with torch.no_grad():
-            old = [o.log_dist for o in self._outputs(members, rollouts, values=False, full=True)]
         state: dict[int, Metrics] = {}
 
-        def losses() -> Tensor:
-            outs = self._outputs(members, rollouts, values=False)
+        def losses(outs: list[TokenOutputs]) -> Tensor:
             values = []
             for i, out in zip(members, outs, strict=True):
                 budget = self.task.max_new_tokens
@@ -408,22 +402,15 @@ class Engine:
                 values.append(loss)
             return torch.stack(values)
 
-        def kls() -> Tensor:
-            new = self._outputs(members, rollouts, values=False, full=True)
-            per_member = []
-            for before, after, rollout in zip(old, new, rollouts, strict=True):
-                assert before is not None and after.log_dist is not None
-                kl = (before.exp() * (before - after.log_dist)).sum(-1)  # [B, T]
-                per_member.append(masked_mean(kl, rollout.completion_mask))
-            return torch.stack(per_member)
-
-        params = [[p for n, p in self.weights[i].items() if n not in VALUE_KEYS] for i in members]
         settings = [self.specs[i].surrogate.as_kwargs(SURROGATES) for i in members]
-        max_kl = torch.tensor([s["max_kl"] for s in settings], device=self.device)
-        damping = torch.tensor([s["damping"] for s in settings], device=self.device)
-        # Fisher-vector products differentiate twice; only the math attention kernel can.
-        with sdpa_kernel(SDPBackend.MATH):
-            result = trust_region_step(params, losses, kls, max_kl, damping)
+        result = trust_region_members(
+            lambda full: self._outputs(members, rollouts, values=False, full=full),
+            losses,
+            [r.completion_mask for r in rollouts],
+            [[p for n, p in self.weights[i].items() if n not in VALUE_KEYS] for i in members],
+            torch.tensor([s["max_kl"] for s in settings], device=self.device),
+            torch.tensor([s["damping"] for s in settings], device=self.device),
+        )
         return {
             i: {
                 **state[i],
@@ -453,17 +440,7 @@ class Engine:
     def _finish(self, i: int, metrics: Metrics, step: int) -> dict[str, float]:
         """Member i's float metrics (the step's one host sync); a diverged member stops."""
         out = {k: float(v) for k, v in metrics.items()}
-        reason = ""
-        if not math.isfinite(out.get("loss", 0.0)):
-            reason = f"non-finite loss at step {step + 1}"
-        elif not math.isfinite(out.get("grad_norm", 0.0)):
-            reason = f"non-finite gradient norm at step {step + 1}"
-        elif out.get("kl_to_ref", 0.0) > self.config.max_kl_to_ref:
-            reason = (
-                f"KL to the reference {out['kl_to_ref']:.1f} nats exceeded max_kl_to_ref "
-                f"{self.config.max_kl_to_ref:g} at step {step + 1}"
-            )
-        if reason:
+        if reason := divergence(out, step, self.config.max_kl_to_ref):
             self.stop(i, RunStatus.DIVERGED, reason)
         else:
             self.objectives[i].end_step(out)
@@ -488,6 +465,8 @@ class Engine:
             self.config,
             self.policy.max_length,
             self.device,
+            [self.seeds[i] for i in chosen],
+            [self.references[self.seeds[i]] for i in chosen],
         )
         for i, report in zip(chosen, found, strict=True):
             reports[i] = report

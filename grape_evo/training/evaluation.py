@@ -5,8 +5,8 @@ held-out prompts in an order fixed by the task alone, or the whole held-out spli
 different seeds, objectives or members differ only in what they generate:
 
 * ``reward``: the expected gold reward under sampling at the training temperature, the mean over
-  ``eval_samples`` completions per prompt drawn with the stream ``(seed, "eval")`` (the same
-  random numbers for every member with that seed);
+  ``eval_samples`` completions per prompt drawn with the stream ``(seed, "eval")`` of the
+  member's seed (the same random numbers for every member with that seed);
 * ``accuracy`` and ``greedy_reward``: the accuracy criterion and the gold reward of greedy
   completions;
 * ``kl_to_ref``: the per-sequence KL(pi || pi_ref), k3 summed over the tokens of
@@ -28,6 +28,7 @@ import torch
 from grape_evo.policy import Forward, Rollout, Weights, decode, rows_of, stream_key
 from grape_evo.policy.tokenizer import TextTokenizer
 from grape_evo.tasks import Task
+from grape_evo.training.batches import reference_logps
 from grape_evo.training.config import TrainConfig
 from grape_evo.training.losses import sequence_k3
 from grape_evo.training.records import EvalReport, Sample
@@ -46,12 +47,18 @@ def evaluate(
     config: TrainConfig,
     max_length: int | None,
     device: torch.device,
+    seeds: Sequence[int] | None = None,
+    references: Sequence[Weights | None] | None = None,
 ) -> list[EvalReport]:
-    """One `EvalReport` per member of ``weights`` on the evaluation set ``prompts``."""
+    """One `EvalReport` per member of ``weights`` on the evaluation set ``prompts``; member m
+    samples with the stream of ``seeds[m]`` and measures its KL to ``references[m]`` (as in
+    `reference_logps`; default: ``config.seed`` and the forward's own reference for all)."""
     members = len(weights)
+    seeds = list(seeds or [config.seed] * members)
+    references = list(references or [None] * members)
 
-    def run(group: int, key: int | None, temperature: float) -> list[Rollout]:
-        keys = None if key is None else [key] * members
+    def run(group: int, sampled: bool, temperature: float) -> list[Rollout]:
+        keys = [stream_key(seed, "eval") for seed in seeds] if sampled else None
         return decode(
             forward,
             weights,
@@ -65,11 +72,10 @@ def evaluate(
             device,
         )
 
-    key = stream_key(config.seed, "eval")
-    greedy = run(1, None, 1.0)
-    sampled = run(config.eval_samples, key, config.temperature)
-    at_one = sampled if config.temperature == 1.0 else run(1, key, 1.0)
-    kls = _sequence_kl(forward, weights, at_one, tokenizer.pad_id)
+    greedy = run(1, False, 1.0)
+    sampled = run(config.eval_samples, True, config.temperature)
+    at_one = sampled if config.temperature == 1.0 else run(1, True, 1.0)
+    kls = _sequence_kl(forward, weights, references, at_one, tokenizer.pad_id)
     reports = []
     for member in range(members):
         greedy_rewards = task.gold_reward(prompts, greedy[member].texts)
@@ -92,11 +98,17 @@ def evaluate(
 
 
 def _sequence_kl(
-    forward: Forward, weights: Sequence[Weights], rollouts: list[Rollout], pad_id: int
+    forward: Forward,
+    weights: Sequence[Weights],
+    references: Sequence[Weights | None],
+    rollouts: list[Rollout],
+    pad_id: int,
 ) -> list[float]:
     """Mean per-sequence k3 KL(pi || pi_ref) of each member on its own samples."""
-    rows = rows_of(rollouts, pad_id)
-    own = forward.score(rows, weights).logp
-    distinct, index = rows.distinct()
-    ref = forward.score(distinct, None).logp[0][index]
-    return sequence_k3(own, ref, rows.mask).mean(-1).tolist()
+    own = forward.score(rows_of(rollouts, pad_id), weights).logp
+    refs = reference_logps(forward, rollouts, references, pad_id)
+    kls = []
+    for m, (rollout, ref) in enumerate(zip(rollouts, refs, strict=True)):
+        b, t = ref.shape
+        kls.append(sequence_k3(own[m, :b, :t], ref, rollout.completion_mask).mean().item())
+    return kls

@@ -225,3 +225,18 @@ def parse_metrics(text: str) -> tuple[list[dict[str, Any]], int]:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Every readable record of a metrics file (see :func:`parse_metrics`)."""
     return parse_metrics(Path(path).read_text())[0]
+
+
+def divergence(metrics: dict[str, float], step: int, max_kl_to_ref: float) -> str:
+    """Why a step's float metrics mean its run diverged ('' when they do not): a non-finite
+    loss or gradient norm, or a KL to the reference above ``max_kl_to_ref``."""
+    if not math.isfinite(metrics.get("loss", 0.0)):
+        return f"non-finite loss at step {step + 1}"
+    if not math.isfinite(metrics.get("grad_norm", 0.0)):
+        return f"non-finite gradient norm at step {step + 1}"
+    if metrics.get("kl_to_ref", 0.0) > max_kl_to_ref:
+        return (
+            f"KL to the reference {metrics['kl_to_ref']:.1f} nats exceeded max_kl_to_ref "
+            f"{max_kl_to_ref:g} at step {step + 1}"
+        )
+    return ""

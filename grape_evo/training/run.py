@@ -101,13 +101,16 @@ def train_members(
     on_steps: Sequence[StepHook | None] | None = None,
     save_model: bool = False,
 ) -> list[RunSummary]:
-    """Train M members in lockstep from one warm start; one summary per member.
+    """Train M members in lockstep, each from the warm start of its seed; one summary per
+    member.
 
-    Member i trains at its own ``lr`` (``config.lr`` is not used); its run folder
-    ``out_dirs[i]`` and summary follow the contract above, with ``trained_with`` = M and
-    ``train_config.lr`` its own rate. ``on_steps[i]`` is called after each of its steps. With
-    ``save_model``, a member that ends ``ok`` or ``stopped`` and has a run folder gets its
-    trained policy written to ``OUT/model`` (summary field ``model``).
+    Member i trains at its own ``lr`` (``config.lr`` is not used) on its own seed (``seed``,
+    default ``config.seed``); its run folder ``out_dirs[i]`` and summary follow the contract
+    above, with ``trained_with`` = M and ``train_config`` its own rate and seed. A LoRA policy
+    trains one engine per seed (its adapters would need each seed's base weights).
+    ``on_steps[i]`` is called after each of its steps. With ``save_model``, a member that ends
+    ``ok`` or ``stopped`` and has a run folder gets its trained policy written to
+    ``OUT/model`` (summary field ``model``).
     """
     start = time.perf_counter()
     count = len(members)
@@ -120,19 +123,25 @@ def train_members(
         )
     device = resolve_device(config.device)
     base_policy = policy_config or PolicyConfig()
+    seeds = [config.seed if m.seed is None else m.seed for m in members]
+    configs = {seed: replace(config, seed=seed) for seed in seeds}
+    if len(configs) > 1 and base_policy.use_lora:
+        return _per_seed(
+            members, seeds, task, configs, base_policy, outs, progress, cache_dir, hooks, save_model
+        )
     critics = [spec_needs_critic(m.spec) for m in members]
     summaries = [
         RunSummary(
             objective=m.spec.to_dict(),
             objective_key=m.spec.key(),
             task=task.config(),
-            seed=config.seed,
-            train_config=replace(config, lr=m.lr).to_dict(),
+            seed=seed,
+            train_config=replace(config, lr=m.lr, seed=seed).to_dict(),
             policy=replace(base_policy, value_head=critic).to_dict(),
             device=str(device),
             trained_with=count,
         )
-        for m, critic in zip(members, critics, strict=True)
+        for m, critic, seed in zip(members, critics, seeds, strict=True)
     ]
     logs: list[MetricsLog | None] = []
     torch.manual_seed(config.seed)
@@ -141,19 +150,31 @@ def train_members(
             label = members[0].spec.name if count == 1 else f"{count} members"
             job = bar.add_task(f"{label} on {task.name}", total=config.steps, status="warm start")
             policy_cfg = replace(base_policy, value_head=any(critics))
-            policy, cache = warm_start_policy(task, policy_cfg, config, device, cache_dir)
-            pairs = None
+            starts = {
+                seed: warm_start_policy(task, policy_cfg, cfg, device, cache_dir)
+                for seed, cfg in configs.items()
+            }
+            policies = {seed: policy for seed, (policy, _) in starts.items()}
+            pairs = {}
             if any(m.spec.canonical().data == "preference_pairs" for m in members):
                 bar.update(job, status="labelling preference pairs")
-                pairs = sample_offline_pairs(policy, task, config)
-            engine = Engine(members, task, config, policy, pairs)
+                pairs = {s: sample_offline_pairs(policies[s], task, c) for s, c in configs.items()}
+            engine = Engine(members, task, config, policies, pairs)
             logs = [None if o is None else MetricsLog(o / "metrics.jsonl") for o in outs]
-            # every member starts from the same weights: one evaluation, cached per warm start
-            key = evaluation_key(config, policy_cfg, device.type)
-            initial = initial_evaluation(cache, key, lambda: _evaluate_first(engine))
-            last_evals = [initial] * count
-            for summary in summaries:
-                summary.initial_eval = initial
+            # the members of a seed start from the same weights: one evaluation per seed,
+            # cached beside its warm start
+            initial = {
+                seed: initial_evaluation(
+                    cache,
+                    evaluation_key(configs[seed], policy_cfg, device.type),
+                    lambda seed=seed: _evaluate_first(engine, seeds.index(seed)),
+                )
+                for seed, (_, cache) in starts.items()
+            }
+            last_evals = [initial[seed] for seed in seeds]
+            for summary, seed in zip(summaries, seeds, strict=True):
+                cache = starts[seed][1]
+                summary.initial_eval = initial[seed]
                 summary.warm_start_cache = "" if cache is None else str(cache)
             for step in range(config.steps):
                 live = engine.live
@@ -182,8 +203,8 @@ def train_members(
                 summary.final_eval = evaluation
                 summary.kl_to_ref = evaluation.kl_to_ref if summary.ok and evaluation else None
                 if save_model and (out := outs[i]) is not None:
-                    engine.export(i, policy)
-                    summary.model = str(save_trained(policy, out / MODEL_DIR))
+                    engine.export(i, policies[seeds[i]])
+                    summary.model = str(save_trained(policies[seeds[i]], out / MODEL_DIR))
     except (KeyboardInterrupt, SystemExit):
         for summary in summaries:
             summary.end(RunStatus.FAILED, "interrupted")
@@ -203,10 +224,42 @@ def train_members(
     return summaries
 
 
-def _evaluate_first(engine: Engine) -> EvalReport:
-    report = engine.evaluate([0])[0]
+def _evaluate_first(engine: Engine, member: int) -> EvalReport:
+    report = engine.evaluate([member])[member]
     assert report is not None
     return report
+
+
+def _per_seed(
+    members: Sequence[Member],
+    seeds: list[int],
+    task: Task,
+    configs: dict[int, TrainConfig],
+    policy_config: PolicyConfig,
+    outs: list[Path | None],
+    progress: bool,
+    cache_dir: Path | None,
+    hooks: list[StepHook | None],
+    save_model: bool,
+) -> list[RunSummary]:
+    """`train_members` with one engine per seed, summaries in the members' order."""
+    summaries: list[RunSummary | None] = [None] * len(members)
+    for seed, config in configs.items():
+        own = [i for i, s in enumerate(seeds) if s == seed]
+        trained = train_members(
+            [replace(members[i], seed=None) for i in own],
+            task,
+            config,
+            policy_config,
+            [outs[i] for i in own],
+            progress,
+            cache_dir,
+            [hooks[i] for i in own],
+            save_model,
+        )
+        for i, summary in zip(own, trained, strict=True):
+            summaries[i] = summary
+    return [s for s in summaries if s is not None]
 
 
 def _status_line(engine: Engine, results: list, last_evals: list) -> str:

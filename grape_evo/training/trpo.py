@@ -14,6 +14,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from grape_evo.objective.aggregation import masked_mean
+from grape_evo.policy import TokenOutputs
 
 
 def _flat(grads: tuple[Tensor | None, ...], params: list[list[nn.Parameter]]) -> Tensor:
@@ -134,3 +138,31 @@ def _split(vectors: Tensor, params: list[list[nn.Parameter]]) -> list[Tensor]:
     for row, member in zip(vectors, params, strict=True):
         pieces.extend(torch.split(row, [p.numel() for p in member]))
     return pieces
+
+
+def trust_region_members(
+    score: Callable[[bool], list[TokenOutputs]],
+    losses: Callable[[list[TokenOutputs]], Tensor],
+    masks: list[Tensor],
+    params: list[list[nn.Parameter]],
+    max_kl: Tensor,
+    damping: Tensor,
+) -> dict[str, Tensor]:
+    """`trust_region_step` of M members on their batches: ``score(full)`` gives each member's
+    outputs on its rows (``full``: with its next-token distributions), ``losses(outputs)``
+    their losses [M]; the KL is KL(old || current) over the full distributions, the mean over
+    each member's completion tokens (``masks[m]`` [B, T])."""
+    with torch.no_grad():
+        old = [o.log_dist for o in score(True)]
+
+    def kls() -> Tensor:
+        per_member = []
+        for before, after, mask in zip(old, score(True), masks, strict=True):
+            assert before is not None and after.log_dist is not None
+            kl = (before.exp() * (before - after.log_dist)).sum(-1)  # [B, T]
+            per_member.append(masked_mean(kl, mask))
+        return torch.stack(per_member)
+
+    # Fisher-vector products differentiate twice; only the math attention kernel can.
+    with sdpa_kernel(SDPBackend.MATH):
+        return trust_region_step(params, lambda: losses(score(False)), kls, max_kl, damping)

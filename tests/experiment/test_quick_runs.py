@@ -98,7 +98,7 @@ def test_regime_quick_run_writes_the_separation_table(tmp_path: Path, grape_cach
     assert len(rows(out / "results" / "aa.csv")) == 2
     readme = (out / "results" / "README.md").read_text()
     assert "### Admission" in readme and "| admitted |" in readme
-    for task in ("long_sort", "countdown"):  # learning curves: one figure per regime
+    for task in ("long_sort", "proxy"):  # learning curves: one figure per regime
         for regime in ("one_update", "four_by_four", "stale_4"):
             assert (out / "results" / f"curves_{task}_{regime}.png").stat().st_size > 0
             assert f"](curves_{task}_{regime}.png)" in readme

@@ -294,8 +294,10 @@ def test_killed_population_campaign_resumes(tmp_path: Path, grape_cache: Path) -
 def test_reevaluation_with_jobs_matches_the_one_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With --jobs 2 the fresh-seed re-evaluation trains its seeds in two worker processes
-    (one thread each, as here) and reports the same numbers in the same order."""
+    """The fresh-seed re-evaluation packs a candidate's seeds into one population and reports
+    what it reports trained one run at a time; with --jobs 2 it trains its seeds in two
+    worker processes (one thread each, as here) and reports the same numbers in the same
+    order."""
     import multiprocessing
 
     pools: list[int] = []
@@ -311,7 +313,23 @@ def test_reevaluation_with_jobs_matches_the_one_process(
     study = campaign.open(create=True)
     campaign.optimize(study, BUDGET, wait_for_running=True)
     shutil.copytree(tmp_path / "one", tmp_path / "two")
+    shutil.copytree(tmp_path / "one", tmp_path / "alone")
     one = campaign.reevaluate(study)
+    alone_campaign = Campaign(parse_space(reeval), tmp_path / "alone", population=1)
+    alone = alone_campaign.reevaluate(alone_campaign.open(create=False))
+    assert [r["label"] for r in alone] == [r["label"] for r in one]
+    for ours, theirs in zip(one, alone, strict=True):
+        assert ours["rewards"] == pytest.approx(theirs["rewards"], abs=1e-6), ours["label"]
+    # Packed: a candidate's 3 seeds train in at most 2 engines of 4 members (one engine's
+    # runs share its wall time); one run at a time, each seed is an engine of its own.
+    for row in one:
+        folder = tmp_path / "one" / "reeval" / row["label"] / "addition"
+        summaries = [
+            json.loads((folder / f"seed{s}" / "summary.json").read_text())
+            for s in (1000, 1001, 1002)
+        ]
+        assert len({s["wall_seconds"] for s in summaries}) <= 2, row["label"]
+        assert all(s["trained_with"] > 1 for s in summaries)
     two_campaign = Campaign(parse_space(reeval), tmp_path / "two", population=4, jobs=2)
     monkeypatch.setattr(spawn, "Pool", counted)
     two = two_campaign.reevaluate(two_campaign.open(create=False))
@@ -321,8 +339,7 @@ def test_reevaluation_with_jobs_matches_the_one_process(
         assert len(ours["rewards"]) == 3 and ours["status"] == "ok"
         assert ours["rewards"] == pytest.approx(theirs["rewards"], abs=1e-6), ours["label"]
         assert ours["paired_effect"] == pytest.approx(theirs["paired_effect"], abs=1e-6)
-    # Seeds 1000 and 1001 trained in one process, 1002 in the other: each with its own part
-    # of the batch (trained_with counts the batch's members, the same in both).
+    # Seeds 1000 and 1001 trained in one process, 1002 in the other, each part packed.
     for row in two:
         for seed in (1000, 1001, 1002):
             folder = tmp_path / "two" / "reeval" / row["label"] / "addition" / f"seed{seed}"

@@ -47,11 +47,17 @@ def _run(
     policy: Any,
     pairs: Any,
     monkeypatch: pytest.MonkeyPatch,
+    seeds: list[int | None] | None = None,
 ) -> dict[str, Any]:
     """An engine's rows, metrics and member weights after each of STEPS steps, then its
     evaluation."""
+    seeds = seeds or [None] * len(specs)
     engine = Engine(
-        [Member(s, lr) for s, lr in zip(specs, lrs, strict=True)], task, config, policy, pairs
+        [Member(s, lr, seed) for s, lr, seed in zip(specs, lrs, seeds, strict=True)],
+        task,
+        config,
+        policy,
+        pairs,
     )
     rows: list[dict[int, MemberBatch]] = []
     original = Engine._collect
@@ -204,6 +210,56 @@ def test_lora_members_train_as_alone(
     _population_against_alone(specs, config, PolicyConfig(), cache_dir, monkeypatch, lora_rank=2)
 
 
+def test_members_of_several_seeds_train_as_each_alone_on_its_seed(
+    tiny: Callable[..., Any], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One population of members on seeds 3 and 4, each from its seed's warm start and
+    reference: GRPO on both seeds, PPO (critic, 4 x 4), DPO (each seed's own offline pairs),
+    SFT (each seed's demonstrations) and a stale CISPO, each against its run alone on its
+    seed. Its prompts, sampled tokens, losses, weights and evaluation are its seed's."""
+    task = get_task("addition")
+    seeds = [3, 4, 4, 3, 4, 3]
+    specs = [
+        presets.get("grpo"),
+        presets.get("grpo"),
+        presets.get("ppo"),
+        presets.get("dpo"),
+        presets.get("sft"),
+        _with("cispo", staleness=1),
+    ]
+    configs = {seed: tiny(batch_size=16, seed=seed) for seed in seeds}
+    policies = {
+        seed: warm_start_policy(
+            task, PolicyConfig(value_head=True), config, torch.device("cpu"), cache_dir
+        )[0]
+        for seed, config in configs.items()
+    }
+    pairs = {seed: sample_offline_pairs(policies[seed], task, c) for seed, c in configs.items()}
+    assert pairs[3].prompts != pairs[4].prompts  # each seed labels its own pairs
+    lrs = [LRS[i % len(LRS)] for i in range(len(specs))]
+    population = _run(specs, lrs, task, configs[3], policies, pairs, monkeypatch, list(seeds))
+    for i, (spec, lr, seed) in enumerate(zip(specs, lrs, seeds, strict=True)):
+        config, policy = configs[seed], policies[seed]
+        alone = _run([spec], [lr], task, config, policy, pairs[seed], monkeypatch)
+        _compare(population, alone, i, lr, trust=False)
+    # the two GRPO members saw their own seeds' prompts
+    assert population["rows"][0][0].rollout.prompts != population["rows"][0][1].rollout.prompts
+
+
+def test_several_seeds_need_a_policy_for_each_and_no_lora(
+    warm_policy: Callable[..., Any], tiny: Callable[..., Any]
+) -> None:
+    task = get_task("addition")
+    policy = warm_policy(task)
+    members = [Member(presets.get("grpo"), 1e-3, seed=0), Member(presets.get("grpo"), 1e-3, 1)]
+    with pytest.raises(ValueError, match="no warm-start policy for its seed 1"):
+        Engine(members, task, tiny(seed=0), policy)
+    lora = warm_policy(task)
+    lora.attach_lora(2)
+    with pytest.raises(ValueError, match="no LoRA"):
+        Engine(members, task, tiny(seed=0), {0: lora, 1: policy})
+
+
 def test_lr_zero_keeps_the_weights_exactly(
     warm_policy: Callable[..., Any], tiny: Callable[..., Any]
 ) -> None:
@@ -260,9 +316,16 @@ def test_a_diverged_member_stops_and_the_others_go_on(
 
 
 @pytest.mark.parametrize(
-    "names",
-    [("grpo", "dr_grpo", "ppo"), ("dpo", "sft", "trpo")],
-    ids=["on-policy-with-critic", "mixed-kinds"],
+    ("names", "seeds", "lora_rank"),
+    [
+        (("grpo", "dr_grpo", "ppo"), (None, None, None), 0),
+        (("dpo", "sft", "trpo"), (None, None, None), 0),
+        # one candidate's runs on several seeds in one population (the re-evaluation's)
+        (("grpo", "dpo", "ppo"), (5, 6, 6), 0),
+        # LoRA: one engine per seed
+        (("grpo", "sft", "grpo"), (5, 6, 6), 2),
+    ],
+    ids=["on-policy-with-critic", "mixed-kinds", "several-seeds", "lora-several-seeds"],
 )
 def test_run_folders_match_train_alone(
     tiny: Callable[..., Any],
@@ -270,26 +333,36 @@ def test_run_folders_match_train_alone(
     tmp_path: Path,
     read_jsonl: Callable[[Path], list[dict[str, Any]]],
     names: tuple[str, ...],
+    seeds: tuple[int | None, ...],
+    lora_rank: int,
 ) -> None:
-    """Each member's metrics.jsonl and summary are what `train` writes for it alone."""
+    """Each member's metrics.jsonl and summary are what `train` writes for it alone (on its
+    seed); a LoRA policy trains the members of each seed together."""
     task = get_task("addition")
     config = tiny(batch_size=16, steps=2, seed=5)
-    members = [Member(presets.get(n), lr) for n, lr in zip(names, LRS, strict=True)]
-    folders = [tmp_path / "population" / n for n in names]
+    policy = PolicyConfig(lora_rank=lora_rank)
+    members = [
+        Member(presets.get(n), lr, seed) for n, lr, seed in zip(names, LRS, seeds, strict=True)
+    ]
+    folders = [tmp_path / "population" / f"{n}-{i}" for i, n in enumerate(names)]
     summaries = train_members(
-        members, task, config, out_dirs=folders, progress=False, cache_dir=cache_dir
+        members, task, config, policy, out_dirs=folders, progress=False, cache_dir=cache_dir
     )
     for member, folder, ours in zip(members, folders, summaries, strict=True):
-        alone_dir = tmp_path / "alone" / member.spec.name
+        alone_dir = tmp_path / "alone" / folder.name
+        seed = config.seed if member.seed is None else member.seed
         theirs = train(
             member.spec,
             task,
-            replace(config, lr=member.lr),
+            replace(config, lr=member.lr, seed=seed),
+            policy,
             out_dir=alone_dir,
             progress=False,
             cache_dir=cache_dir,
         )
-        assert ours.trained_with == 3 and theirs.trained_with == 1
+        assert ours.seed == seed
+        assert ours.trained_with == (seeds.count(member.seed) if lora_rank else len(names))
+        assert theirs.trained_with == 1
         mine, alone = ours.to_dict(), theirs.to_dict()
         for key in ("objective_key", "task", "seed", "train_config", "policy", "status", "steps"):
             assert mine[key] == alone[key], key

@@ -22,7 +22,7 @@ from grape_evo.analysis.stats import paired_interval, t_interval, verdict
 from grape_evo.objective import ObjectiveSpec, presets
 from grape_evo.objective.behaviour import same_behaviour
 from grape_evo.search.campaign.ledger import finite_or_none, score_or_minus_inf
-from grape_evo.search.campaign.scheduler import batches, train_batches
+from grape_evo.search.campaign.scheduler import train_packed
 from grape_evo.search.campaign.trials import Candidate
 from grape_evo.search.evaluator import CandidateResult, CandidateRun
 from grape_evo.search.records import TrialRecord
@@ -83,10 +83,8 @@ def reevaluate(campaign: Campaign, study: optuna.Study) -> list[dict[str, Any]]:
         folder = campaign.out_dir / "reeval" / reference
         spec = presets.get(reference)
         candidates.append(Candidate(CandidateRun(spec, configs, folder), spec.key()))
-    results: dict[Candidate, CandidateResult] = {}
-    cut = batches(candidates, campaign.population)
-    for batch, trained in zip(cut, train_batches(campaign, cut, reuse_existing=True), strict=True):
-        results.update(zip(batch, trained, strict=True))
+    trained = train_packed(campaign, candidates, reuse_existing=True)
+    results: dict[Candidate, CandidateResult] = dict(zip(candidates, trained, strict=True))
     reference_result = None
     if reference is not None:
         at = labels.index(reference) if reference in labels else len(candidates) - 1

@@ -6,8 +6,8 @@ lockstep batches of at most P (one batch of one when P = 1), rung by rung with t
 (`grape_evo.search.campaign.rungs`), and tells each its result. Candidates are ordered by data
 kind and group size before they are cut into batches, so members of a batch sample alike. On
 Ctrl-C (or any error) every trial not yet told is recorded as FAIL, as ``study.optimize``
-records its trial. `train_batches` trains batches outside the study (the re-evaluation), its
-seeds split over the ``jobs`` processes.
+records its trial. `train_packed` trains runs outside the study (the re-evaluation), a
+candidate's seeds packed into one population, its seeds split over the ``jobs`` processes.
 """
 
 from __future__ import annotations
@@ -123,58 +123,65 @@ def run_round(
             raise
 
 
-def batches(candidates: list[Candidate], size: int) -> list[list[Candidate]]:
-    """Candidates cut into lockstep batches of at most ``size``, ordered by data kind and
-    group size so that members of a batch sample alike."""
+def by_kind(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates ordered by data kind and group size, so that neighbours sample alike."""
 
     def kind(candidate: Candidate) -> tuple[str, int]:
         spec = candidate.run.spec.canonical()
         return spec.data, spec.group_size
 
-    ordered = sorted(candidates, key=kind)
+    return sorted(candidates, key=kind)
+
+
+def batches(candidates: list[Candidate], size: int) -> list[list[Candidate]]:
+    """Candidates cut into lockstep batches of at most ``size``, `by_kind`."""
+    ordered = by_kind(candidates)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def train(
-    campaign: Campaign, batch: list[Candidate], reuse_existing: bool = False
+def train_packed(
+    campaign: Campaign, candidates: list[Candidate], reuse_existing: bool = False
 ) -> list[CandidateResult]:
-    """Train one lockstep batch of candidates on the space's tasks and seeds."""
-    return _train_runs((campaign, [c.run for c in batch], reuse_existing))
+    """Train candidates without reporters (the re-evaluation) on the space's tasks and
+    seeds, their runs `by_kind` and candidate by candidate packed into engines of at most
+    ``population`` members (`run_candidates`), so one candidate's seeds train together.
 
-
-def train_batches(
-    campaign: Campaign, batches: list[list[Candidate]], reuse_existing: bool = False
-) -> list[list[CandidateResult]]:
-    """`train` for each batch, in order. With ``jobs > 1`` each batch's seeds are cut into
-    ``jobs`` contiguous parts and every (batch, part) trains in one of ``jobs`` spawned
-    processes (``cores // jobs`` torch threads each), as the search's trials do; a candidate's
-    runs are merged back in (task, seed) order. A run is the same wherever it trains (it
-    depends only on its seed), and an interrupted call leaves its finished run folders for
-    ``reuse_existing`` to read back."""
+    With ``jobs > 1`` the seeds are cut into ``jobs`` contiguous parts, each packed and
+    trained in one of ``jobs`` spawned processes (``cores // jobs`` torch threads each), as
+    the search's trials are; a candidate's runs are merged back in (task, seed) order. A run
+    is the same wherever it trains (it depends only on its seed), and an interrupted call
+    leaves its finished run folders for ``reuse_existing`` to read back."""
+    ordered = by_kind(candidates)
+    runs = [c.run for c in ordered]
+    if not runs:
+        return []
     if campaign.jobs == 1:
-        return [train(campaign, batch, reuse_existing) for batch in batches]
-    calls, owners = [], []
-    for b, batch in enumerate(batches):
-        seeds = batch[0].run.seed_indices()
+        packed = _train_runs((campaign, runs, reuse_existing))
+    else:
+        seeds = runs[0].seed_indices()
         size = -(-len(seeds) // campaign.jobs)
-        for start in range(0, len(seeds), size):
-            part = seeds[start : start + size]
-            calls.append((campaign, [replace(c.run, seeds=part) for c in batch], reuse_existing))
-            owners.append(b)
-    threads = max(1, usable_cores() // campaign.jobs)
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(campaign.jobs, torch_threads, (threads,)) as pool:  # exit: terminate()
-        parts = pool.map(_train_runs, calls, chunksize=1)
-    slugs = [task.slug for task in campaign.space.tasks]
-    merged: list[list[CandidateResult]] = [[CandidateResult() for _ in b] for b in batches]
-    for b, results in zip(owners, parts, strict=True):
-        for into, result in zip(merged[b], results, strict=True):
-            into.runs += result.runs
-            into.stopped = into.stopped or result.stopped
-    for results in merged:
-        for result in results:
+        calls = [
+            (
+                campaign,
+                [replace(run, seeds=seeds[start : start + size]) for run in runs],
+                reuse_existing,
+            )
+            for start in range(0, len(seeds), size)
+        ]
+        threads = max(1, usable_cores() // campaign.jobs)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(campaign.jobs, torch_threads, (threads,)) as pool:  # exit: terminate()
+            parts = pool.map(_train_runs, calls, chunksize=1)
+        slugs = [task.slug for task in campaign.space.tasks]
+        packed = [CandidateResult() for _ in runs]
+        for results in parts:
+            for into, result in zip(packed, results, strict=True):
+                into.runs += result.runs
+                into.stopped = into.stopped or result.stopped
+        for result in packed:
             result.runs.sort(key=lambda run: (slugs.index(run.task), run.seed))
-    return merged
+    by_candidate = {id(c): result for c, result in zip(ordered, packed, strict=True)}
+    return [by_candidate[id(c)] for c in candidates]
 
 
 def torch_threads(threads: int) -> None:
@@ -185,10 +192,13 @@ def torch_threads(threads: int) -> None:
 
 
 def _train_runs(call: tuple[Campaign, list[Any], bool]) -> list[CandidateResult]:
-    """``run_candidates`` of a campaign's runs (one picklable argument, for a process pool)."""
+    """``run_candidates`` of a campaign's runs without reporters, packed into engines of at
+    most ``population`` (one picklable argument, for a process pool)."""
     campaign, runs, reuse_existing = call
     space = campaign.space
-    return run_candidates(runs, space.tasks, space.policy, reuse_existing, campaign.tracking)
+    return run_candidates(
+        runs, space.tasks, space.policy, reuse_existing, campaign.tracking, campaign.population
+    )
 
 
 def usable_cores() -> int:

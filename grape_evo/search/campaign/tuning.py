@@ -58,18 +58,15 @@ def tune_learning_rate(campaign: Campaign, study: optuna.Study) -> float:
         )
         for rate in rates
     ]
-    size = campaign.population  # population 1 trains one rate at a time, as it does trials
-    results = [
-        result
-        for start in range(0, len(members), size)
-        for result in run_candidates(
-            members[start : start + size],
-            space.tasks,
-            space.policy,
-            reuse_existing=True,
-            tracking=campaign.tracking,
-        )
-    ]
+    # rates and seeds packed into engines of at most `population` (1: one run at a time)
+    results = run_candidates(
+        members,
+        space.tasks,
+        space.policy,
+        reuse_existing=True,
+        tracking=campaign.tracking,
+        population=campaign.population,
+    )
     scores = [result.reward if result.ok else None for result in results]
     best = max(range(len(rates)), key=lambda i: -math.inf if scores[i] is None else scores[i])
     store_reference(study, results[best])

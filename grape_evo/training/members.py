@@ -1,0 +1,73 @@
+"""What an engine's members are and what they start from: `Member` (objective, learning
+rate, seed), copies of a warm start's tensors, and the checks a set of members must pass."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from grape_evo.objective.spec import ObjectiveSpec
+from grape_evo.policy import Policy, Weights, policy_weights
+from grape_evo.policy.forward import VALUE_KEYS
+from grape_evo.training.batches import OfflinePairs
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One objective to train, its learning rate and its seed (None: the config's)."""
+
+    spec: ObjectiveSpec
+    lr: float
+    seed: int | None = None
+
+
+def adam(params: list[dict[str, object]], device: torch.device) -> torch.optim.Adam:
+    """Adam over parameter groups; the fused kernel on CPU and CUDA."""
+    return torch.optim.Adam(params, fused=device.type in ("cpu", "cuda"))
+
+
+def trainable_copy(weights: Weights) -> dict[str, nn.Parameter]:
+    """A member's own trainable copy of ``weights``."""
+    return {n: nn.Parameter(p.detach().clone()) for n, p in weights.items()}
+
+
+def frozen_copy(policy: Policy) -> Weights:
+    """A warm start's LM tensors (a copy), to score as a frozen reference."""
+    return {n: p.detach().clone() for n, p in policy_weights(policy).items() if n not in VALUE_KEYS}
+
+
+def by_seed(value: T | Mapping[int, T], seed: int) -> dict[int, T]:
+    """``value`` by seed: a mapping as it is, else ``{seed: value}``."""
+    return dict(value) if isinstance(value, Mapping) else {seed: value}
+
+
+def check_members(
+    members: Sequence[Member],
+    seeds: Sequence[int],
+    critics: Sequence[bool],
+    policies: Mapping[int, Policy],
+    pairs: Mapping[int, OfflinePairs],
+) -> None:
+    """A ValueError unless every member has a finite lr >= 0, a warm start for its seed (with
+    a value head when it needs a critic, offline pairs when it trains on them), and members of
+    several seeds are fully fine-tuned (a LoRA adapter needs its seed's base weights)."""
+    if not members:
+        raise ValueError("the engine needs at least one member")
+    for i, (member, seed) in enumerate(zip(members, seeds, strict=True)):
+        if not (math.isfinite(member.lr) and member.lr >= 0):
+            raise ValueError(f"member {i}: lr {member.lr!r} is not a finite number >= 0")
+        if seed not in policies:
+            raise ValueError(f"member {i}: no warm-start policy for its seed {seed}")
+        if critics[i] and policies[seed].value_head is None:
+            raise ValueError("a critic advantage needs the policy's value head (value_head=True)")
+        if member.spec.canonical().data == "preference_pairs" and seed not in pairs:
+            raise ValueError(f"data 'preference_pairs' needs offline pairs (seed {seed})")
+    if len(set(seeds)) > 1 and any(policies[s].config.use_lora for s in seeds):
+        raise ValueError("members of several seeds need fully fine-tuned policies (no LoRA)")
