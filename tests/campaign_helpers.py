@@ -15,9 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from grape_evo.cli import app
-from grape_evo.search.campaign import rungs as rungs_module
-from grape_evo.search.campaign import scheduler as scheduler_module
-from grape_evo.search.campaign import tuning as tuning_module
+from grape_evo.search.campaign import Campaign
 from grape_evo.search.evaluator import CandidateResult, CandidateRun
 from grape_evo.search.records import RunResult
 
@@ -114,21 +112,14 @@ def fake_result(
 
 
 def fake_training(monkeypatch: pytest.MonkeyPatch, per_candidate: Any) -> None:
-    """Replace the campaign's training by ``per_candidate(spec, configs, folder)`` for each
-    candidate of a lockstep batch."""
+    """Replace the campaign's training (`Campaign.train_runs`) by ``per_candidate(spec,
+    configs, folder)`` for each candidate of a batch."""
 
-    def run_candidates(
-        runs: list[CandidateRun],
-        tasks: Any,
-        policy: Any,
-        reuse_existing: bool = False,
-        tracking: Any = None,
-        population: int | None = None,
+    def train_runs(
+        campaign: Campaign, runs: list[CandidateRun], packed: bool = False
     ) -> list[CandidateResult]:
         return [
             per_candidate(r.spec, [r.configs[i] for i in r.seed_indices()], r.folder) for r in runs
         ]
 
-    monkeypatch.setattr(scheduler_module, "run_candidates", run_candidates)
-    monkeypatch.setattr(rungs_module, "run_candidates", run_candidates)
-    monkeypatch.setattr(tuning_module, "run_candidates", run_candidates)
+    monkeypatch.setattr(Campaign, "train_runs", train_runs)

@@ -38,9 +38,6 @@ from grape_evo.experiment.config import ExperimentConfigError, field, load_confi
 from grape_evo.experiment.report import write_results_block
 from grape_evo.experiment.tables import markdown
 from grape_evo.search.campaign import Campaign
-from grape_evo.search.campaign import rungs as rungs_module
-from grape_evo.search.campaign import scheduler as scheduler_module
-from grape_evo.search.campaign import tuning as tuning_module
 from grape_evo.search.evaluator import CandidateResult, CandidateRun
 from grape_evo.search.records import RunResult
 from grape_evo.search.space import parse_space
@@ -84,7 +81,7 @@ class NoiseModel:
         self.effect, self.repeat, self.runs = effect, repeat, 0
 
     def train(self, runs: list[CandidateRun], *args: Any, **kwargs: Any) -> list[CandidateResult]:
-        """Stands in for ``run_candidates``: one result per candidate, on its seeds."""
+        """Stands in for ``Campaign.train_runs``: one result per candidate, on its seeds."""
         return [self._candidate(r) for r in runs]
 
     def _candidate(self, run: CandidateRun) -> CandidateResult:
@@ -117,9 +114,7 @@ class NoiseModel:
 
 @contextlib.contextmanager
 def simulated_training(model: NoiseModel) -> Iterator[None]:
-    with contextlib.ExitStack() as stack:
-        for module in (scheduler_module, rungs_module, tuning_module):
-            stack.enter_context(mock.patch.object(module, "run_candidates", model.train))
+    with mock.patch.object(Campaign, "train_runs", model.train):
         yield
 
 

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from grape_evo import cli
 from grape_evo.objective.builder import Objective
 from grape_evo.search.campaign import Campaign, budget_used
-from grape_evo.search.campaign import rungs as rungs_module
 from grape_evo.search.space import parse_space
 from grape_evo.tasks.addition import AdditionTask
 
@@ -115,20 +114,20 @@ def test_broken_rewards_and_models_fail_trials_not_the_campaign(
         loss, stats = call(self, batch)
         return (loss * float("nan"), stats) if mode["now"] == "nan_model" else (loss, stats)
 
-    real = rungs_module.run_candidates
+    real = Campaign.train_runs
 
-    def run_candidates(runs: Any, *args: Any, **kw: Any) -> Any:
+    def train_runs(campaign: Campaign, runs: Any, *args: Any, **kw: Any) -> Any:
         (run,) = runs  # population 1: one candidate per batch
         number = int(Path(run.folder).name)
         mode["now"] = {1: "nan", 2: "raise", 3: "nan_model"}.get(number, "")
         try:
-            return real(runs, *args, **kw)
+            return real(campaign, runs, *args, **kw)
         finally:
             mode["now"] = ""
 
     monkeypatch.setattr(AdditionTask, "reward", hostile_reward)
     monkeypatch.setattr(Objective, "__call__", hostile_model)
-    monkeypatch.setattr(rungs_module, "run_candidates", run_candidates)
+    monkeypatch.setattr(Campaign, "train_runs", train_runs)
     campaign = Campaign(parse_space(copy.deepcopy(SPACE)), tmp_path / "run")
     study = campaign.open(create=True)
     campaign.optimize(study, 1)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from grape_evo.search.campaign.storage import (
     record_storage,
 )
 from grape_evo.search.campaign.tuning import tune_learning_rate
+from grape_evo.search.evaluator import CandidateResult, CandidateRun, run_candidates
 from grape_evo.search.records import TrialRecord
 from grape_evo.search.samplers import make_pruner, make_sampler
 from grape_evo.search.space import SearchSpace, parse_space
@@ -110,6 +112,23 @@ class Campaign:
         learning rate unless ``lr`` (a genome's rate) is given."""
         return self.space.budget.train_config(
             seed, lr=self.lr if lr is None else lr, device=self.device
+        )
+
+    def train_runs(
+        self, runs: Sequence[CandidateRun], packed: bool = False
+    ) -> list[CandidateResult]:
+        """`run_candidates` of ``runs`` on the space's tasks: finished run folders read back,
+        every run trained logged to ``--report-to``; ``packed`` (runs without reporters: the
+        lr tuning, the re-evaluation) cuts them, candidate by candidate, into engines of at
+        most ``population`` members, so a candidate's seeds train together. Every part of a
+        campaign trains through here."""
+        return run_candidates(
+            runs,
+            self.space.tasks,
+            self.space.policy,
+            reuse_existing=True,
+            tracking=self.tracking,
+            population=self.population if packed else None,
         )
 
     @property

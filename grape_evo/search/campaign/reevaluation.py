@@ -83,7 +83,7 @@ def reevaluate(campaign: Campaign, study: optuna.Study) -> list[dict[str, Any]]:
         folder = campaign.out_dir / "reeval" / reference
         spec = presets.get(reference)
         candidates.append(Candidate(CandidateRun(spec, configs, folder), spec.key()))
-    trained = train_packed(campaign, candidates, reuse_existing=True)
+    trained = train_packed(campaign, candidates)
     results: dict[Candidate, CandidateResult] = dict(zip(candidates, trained, strict=True))
     reference_result = None
     if reference is not None:

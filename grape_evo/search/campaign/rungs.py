@@ -26,7 +26,7 @@ import optuna
 
 from grape_evo.objective import presets
 from grape_evo.search.campaign.trials import Candidate
-from grape_evo.search.evaluator import CandidateResult, CandidateRun, run_candidates
+from grape_evo.search.evaluator import CandidateResult, CandidateRun
 from grape_evo.search.fitness import Fitness, paired_fitness
 from grape_evo.search.records import RunResult, TrialRecord, record
 
@@ -138,10 +138,7 @@ def train_rungs(
             and list(run.configs) == list(reference.configs)
         ]
         members = runs + ([reference] if reference is not None and not itself else [])
-        space = campaign.space
-        trained = run_candidates(
-            members, space.tasks, space.policy, reuse_existing=True, tracking=campaign.tracking
-        )
+        trained = campaign.train_runs(members)
         if reference is not None:
             store_reference(study, trained[itself[0]] if itself else trained[-1])
         for i, part in zip(going, trained, strict=False):

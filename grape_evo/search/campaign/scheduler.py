@@ -39,7 +39,7 @@ from grape_evo.search.campaign.trials import (
     prepare,
     reuse,
 )
-from grape_evo.search.evaluator import CandidateResult, run_candidates
+from grape_evo.search.evaluator import CandidateResult
 
 if TYPE_CHECKING:
     from grape_evo.search.campaign import Campaign
@@ -139,24 +139,21 @@ def batches(candidates: list[Candidate], size: int) -> list[list[Candidate]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def train_packed(
-    campaign: Campaign, candidates: list[Candidate], reuse_existing: bool = False
-) -> list[CandidateResult]:
+def train_packed(campaign: Campaign, candidates: list[Candidate]) -> list[CandidateResult]:
     """Train candidates without reporters (the re-evaluation) on the space's tasks and
-    seeds, their runs `by_kind` and candidate by candidate packed into engines of at most
-    ``population`` members (`run_candidates`), so one candidate's seeds train together.
+    seeds, `by_kind`, packed (`Campaign.train_runs`).
 
     With ``jobs > 1`` the seeds are cut into ``jobs`` contiguous parts, each packed and
     trained in one of ``jobs`` spawned processes (``cores // jobs`` torch threads each), as
     the search's trials are; a candidate's runs are merged back in (task, seed) order. A run
     is the same wherever it trains (it depends only on its seed), and an interrupted call
-    leaves its finished run folders for ``reuse_existing`` to read back."""
+    leaves its finished run folders to be read back."""
     ordered = by_kind(candidates)
     runs = [c.run for c in ordered]
     if not runs:
         return []
     if campaign.jobs == 1:
-        packed = _train_runs((campaign, runs, reuse_existing))
+        packed = _train_runs((campaign, runs))
     else:
         seeds = runs[0].seed_indices()
         size = -(-len(seeds) // campaign.jobs)
@@ -164,7 +161,6 @@ def train_packed(
             (
                 campaign,
                 [replace(run, seeds=seeds[start : start + size]) for run in runs],
-                reuse_existing,
             )
             for start in range(0, len(seeds), size)
         ]
@@ -191,14 +187,10 @@ def torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_runs(call: tuple[Campaign, list[Any], bool]) -> list[CandidateResult]:
-    """``run_candidates`` of a campaign's runs without reporters, packed into engines of at
-    most ``population`` (one picklable argument, for a process pool)."""
-    campaign, runs, reuse_existing = call
-    space = campaign.space
-    return run_candidates(
-        runs, space.tasks, space.policy, reuse_existing, campaign.tracking, campaign.population
-    )
+def _train_runs(call: tuple[Campaign, list[Any]]) -> list[CandidateResult]:
+    """A campaign's runs without reporters, packed (one picklable argument, for a pool)."""
+    campaign, runs = call
+    return campaign.train_runs(runs, packed=True)
 
 
 def usable_cores() -> int:

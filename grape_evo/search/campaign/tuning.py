@@ -23,7 +23,7 @@ import optuna
 
 from grape_evo.objective import presets
 from grape_evo.search.campaign.rungs import store_reference
-from grape_evo.search.evaluator import CandidateRun, run_candidates
+from grape_evo.search.evaluator import CandidateRun
 
 if TYPE_CHECKING:
     from grape_evo.search.campaign import Campaign
@@ -59,14 +59,7 @@ def tune_learning_rate(campaign: Campaign, study: optuna.Study) -> float:
         for rate in rates
     ]
     # rates and seeds packed into engines of at most `population` (1: one run at a time)
-    results = run_candidates(
-        members,
-        space.tasks,
-        space.policy,
-        reuse_existing=True,
-        tracking=campaign.tracking,
-        population=campaign.population,
-    )
+    results = campaign.train_runs(members, packed=True)
     scores = [result.reward if result.ok else None for result in results]
     best = max(range(len(rates)), key=lambda i: -math.inf if scores[i] is None else scores[i])
     store_reference(study, results[best])
