@@ -8,13 +8,16 @@ objectives of one (task, regime, seed) in one lockstep batch). For every pair of
 effect is the mean over seeds of the paired difference of final held-out reward (the expected
 reward under sampling on the task's fixed evaluation set), with a t 95% CI. An A/A pair (one
 objective against itself on other seeds) measures the noise floor. Writes ``separation.csv``,
-``aa.csv``, ``results.csv``, ``separation.png``, learning curves and the results block of
+``aa.csv``, ``regime_effects.csv`` (each regime against the first, per objective),
+``results.csv``, ``separation.png``, learning curves and the results block of
 ``README.md``; the README says which tasks are admitted for search.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import pandas as pd
 
 from grape_evo.analysis import figures
 from grape_evo.analysis.stats import Interval, paired_interval, t_interval, verdict
-from grape_evo.experiment import RunPlan, execute, finals_frame
+from grape_evo.experiment import RunPlan, RunResult, execute, finals_frame
 from grape_evo.experiment.config import (
     ExperimentConfigError,
     field,
@@ -41,6 +44,7 @@ from grape_evo.objective import ObjectiveSpec, presets
 
 HERE = Path(__file__).parent
 REGIME_FIELDS = ("epochs", "minibatches", "staleness")
+TRAIN_WINDOW = 10
 COLUMNS = ["task", "regime", "objective_a", "objective_b", "n_seeds", "effect", "ci_low", "ci_high"]
 
 
@@ -117,6 +121,22 @@ def separation_table(finals: pd.DataFrame, config: dict[str, Any]) -> pd.DataFra
                     )
                 )  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def regime_table(finals: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """Every objective on every task: each regime against the first (same seeds, so paired),
+    columns task, objective, regime, n_seeds, effect, ci_low, ci_high."""
+    first, *others = config["regimes"]
+    rows = []
+    for task, name, regime in itertools.product(config["tasks"], config["objectives"], others):
+        now, before = by_seed(finals, regime, task, name), by_seed(finals, first, task, name)
+        seeds = sorted(set(now.index) & set(before.index))
+        interval = paired_interval(now[seeds].tolist(), before[seeds].tolist())
+        rows.append(
+            {"task": task, "objective": name, "regime": regime, "n_seeds": interval.n,
+             "effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def aa_table(finals: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
@@ -210,6 +230,7 @@ def results_text(
     finals: pd.DataFrame,
     separation: pd.DataFrame,
     aa: pd.DataFrame,
+    regimes: pd.DataFrame,
     admitted: pd.DataFrame,
     config: dict[str, Any],
 ) -> str:
@@ -238,9 +259,57 @@ def results_text(
         table = pd.DataFrame(rows).pivot(index="objective", columns="regime", values="final reward")
         table = table.reindex(index=config["objectives"], columns=list(config["regimes"]))
         lines += [f"### {task}", "", markdown(table.reset_index()), ""]
+        lines += [
+            f"Training reward (mean of the last {TRAIN_WINDOW} steps' batches: on a proxy task the "
+            "proxy) / final KL to the reference (nats), mean over the seeds that ended ok:",
+            "",
+            markdown(_drift_table(finals, task, config).reset_index()),
+            "",
+        ]
+        first = next(iter(config["regimes"]))
+        change = regimes[regimes["task"] == task].assign(
+            cell=lambda f: [
+                fmt_ci(r.effect, r.ci_low, r.ci_high, signed=True) for r in f.itertuples()
+            ]
+        )
+        change = change.pivot(index="objective", columns="regime", values="cell")
+        change = change.reindex(index=config["objectives"])
+        lines += [
+            f"Each regime against {first}, per objective (paired over seeds; regime_effects.csv):",
+            "",
+            markdown(change.reset_index()),
+            "",
+        ]
         lines += [_clear_pairs(separation, task), ""]
         lines += [f"![{task}, {r}](curves_{task}_{r}.png)" for r in config["regimes"]] + [""]
     return "\n".join(lines)
+
+
+def last_train_reward(result: RunResult) -> float:
+    """The mean training-batch reward of a run's last `TRAIN_WINDOW` steps (NaN unless ok)."""
+    values = [value for _, value in result.curve("reward")[1:]][-TRAIN_WINDOW:]
+    return statistics.fmean(values) if values and result.status == "ok" else math.nan
+
+
+def _drift_table(finals: pd.DataFrame, task: str, config: dict[str, Any]) -> pd.DataFrame:
+    """Per objective and regime: 'training reward / KL to the reference' over ok runs."""
+    ok = finals[(finals["task"] == task) & (finals["status"] == "ok")]
+    means = ok.groupby(["label", "stage"])[["train_reward", "kl_to_ref"]].mean()
+    table = pd.DataFrame(
+        [
+            [
+                f"{means.loc[(name, regime), 'train_reward']:.2f} / "
+                f"{means.loc[(name, regime), 'kl_to_ref']:.2f}"
+                if (name, regime) in means.index
+                else "-"
+                for regime in config["regimes"]
+            ]
+            for name in config["objectives"]
+        ],
+        index=pd.Index(config["objectives"], name="objective"),
+        columns=list(config["regimes"]),
+    )
+    return table
 
 
 def _clear_pairs(separation: pd.DataFrame, task: str) -> str:
@@ -278,11 +347,14 @@ def main() -> None:
     )
     finals = finals_frame(results)
     finals["stage"] = [r.plan.stage for r in results]
+    finals["train_reward"] = [last_train_reward(r) for r in results]
     finals.to_csv(out / "results.csv", index=False)
     separation = separation_table(finals, config)
     separation.to_csv(out / "separation.csv", index=False)
     aa = aa_table(finals, config)
     aa.to_csv(out / "aa.csv", index=False)
+    regimes = regime_table(finals, config)
+    regimes.to_csv(out / "regime_effects.csv", index=False)
     admitted = admission(separation, finals, config)
     reference = config["admission"]["reference"]
     figures.save(separation_figure(separation, config, reference), out / "separation.png")
@@ -308,7 +380,9 @@ def main() -> None:
     footer = f"Compute: {compute.run_seconds / 60:.1f} run-minutes ({len(plans)} runs)."
     write_results_block(
         out / "README.md",
-        "\n\n".join([budget, results_text(finals, separation, aa, admitted, config), footer]),
+        "\n\n".join(
+            [budget, results_text(finals, separation, aa, regimes, admitted, config), footer]
+        ),
     )
     print(compute.describe())
     print(f"total compute: {compute.run_seconds / 60:.1f} run-minutes; results in {out}")

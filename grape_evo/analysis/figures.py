@@ -22,7 +22,7 @@ from grape_evo.analysis.pareto import pareto_mask
 
 FIGSIZE = (7.0, 4.5)
 DPI = 120
-REWARD_LABEL = "held-out reward (rubric score, 0-1)"
+REWARD_LABEL = "held-out gold reward (0-1)"
 KL_LABEL = "KL to reference (nats / sequence)"
 STEP_LABEL = "training step"
 TRIAL_LABEL = "trial number"
@@ -86,7 +86,7 @@ def learning_curves_figure(
 
     ``curves`` is a :func:`~grape_evo.analysis.summaries.curve_summary` frame (columns ``label``,
     ``step``, ``n``, ``mean``, ``ci_low``, ``ci_high``) for one task. Baselines are dashed.
-    Bands are cut to ``value_range`` (rewards are rubric scores in [0, 1]; a t interval over
+    Bands are cut to ``value_range`` (rewards are in [0, 1]; a t interval over
     few seeds can reach past them). ``comparison`` draws many objectives side by side (an
     experiment's table holds their CIs): no bands, no baseline/discovered wording, the legend
     outside the axes, and the line style changing each time the palette repeats.

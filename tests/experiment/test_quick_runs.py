@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -96,8 +98,27 @@ def test_regime_quick_run_writes_the_separation_table(tmp_path: Path, grape_cach
     finals = rows(out / "results" / "results.csv")
     assert len(finals) == 2 * (3 * 2 * 3 + 2)
     assert len(rows(out / "results" / "aa.csv")) == 2
+    # each later regime against one_update, per objective: the mean paired difference
+    changes = rows(out / "results" / "regime_effects.csv")
+    assert len(changes) == 2 * 3 * 2
+    for change in changes:
+
+        def reward(stage: str, change: dict[str, str] = change) -> dict[str, float]:
+            return {
+                r["seed"]: float(r["reward"])
+                for r in finals
+                if (r["task"], r["label"], r["stage"])
+                == (change["task"], change["objective"], stage)
+                and r["status"] == "ok"
+            }
+
+        now, before = reward(change["regime"]), reward("one_update")
+        seeds = sorted(set(now) & set(before))
+        expected = sum(now[s] - before[s] for s in seeds) / len(seeds)
+        assert float(change["effect"]) == pytest.approx(expected, abs=1e-9)
     readme = (out / "results" / "README.md").read_text()
     assert "### Admission" in readme and "| admitted |" in readme
+    assert "regime_effects.csv" in readme
     for task in ("long_sort", "proxy"):  # learning curves: one figure per regime
         for regime in ("one_update", "four_by_four", "stale_4"):
             assert (out / "results" / f"curves_{task}_{regime}.png").stat().st_size > 0
