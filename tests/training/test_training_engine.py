@@ -210,23 +210,25 @@ def test_lora_members_train_as_alone(
     _population_against_alone(specs, config, PolicyConfig(), cache_dir, monkeypatch, lora_rank=2)
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["stacked", "transformers"])
 def test_members_of_several_seeds_train_as_each_alone_on_its_seed(
-    tiny: Callable[..., Any], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Callable[..., Any], cache_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_path: bool
 ) -> None:
     """One population of members on seeds 3 and 4, each from its seed's warm start and
     reference: GRPO on both seeds, PPO (critic, 4 x 4), DPO (each seed's own offline pairs),
     SFT (each seed's demonstrations) and a stale CISPO, each against its run alone on its
-    seed. Its prompts, sampled tokens, losses, weights and evaluation are its seed's."""
+    seed. Its prompts, sampled tokens, losses, weights and evaluation are its seed's. On the
+    transformers forward too (the other seeds' references as explicit weights there)."""
     task = get_task("addition")
-    seeds = [3, 4, 4, 3, 4, 3]
+    seeds = [3, 4, 4, 3, 4, 3] if fast_path else [3, 4, 3]
     specs = [
         presets.get("grpo"),
         presets.get("grpo"),
-        presets.get("ppo"),
+        presets.get("ppo") if fast_path else presets.get("dpo"),
         presets.get("dpo"),
         presets.get("sft"),
         _with("cispo", staleness=1),
-    ]
+    ][: len(seeds)]
     configs = {seed: tiny(batch_size=16, seed=seed) for seed in seeds}
     policies = {
         seed: warm_start_policy(
@@ -234,6 +236,8 @@ def test_members_of_several_seeds_train_as_each_alone_on_its_seed(
         )[0]
         for seed, config in configs.items()
     }
+    for policy in policies.values():
+        policy.fast_path = fast_path
     pairs = {seed: sample_offline_pairs(policies[seed], task, c) for seed, c in configs.items()}
     assert pairs[3].prompts != pairs[4].prompts  # each seed labels its own pairs
     lrs = [LRS[i % len(LRS)] for i in range(len(specs))]
