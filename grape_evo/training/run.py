@@ -1,12 +1,13 @@
 """Training runs end to end: warm start, M >= 1 members in lockstep, evaluation, run folders.
 
-`train` trains one objective; `train_members` trains several from one warm start, each with its
-own run folder and summary, the same contract as `train` (**contract**, DESIGN.md section 4):
-``OUT/metrics.jsonl`` and ``OUT/summary.json`` (and with ``save_model`` the trained policy in
-``OUT/model``, see `grape_evo.training.saving`). A run never ends in a traceback: a diverged run
-reports ``status: diverged``, a failure (a task that raises, a model that outputs NaN, ...)
-``status: failed`` and a run its caller stopped (pruned) ``status: stopped``, each with a
-``reason``. Ctrl-C still stops the run, leaving what was written so far.
+`train` trains one objective; `train_members` trains several, each from the warm start of its
+seed (`Member.seed`), each with its own run folder and summary, the same contract as `train`
+(**contract**, DESIGN.md section 4): ``OUT/metrics.jsonl`` and ``OUT/summary.json`` (and with
+``save_model`` the trained policy in ``OUT/model``, see `grape_evo.training.saving`). A run
+never ends in a traceback: a diverged run reports ``status: diverged``, a failure (a task that
+raises, a model that outputs NaN, ...) ``status: failed`` and a run its caller stopped
+(pruned) ``status: stopped``, each with a ``reason``. Ctrl-C still stops the run, leaving
+what was written so far.
 """
 
 from __future__ import annotations
