@@ -41,6 +41,9 @@ def curves_frame(results: Sequence[RunResult], metric: str = "eval_reward") -> p
     return pd.DataFrame(rows, columns=["label", "task", "seed", "step", metric])
 
 
+MIN_CURVE_SPAN = 0.1
+
+
 def save_learning_curves(
     results: Sequence[RunResult],
     task: str,
@@ -51,7 +54,9 @@ def save_learning_curves(
 ) -> None:
     """Mean eval reward over seeds per label for one task, as a PNG (CIs are in the tables).
 
-    ``highlight`` labels (the reference objectives) are drawn thick and black.
+    ``highlight`` labels (the reference objectives) are drawn thick and black. The y axis
+    spans at least `MIN_CURVE_SPAN` inside [0, 1], so curves of a task nothing learns are
+    drawn flat, not zoomed until rounding noise looks like a trend.
     """
     curves = curve_summary(curves_frame([r for r in results if r.plan.task == task]))
     curves = curves[curves["task"] == task]
@@ -62,6 +67,11 @@ def save_learning_curves(
         title=title or f"{task}: held-out reward",
         comparison=True,
     )
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    if high - low < MIN_CURVE_SPAN:
+        low = min(max((low + high - MIN_CURVE_SPAN) / 2, 0.0), 1.0 - MIN_CURVE_SPAN)
+        ax.set_ylim(low, low + MIN_CURVE_SPAN)
     figures.save(fig, path)
 
 
