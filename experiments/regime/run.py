@@ -101,15 +101,22 @@ def by_seed(finals: pd.DataFrame, stage: str, task: str, label: str) -> pd.Serie
     return part.set_index("seed")["reward"].sort_index()
 
 
+def paired_on_seeds(values: pd.Series, reference: pd.Series) -> Interval:
+    """The paired interval of ``values - reference`` (final rewards by seed) over the seeds
+    both have."""
+    seeds = sorted(set(values.index) & set(reference.index))
+    return paired_interval(values[seeds].tolist(), reference[seeds].tolist())
+
+
 def separation_table(finals: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     """Every pair of objectives on every task in every regime: the paired effect a - b."""
     rows = []
     for task in config["tasks"]:
         for regime in config["regimes"]:
             for a, b in itertools.combinations(config["objectives"], 2):
-                va, vb = by_seed(finals, regime, task, a), by_seed(finals, regime, task, b)
-                seeds = sorted(set(va.index) & set(vb.index))
-                interval = paired_interval(va[seeds].tolist(), vb[seeds].tolist())
+                interval = paired_on_seeds(
+                    by_seed(finals, regime, task, a), by_seed(finals, regime, task, b)
+                )
                 rows.append(
                     dict(
                         zip(
@@ -129,9 +136,9 @@ def regime_table(finals: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     first, *others = config["regimes"]
     rows = []
     for task, name, regime in itertools.product(config["tasks"], config["objectives"], others):
-        now, before = by_seed(finals, regime, task, name), by_seed(finals, first, task, name)
-        seeds = sorted(set(now.index) & set(before.index))
-        interval = paired_interval(now[seeds].tolist(), before[seeds].tolist())
+        interval = paired_on_seeds(
+            by_seed(finals, regime, task, name), by_seed(finals, first, task, name)
+        )
         rows.append(
             {"task": task, "objective": name, "regime": regime, "n_seeds": interval.n,
              "effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high}

@@ -83,6 +83,10 @@ class CandidateResult:
         """The most members any of its runs was trained with."""
         return max((r.trained_with for r in self.runs), default=1)
 
+    def order_runs(self, slugs: Sequence[str]) -> None:
+        """Sort its runs in (task, seed) order, tasks in the order of ``slugs``."""
+        self.runs.sort(key=lambda run: (slugs.index(run.task), run.seed))
+
     def finals(self, key: str) -> list[float]:
         return [r.final_eval[key] for r in self.runs if r.final_eval]
 
@@ -144,7 +148,7 @@ def run_candidates(
             )
     slugs = [task_ref.slug for task_ref in tasks]
     for result in results:
-        result.runs.sort(key=lambda run: (slugs.index(run.task), run.seed))
+        result.order_runs(slugs)
     return results
 
 
@@ -181,6 +185,7 @@ def _train_slots(
     """Train the runs of ``slots`` whose candidates are still going in one engine (reading
     back those ``reuse_existing`` finds) and append each to its candidate's result."""
     members: list[Slot] = []
+    folders: list[Path] = []
     for slot in slots:
         candidate, result = candidates[slot.candidate], results[slot.candidate]
         if not result.going or slot.seed_index not in candidate.seed_indices():
@@ -190,6 +195,7 @@ def _train_slots(
         done = _existing(run_dir, candidate.spec, config.seed) if reuse_existing else None
         if done is None:
             members.append(slot)
+            folders.append(run_dir)
         else:
             result.runs.append(RunResult.of(done, task_ref.slug, _curve(run_dir), str(run_dir)))
     if not members:
@@ -197,9 +203,6 @@ def _train_slots(
     chosen = [candidates[m.candidate] for m in members]
     configs = [c.configs[m.seed_index] for c, m in zip(chosen, members, strict=True)]
     shared = _shared_config(configs)
-    folders = [
-        c.folder / task_ref.slug / f"seed{cfg.seed}" for c, cfg in zip(chosen, configs, strict=True)
-    ]
     curves: list[list[tuple[int, float]]] = [[] for _ in members]
     hooks = [
         _hook(curve, c.report, results[m.candidate], m.offset)

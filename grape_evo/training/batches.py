@@ -297,6 +297,7 @@ def reference_pair_sums(
     """The reference's log-prob sums [N] of every offline pair's chosen and rejected
     completion (softmax(logits / ``temperature``)), scored in chunks of 256 pairs;
     ``reference`` as in `reference_logps`."""
+    weights = None if reference is None else [reference]
     sums = []
     for texts in (pairs.chosen, pairs.rejected):
         parts = []
@@ -304,7 +305,6 @@ def reference_pair_sums(
             chunk = slice(start, start + 256)
             rollout = encode_pairs(tokenizer, pairs.prompts[chunk], texts[chunk], device=device)
             rows = rows_of([rollout], tokenizer.pad_id)
-            weights = None if reference is None else [reference]
             out = forward.score(rows, weights, temperature=temperature)
             parts.append(sequence_sums(out.logp[0], rollout.completion_mask)[0])
         sums.append(torch.cat(parts))

@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -86,13 +85,13 @@ from grape_evo.training.members import (
     by_seed,
     check_members,
     frozen_copy,
+    seed_configs,
     trainable_copy,
 )
 from grape_evo.training.records import EvalReport, RunStatus, divergence
 from grape_evo.training.trpo import trust_region_members
 
 Metrics = dict[str, Tensor]
-T = TypeVar("T")
 
 
 class Engine:
@@ -116,7 +115,7 @@ class Engine:
         self.objectives: list[Objective] = [build_objective(spec) for spec in self.specs]
         self.critics = [needs_critic(o) for o in self.objectives]
         self.trust = [needs_trust_region(o) for o in self.objectives]
-        self.seeds = [config.seed if m.seed is None else m.seed for m in members]
+        self.seeds, self.configs = seed_configs(members, config)
         policies = by_seed(policy, config.seed)
         pairs = {} if offline_pairs is None else by_seed(offline_pairs, config.seed)
         check_members(members, self.seeds, self.critics, policies, pairs)
@@ -125,7 +124,6 @@ class Engine:
         self.tokenizer, self.device = first.tokenizer, first.device
         self.forward = with_precision(forward_for(first), config.precision, self.device)
         self.logprob_temperature = config.temperature if config.temper_logprobs else 1.0
-        self.configs = {seed: replace(config, seed=seed) for seed in self.seeds}
         # the first seed's reference is the forward's own; the others' are their warm starts
         self.references: dict[int, Weights | None] = {
             seed: None if seed == self.seeds[0] else frozen_copy(policies[seed])

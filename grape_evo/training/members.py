@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import torch
@@ -15,6 +15,7 @@ from grape_evo.objective.spec import ObjectiveSpec
 from grape_evo.policy import Policy, Weights, policy_weights
 from grape_evo.policy.forward import VALUE_KEYS
 from grape_evo.training.batches import OfflinePairs
+from grape_evo.training.config import TrainConfig
 
 T = TypeVar("T")
 
@@ -26,6 +27,15 @@ class Member:
     spec: ObjectiveSpec
     lr: float
     seed: int | None = None
+
+
+def seed_configs(
+    members: Sequence[Member], config: TrainConfig
+) -> tuple[list[int], dict[int, TrainConfig]]:
+    """Each member's seed (its own, else ``config.seed``) and, per distinct seed in order of
+    first use, ``config`` with that seed."""
+    seeds = [config.seed if m.seed is None else m.seed for m in members]
+    return seeds, {seed: replace(config, seed=seed) for seed in seeds}
 
 
 def adam(params: list[dict[str, object]], device: torch.device) -> torch.optim.Adam:

@@ -35,6 +35,7 @@ from grape_evo.training.config import TrainConfig
 from grape_evo.training.engine import Engine, Member
 from grape_evo.training.initial_eval import evaluation_key, initial_evaluation
 from grape_evo.training.losses import needs_critic
+from grape_evo.training.members import seed_configs
 from grape_evo.training.records import EvalReport, MetricsLog, RunStatus, RunSummary, StepRecord
 from grape_evo.training.saving import MODEL_DIR, save_trained
 from grape_evo.training.warm_start import warm_start_policy
@@ -124,8 +125,7 @@ def train_members(
         )
     device = resolve_device(config.device)
     base_policy = policy_config or PolicyConfig()
-    seeds = [config.seed if m.seed is None else m.seed for m in members]
-    configs = {seed: replace(config, seed=seed) for seed in seeds}
+    seeds, configs = seed_configs(members, config)
     if len(configs) > 1 and base_policy.use_lora:
         return _per_seed(
             members, seeds, task, configs, base_policy, outs, progress, cache_dir, hooks, save_model

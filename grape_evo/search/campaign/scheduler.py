@@ -175,7 +175,7 @@ def train_packed(campaign: Campaign, candidates: list[Candidate]) -> list[Candid
                 into.runs += result.runs
                 into.stopped = into.stopped or result.stopped
         for result in packed:
-            result.runs.sort(key=lambda run: (slugs.index(run.task), run.seed))
+            result.order_runs(slugs)
     by_candidate = {id(c): result for c, result in zip(ordered, packed, strict=True)}
     return [by_candidate[id(c)] for c in candidates]
 
