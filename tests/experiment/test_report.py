@@ -26,6 +26,14 @@ def result(tmp_path: Path, seed: int, curve: list[float]) -> RunResult:
     return RunResult(plan, summary, folder)
 
 
+@pytest.fixture
+def saved(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures `save_learning_curves` would write, in order."""
+    figures: list[Any] = []
+    monkeypatch.setattr(report.figures, "save", lambda fig, path: figures.append(fig))
+    return figures
+
+
 @pytest.mark.parametrize(
     ("curve", "expected"),
     [
@@ -37,10 +45,8 @@ def result(tmp_path: Path, seed: int, curve: list[float]) -> RunResult:
     ],
 )
 def test_flat_curves_are_not_zoomed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, curve: list[float], expected: tuple
+    tmp_path: Path, saved: list[Any], curve: list[float], expected: tuple
 ) -> None:
-    saved: list[Any] = []
-    monkeypatch.setattr(report.figures, "save", lambda fig, path: saved.append(fig))
     runs = [result(tmp_path, 0, curve), result(tmp_path, 1, curve)]
     report.save_learning_curves(runs, "sort", tmp_path / "c.png", ["grpo"])
     low, high = saved[0].axes[0].get_ylim()
