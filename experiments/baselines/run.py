@@ -26,7 +26,6 @@ from grape_evo.experiment.config import (
     preset_list,
     seeds_field,
     tasks_field,
-    train_config,
 )
 from grape_evo.experiment.report import save_learning_curves, write_results_block
 from grape_evo.experiment.tables import fmt_ci, fmt_effect, markdown
@@ -38,14 +37,16 @@ HERE = Path(__file__).parent
 def plans_for(config: dict, path: Path, stage: str, seeds: list[int], lrs: dict) -> list[RunPlan]:
     """One plan per (task, preset, seed) at ``lrs[(task, preset)]`` (a list: one plan each)."""
     plans = []
-    for task, task_overrides in config["tasks"].items():
+    for task, entry in config["tasks"].items():
         for name in config["presets"][task]:
             for lr in lrs[(task, name)]:
                 for seed in seeds:
-                    train = train_config(
-                        config["train"], path, f"tasks.{task}", **task_overrides, seed=seed, lr=lr
+                    train = entry.train(config["train"], path, seed=seed, lr=lr)
+                    plans.append(
+                        RunPlan(
+                            name, task, presets.get(name), train, stage=stage, task_ref=entry.ref
+                        )
                     )
-                    plans.append(RunPlan(name, task, presets.get(name), train, stage=stage))
     return plans
 
 

@@ -26,7 +26,6 @@ from grape_evo.experiment.config import (
     parse_args,
     seeds_field,
     tasks_field,
-    train_config,
 )
 from grape_evo.experiment.report import (
     effects_figure,
@@ -150,9 +149,10 @@ def main() -> None:
                 name,
                 task,
                 spec,
-                train_config(config["train"], path, f"tasks.{task}", **overrides, seed=seed),
+                entry.train(config["train"], path, seed=seed),
+                task_ref=entry.ref,
             )
-            for task, overrides in config["tasks"].items()
+            for task, entry in config["tasks"].items()
             for name, spec in config["specs"].items()
             for seed in config["seeds"]
         ]

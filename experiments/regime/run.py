@@ -36,7 +36,6 @@ from grape_evo.experiment.config import (
     preset_list,
     seeds_field,
     tasks_field,
-    train_config,
 )
 from grape_evo.experiment.report import save_learning_curves, write_results_block
 from grape_evo.experiment.tables import fmt_ci, markdown
@@ -78,19 +77,23 @@ def regime_spec(name: str, regime: dict[str, Any]) -> ObjectiveSpec:
 
 def plans_of(config: dict[str, Any], path: Path) -> list[RunPlan]:
     plans = []
-    for task, overrides in config["tasks"].items():
+    for task, entry in config["tasks"].items():
         for regime_name, regime in config["regimes"].items():
             for seed in config["seeds"]:
-                train = train_config(config["train"], path, f"tasks.{task}", **overrides, seed=seed)
+                train = entry.train(config["train"], path, seed=seed)
                 for name in config["objectives"]:
+                    spec = regime_spec(name, regime)
                     plans.append(
-                        RunPlan(name, task, regime_spec(name, regime), train, stage=regime_name)
+                        RunPlan(name, task, spec, train, stage=regime_name, task_ref=entry.ref)
                     )
         aa = config["aa"]
         for seed in aa["seeds"]:
-            train = train_config(config["train"], path, f"tasks.{task}", **overrides, seed=seed)
+            train = entry.train(config["train"], path, seed=seed)
             spec = regime_spec(aa["objective"], config["regimes"][aa["regime"]])
-            plans.append(RunPlan(aa["objective"], task, spec, train, stage=f"aa-{aa['regime']}"))
+            stage = f"aa-{aa['regime']}"
+            plans.append(
+                RunPlan(aa["objective"], task, spec, train, stage=stage, task_ref=entry.ref)
+            )
     return plans
 
 

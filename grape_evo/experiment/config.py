@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from grape_evo.objective import presets
-from grape_evo.tasks import task_names
+from grape_evo.tasks import build_task, task_names
 from grape_evo.training import TrainConfig
 
 
@@ -57,18 +59,56 @@ def field(config: Mapping[str, Any], name: str, kind: type, path: Path) -> Any:
     return value
 
 
-def tasks_field(config: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:
-    """``tasks: {name: {train overrides}}``, with known task names and train keys."""
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task of an experiment: its label in tables and folders, what it builds, and its
+    train overrides.
+
+    ``ref`` is ``()`` for a registered task under its own name, else the sorted items of a
+    ``task: {name: REGISTERED, **arguments}`` mapping: a variant such as 3-digit
+    ``long_addition`` under a label of its own.
+    """
+
+    label: str
+    ref: tuple[tuple[str, Any], ...] = ()
+    overrides: Mapping[str, Any] = dataclass_field(default_factory=dict)
+
+    def train(self, base: Mapping[str, Any], path: Path, **settings: Any) -> TrainConfig:
+        """The TrainConfig of ``base`` with this task's overrides, then ``settings``."""
+        return train_config(base, path, f"tasks.{self.label}", **self.overrides, **settings)
+
+
+def tasks_field(config: Mapping[str, Any], path: Path) -> dict[str, TaskEntry]:
+    """``tasks: {label: {train overrides}}``: a label is a registered task name, or any name
+    whose mapping has ``task: {name: REGISTERED, **arguments}`` (a task variant)."""
     tasks = field(config, "tasks", dict, path)
-    for name, overrides in tasks.items():
-        if name not in task_names():
+    entries = {}
+    for label, raw in tasks.items():
+        if not isinstance(raw or {}, dict):
             raise ExperimentConfigError(
-                f"{path}: tasks.{name}: unknown task; valid tasks: {task_names()}"
+                f"{path}: tasks.{label} must be a mapping of train settings"
             )
-        if not isinstance(overrides or {}, dict):
-            raise ExperimentConfigError(f"{path}: tasks.{name} must be a mapping of train settings")
-        tasks[name] = dict(overrides or {})
-    return tasks
+        overrides = dict(raw or {})
+        variant = overrides.pop("task", None)
+        if variant is None:
+            if label not in task_names():
+                raise ExperimentConfigError(
+                    f"{path}: tasks.{label}: unknown task; valid tasks: {task_names()} (or give "
+                    f"'task: {{name: REGISTERED, ...arguments}}' for a variant)"
+                )
+            entries[label] = TaskEntry(label, (), overrides)
+            continue
+        if not isinstance(variant, dict) or "name" not in variant:
+            raise ExperimentConfigError(
+                f"{path}: tasks.{label}.task must be a mapping with a registered 'name' and the "
+                f"task's arguments, got {variant!r}"
+            )
+        try:
+            build_task(variant)
+        except (TypeError, ValueError) as err:
+            raise ExperimentConfigError(f"{path}: tasks.{label}.task: {err}") from None
+        entries[label] = TaskEntry(label, tuple(sorted(variant.items())), overrides)
+    return entries
 
 
 def preset_list(value: Any, where: str, path: Path) -> list[str]:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from grape_evo.objective import ObjectiveSpec
 from grape_evo.policy import PolicyConfig, resolve_device
-from grape_evo.tasks import get_task
+from grape_evo.tasks import Task, build_task, get_task
 from grape_evo.training import Member, TrainConfig, train_members, warm_start_policy
 from grape_evo.training.records import read_metrics
 
@@ -38,11 +38,13 @@ class RunPlan:
 
     Attributes:
         label: the objective's name in tables (a preset name or an ablation variant).
-        task: a registered task name.
+        task: a registered task name, or the label of the variant ``task_ref`` builds.
         spec: the objective.
         train: budget, seed, learning rate and warm start.
         policy: the policy architecture.
         stage: a sub-folder grouping runs of one purpose (``tune``, ``eval``, ...).
+        task_ref: ``()``, or the sorted items of ``{name: REGISTERED, **arguments}`` (a task
+            variant; see :class:`~grape_evo.experiment.config.TaskEntry`).
     """
 
     label: str
@@ -51,6 +53,11 @@ class RunPlan:
     train: TrainConfig
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     stage: str = "eval"
+    task_ref: tuple[tuple[str, Any], ...] = ()
+
+    def build_task(self) -> Task:
+        """The task this plan trains on."""
+        return build_task(dict(self.task_ref)) if self.task_ref else get_task(self.task)
 
     @property
     def seed(self) -> int:
@@ -64,6 +71,8 @@ class RunPlan:
             "train": self.train.to_dict(),
             "policy": self.policy.to_dict(),
         }
+        if self.task_ref:  # only variants carry it, so earlier runs keep their folders
+            blob["task_ref"] = dict(self.task_ref)
         text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -145,7 +154,7 @@ def _build_warm_start(plan: RunPlan, cache_dir: Path | None, threads: int) -> fl
     torch.set_num_threads(threads)
     start = time.perf_counter()
     warm_start_policy(
-        get_task(plan.task), plan.policy, plan.train, resolve_device(plan.train.device), cache_dir
+        plan.build_task(), plan.policy, plan.train, resolve_device(plan.train.device), cache_dir
     )
     return time.perf_counter() - start
 
@@ -156,7 +165,7 @@ def _run_batch(plans: list[RunPlan], root: Path, cache_dir: Path | None, threads
     first = plans[0]
     summaries = train_members(
         [Member(p.spec, p.train.lr) for p in plans],
-        get_task(first.task),
+        first.build_task(),
         first.train,
         first.policy,
         out_dirs=[p.folder(root) for p in plans],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -74,3 +75,27 @@ def test_parallel_runs_match_inline_runs(tmp_path: Path, grape_cache: Path) -> N
     assert compute.runs_done_now == 2
     for a, b in zip(inline, parallel, strict=True):
         assert a.summary["final_eval"] == b.summary["final_eval"]  # same seed, same result
+
+
+def test_a_task_variant_builds_its_arguments_and_gets_its_own_folder(tmp_path: Path) -> None:
+    ref = (("max_digits", 3), ("min_digits", 3), ("name", "long_addition"))
+    variant = RunPlan("grpo", "addition3", presets.get("grpo"), TrainConfig(**TINY), task_ref=ref)
+    task = variant.build_task()
+    assert task.config() == {"name": "long_addition", "min_digits": 3, "max_digits": 3}
+    assert variant.folder(tmp_path).parent == tmp_path / "eval" / "addition3"
+    same_label = RunPlan("grpo", "addition3", presets.get("grpo"), TrainConfig(**TINY))
+    assert variant.key() != same_label.key()
+
+
+def test_a_registered_task_keeps_the_key_it_had_before_variants() -> None:
+    # The key of a plan without a variant hashes objective, task, train and policy only, so
+    # the folders of runs made before task variants existed are found again.
+    p = plan()
+    blob = {
+        "objective": p.spec.key(),
+        "task": "addition",
+        "train": p.train.to_dict(),
+        "policy": p.policy.to_dict(),
+    }
+    text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
+    assert p.key() == hashlib.sha256(text.encode()).hexdigest()[:12]
