@@ -190,7 +190,7 @@ def _train_slots(
         candidate, result = candidates[slot.candidate], results[slot.candidate]
         if not result.going or slot.seed_index not in candidate.seed_indices():
             continue
-        config = candidate.configs[slot.seed_index]
+        config = task_ref.train_config(candidate.configs[slot.seed_index])
         run_dir = candidate.folder / task_ref.slug / f"seed{config.seed}"
         done = _existing(run_dir, candidate.spec, config.seed) if reuse_existing else None
         if done is None:
@@ -201,7 +201,9 @@ def _train_slots(
     if not members:
         return
     chosen = [candidates[m.candidate] for m in members]
-    configs = [c.configs[m.seed_index] for c, m in zip(chosen, members, strict=True)]
+    configs = [
+        task_ref.train_config(c.configs[m.seed_index]) for c, m in zip(chosen, members, strict=True)
+    ]
     shared = _shared_config(configs)
     curves: list[list[tuple[int, float]]] = [[] for _ in members]
     hooks = [

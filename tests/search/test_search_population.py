@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,13 @@ from campaign_helpers import TINY_BUDGET, cli_env, db_states, integrity, invoke,
 from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.objective import presets
+from grape_evo.policy import PolicyConfig
 from grape_evo.search.campaign import Campaign, CampaignError, budget_used
-from grape_evo.search.evaluator import verify_artifacts
+from grape_evo.search.evaluator import CandidateRun, run_candidates, verify_artifacts
 from grape_evo.search.records import TrialRecord
 from grape_evo.search.space import parse_space
+from grape_evo.search.space.task_ref import TaskRef
+from grape_evo.training import TrainConfig
 
 SPACE: dict[str, Any] = {
     "name": "pop",
@@ -344,3 +348,28 @@ def test_reevaluation_with_jobs_matches_the_one_process(
         for seed in (1000, 1001, 1002):
             folder = tmp_path / "two" / "reeval" / row["label"] / "addition" / f"seed{seed}"
             assert json.loads((folder / "summary.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("population", [None, 2])
+def test_each_task_trains_from_its_own_warm_start(tmp_path: Path, population: int | None) -> None:
+    """A task's ``warm_start_steps`` replaces the budget's in its runs only, one engine per
+    seed or candidate-packed alike."""
+    config = TrainConfig(steps=1, warm_start_steps=3, batch_size=8, eval_prompts=4, eval_every=1)
+    tasks = [TaskRef("addition", warm_start_steps=5), TaskRef("reverse")]
+    candidates = [CandidateRun(presets.get("grpo"), [config, replace(config, seed=1)], tmp_path)]
+    (result,) = run_candidates(candidates, tasks, PolicyConfig(), population=population)
+    assert [(r.task, r.seed) for r in result.runs] == [
+        ("addition", 0), ("addition", 1), ("reverse", 0), ("reverse", 1)
+    ]  # fmt: skip
+    steps = {
+        (run_dir.parent.name, run_dir.name): json.loads((run_dir / "summary.json").read_text())[
+            "train_config"
+        ]["warm_start_steps"]
+        for run_dir in sorted(tmp_path.glob("*/seed*"))
+    }
+    assert steps == {
+        ("addition", "seed0"): 5,
+        ("addition", "seed1"): 5,
+        ("reverse", "seed0"): 3,
+        ("reverse", "seed1"): 3,
+    }

@@ -144,6 +144,14 @@ BAD_EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], list[str]]] = {
     "unknown task": (_set("tasks", ["addition", "nosuchtask"]), ["tasks[1]", "nosuchtask"]),
     "bad task kwargs": (_set("tasks", [{"name": "addition", "bogus": 1}]), ["tasks[0]"]),
     "tasks wrong type": (_set("tasks", 3), ["tasks"]),
+    "task warm start negative": (
+        _set("tasks", [{"name": "addition", "warm_start_steps": -1}]),
+        ["tasks[0].warm_start_steps", ">= 0"],
+    ),
+    "task warm start above the limit": (
+        _set("tasks", [{"name": "addition", "warm_start_steps": 10**7}]),
+        ["tasks[0].warm_start_steps", "limit"],
+    ),
     "empty tasks": (_set("tasks", []), ["tasks"]),
     "unknown base preset": (_set("base", "grpo2"), ["base", "grpo2"]),
     "invalid inline base": (_set("base", {"advantage": "nope"}), ["base", "nope"]),
@@ -647,8 +655,18 @@ def test_task_refs_with_kwargs() -> None:
     assert space.tasks[1].build().config()["digits"] == 3
 
 
+def test_a_task_warm_start_replaces_the_budgets_in_its_runs_only() -> None:
+    space = space_with(
+        tasks=[{"name": "addition", "warm_start_steps": 40}, "reverse"],
+        budget={"steps": 10, "warm_start_steps": 7},
+    )
+    config = space.budget.train_config(seed=2)
+    assert [t.train_config(config).warm_start_steps for t in space.tasks] == [40, 7]
+    assert space.tasks[0].train_config(config).seed == 2
+
+
 def test_round_trip_through_to_dict() -> None:
-    for name in ("quickstart", "full"):
+    for name in ("quickstart", "full", "discovery"):
         space = load_space(SHIPPED / f"{name}.yaml")
         again = parse_space(
             yaml.safe_load(yaml.safe_dump(space.to_dict(), sort_keys=False)), source=space.source

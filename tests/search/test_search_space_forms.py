@@ -74,6 +74,14 @@ FORMS: dict[str, tuple[str, Callable[[SearchSpace], Any], Any]] = {
         lambda s: s.tasks,
         (TaskRef("addition"), TaskRef("preference", (("n_topics", 50), ("topic_seed", 1)))),
     ),
+    "tasks: a task's own warm start, kept out of its arguments and its folder name": (
+        "tasks: [{name: long_sort, warm_start_steps: 300}, {name: proxy}]",
+        lambda s: [(t.kwargs, t.warm_start_steps, t.slug, t.to_dict()) for t in s.tasks],
+        [
+            ((), 300, "long_sort", {"name": "long_sort", "warm_start_steps": 300}),
+            ((), None, "proxy", "proxy"),
+        ],
+    ),
     # ---- policy ----
     "policy: mapping": ("policy: {preset: tiny}", lambda s: s.policy, PolicyConfig("tiny")),
     "policy: a preset name": ("policy: small", lambda s: s.policy, PolicyConfig("small")),

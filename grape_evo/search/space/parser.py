@@ -3,7 +3,8 @@
 Forms of the top-level keys besides ``axes`` (see :mod:`grape_evo.search.space.axis_parser`)::
 
     name: quickstart                   # optional: the file's stem by default
-    tasks: [addition, {name: addition, digits: 3}]   # or one task: tasks: addition
+    tasks: [addition, {name: addition, digits: 3}]   # or one task: tasks: addition; a
+                                       # task's warm_start_steps replaces the budget's
     policy: {preset: tiny}             # or policy: tiny; other keys: checkpoint (a local
                                        # model folder), lora_rank, lora_alpha, value_head
     budget: {steps: 150, seeds: 2, eval_every: 25}   # also batch_size, warm_start_steps,
@@ -24,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from grape_evo.policy.config import PolicyConfig
 from grape_evo.search.fitness import MEASURES
 from grape_evo.search.space.axis_parser import parse_axes
 from grape_evo.search.space.errors import SpaceError
-from grape_evo.search.space.reader import Reader, type_name
+from grape_evo.search.space.reader import LIMITS, Reader, type_name
 from grape_evo.search.space.values import (
     OBJECTIVES,
     PRUNERS,
@@ -115,12 +116,21 @@ def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
     refs: list[TaskRef] = []
     for i, item in enumerate(items):
         key = f"tasks[{i}]"
+        warm_start_steps = None
+        if isinstance(item, Mapping) and "warm_start_steps" in item:
+            item = dict(reader.mapping(key, item))
+            where = f"{key}.warm_start_steps"
+            warm_start_steps = reader.integer(where, item.pop("warm_start_steps"), 0)
+            if warm_start_steps > LIMITS["budget.warm_start_steps"]:
+                limit = LIMITS["budget.warm_start_steps"]
+                raise reader.error(where, f"{warm_start_steps} is above the limit of {limit}")
         if isinstance(item, str) and is_task_file_ref(item):
             ref = _task_file_ref(reader, key, {"file": item})
         elif isinstance(item, Mapping) and "file" in item:
             ref = _task_file_ref(reader, key, reader.mapping(key, item))
         else:
             ref = _registered_task_ref(reader, key, item)
+        ref = replace(ref, warm_start_steps=warm_start_steps)
         if any(r.label == ref.label for r in refs):
             raise reader.error(key, f"task '{ref.label}' is listed twice")
         refs.append(ref)

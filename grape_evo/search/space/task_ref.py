@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from grape_evo.search.space.errors import format_value
@@ -13,6 +13,7 @@ from grape_evo.tasks import build_task
 
 if TYPE_CHECKING:
     from grape_evo.tasks import Task
+    from grape_evo.training import TrainConfig
 
 __all__ = ["TaskRef"]
 
@@ -27,10 +28,12 @@ class TaskRef:
     """A task by registered name plus constructor keyword arguments (sorted pairs); a task file
     is the file's task name with the pairs ``file`` (absolute path) and ``fingerprint`` (of
     its data, reward code and settings), so a process that rebuilds it from an edited file
-    fails instead of training on other data."""
+    fails instead of training on other data. ``warm_start_steps`` (None: the budget's) is this
+    task's SFT warm-start budget: tasks differ in how many steps leave headroom."""
 
     name: str
     kwargs: tuple[tuple[str, Any], ...] = ()
+    warm_start_steps: int | None = None
 
     @classmethod
     def of_file(cls, task: Task) -> TaskRef:
@@ -43,6 +46,12 @@ class TaskRef:
     @property
     def is_file(self) -> bool:
         return "file" in dict(self.kwargs)
+
+    def train_config(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with this task's warm-start budget, when it has one."""
+        if self.warm_start_steps is None:
+            return config
+        return replace(config, warm_start_steps=self.warm_start_steps)
 
     def build(self) -> Task:
         """A fresh task instance (``build_task({"name": name, **kwargs})``)."""
@@ -93,4 +102,9 @@ class TaskRef:
         return f"{readable[:_SLUG_READABLE]}.{digest}"
 
     def to_dict(self) -> str | dict[str, Any]:
-        return self.name if not self.kwargs else {"name": self.name, **dict(self.kwargs)}
+        settings = (
+            {} if self.warm_start_steps is None else {"warm_start_steps": self.warm_start_steps}
+        )
+        if not self.kwargs and not settings:
+            return self.name
+        return {"name": self.name, **dict(self.kwargs), **settings}
