@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 
 from grape_evo.analysis import figures
 from grape_evo.analysis.diff import describe_diff
 from grape_evo.analysis.stats import t_interval
 from grape_evo.experiment import RunPlan, execute, finals_frame, paired_effects
+from grape_evo.experiment.campaign import campaign_space, discovered, run_campaign
 from grape_evo.experiment.config import (
     ExperimentConfigError,
     field,
@@ -37,53 +37,10 @@ from grape_evo.experiment.config import (
 )
 from grape_evo.experiment.report import effects_figure, write_results_block
 from grape_evo.experiment.tables import cell_table, fmt_ci, fmt_effect, markdown
-from grape_evo.objective import ObjectiveSpec, presets
+from grape_evo.objective import presets
 from grape_evo.policy import PolicyConfig
-from grape_evo.search.campaign import Campaign
-from grape_evo.search.space import SearchSpace, SpaceError, load_yaml_text, parse_space
 
 HERE = Path(__file__).parent
-
-
-def campaign_space(config: dict[str, Any], path: Path) -> SearchSpace:
-    """The space file named in ``config`` with ``space_overrides`` merged per top-level key
-    (a mapping is updated key by key, anything else replaced)."""
-    space_path = (path.parent / field(config, "space", str, path)).resolve()
-    try:
-        data = load_yaml_text(space_path.read_text(), str(space_path))
-    except OSError as err:
-        raise ExperimentConfigError(f"{path}: space: cannot read {space_path}") from err
-    overrides = config.get("space_overrides") or {}
-    for key, value in overrides.items():
-        old = data.get(key)
-        data[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
-    try:
-        return parse_space(data, f"{space_path} (with space_overrides from {path})")
-    except SpaceError as err:
-        raise ExperimentConfigError(str(err)) from err
-
-
-def run_campaign(space: SearchSpace, out: Path) -> tuple[optuna.Study, list[dict[str, Any]]]:
-    """Run (or resume) the campaign to its budget, then re-evaluate on fresh seeds."""
-    campaign = Campaign(space, out)
-    study = campaign.open(create=True)
-    budget = space.search.trials + len(space.baselines)
-    study.set_user_attr("candidates", space.search.trials)
-    study.set_user_attr("budget", budget)
-    campaign.optimize(study, budget, wait_for_running=True)
-    return study, campaign.reevaluate(study)
-
-
-def discovered(study: optuna.Study, rows: list[dict[str, Any]], top: int, default_lr: float):
-    """The ``top`` re-evaluated candidates (not baselines) with their learning rates."""
-    ok = [r for r in rows if not r["baseline"] and r["status"] == "ok"]
-    picked = sorted(ok, key=lambda r: r["reward"], reverse=True)[:top]
-    out = []
-    for r in picked:
-        overrides = study.trials[r["trial"]].user_attrs.get("overrides") or {}
-        spec = ObjectiveSpec.from_dict(r["objective"]).with_name(r["label"])
-        out.append((r, spec, float(overrides.get("lr", default_lr))))
-    return out
 
 
 def source_table(rows: list[dict[str, Any]], chosen: list, reference: str) -> pd.DataFrame:
@@ -142,8 +99,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     print(f"campaign: {space.name}, {space.search.trials} candidates + baselines {space.baselines}")
-    study, rows = run_campaign(space, args.out / "campaign")
-    chosen = discovered(study, rows, top, space.budget.lr)
+    campaign, study, rows = run_campaign(space, args.out / "campaign")
+    chosen = discovered(study, rows, top, campaign.lr)
     if not chosen:
         sys.exit("error: the campaign has no re-evaluated candidate that finished ok")
     objectives = [(spec.name, spec, lr) for _, spec, lr in chosen]

@@ -74,8 +74,9 @@ class TaskEntry:
     overrides: Mapping[str, Any] = dataclass_field(default_factory=dict)
 
     def train(self, base: Mapping[str, Any], path: Path, **settings: Any) -> TrainConfig:
-        """The TrainConfig of ``base`` with this task's overrides, then ``settings``."""
-        return train_config(base, path, f"tasks.{self.label}", **self.overrides, **settings)
+        """The TrainConfig of ``base`` with this task's overrides, then ``settings`` (which
+        win over both)."""
+        return train_config(base, path, f"tasks.{self.label}", **{**self.overrides, **settings})
 
 
 def tasks_field(config: Mapping[str, Any], path: Path) -> dict[str, TaskEntry]:

@@ -13,12 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_script(name: str, out: Path, cache: Path) -> str:
+def run_script(name: str, out: Path, cache: Path, script: str = "run.py") -> str:
     env = {**os.environ, "GRAPE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "experiments" / name / "run.py"),
+            str(ROOT / "experiments" / name / script),
             "--quick",
             "--out",
             str(out),
@@ -123,3 +123,49 @@ def test_regime_quick_run_writes_the_separation_table(tmp_path: Path, grape_cach
         for regime in ("one_update", "four_by_four", "stale_4"):
             assert (out / "results" / f"curves_{task}_{regime}.png").stat().st_size > 0
             assert f"](curves_{task}_{regime}.png)" in readme
+
+
+def test_discovery_quick_run_meta_tests_the_top(tmp_path: Path, grape_cache: Path) -> None:
+    out = tmp_path / "discovery"
+    run_script("discovery", out, grape_cache)
+    results = out / "results"
+    # quick: the top 2 candidates, grpo and ppo on 2 meta-train tasks, 1 held-out task and the
+    # small policy on 1 task, 2 seeds each.
+    finals = rows(results / "results.csv")
+    meta_train = {"long_addition-max_digits3-min_digits3", "addition"}
+    kinds = {r["target"]: r["kind"] for r in finals}
+    assert kinds == {
+        **dict.fromkeys(meta_train, "meta-train"),
+        "long_sort": "held-out",
+        "long_addition_3digit_small": "larger policy",
+    }
+    assert len(finals) == 4 * 4 * 2
+    labels = {r["label"] for r in finals}
+    assert {"grpo", "ppo"} < labels and len(labels) == 4
+    assert {r["policy"] for r in finals if r["kind"] == "larger policy"} == {"small"}
+    # the held-out task never trained in the campaign
+    campaign_tasks = {p.parent.name for p in (out / "campaign").rglob("seed*") if p.is_dir()}
+    assert "long_sort" not in campaign_tasks
+    assert campaign_tasks == meta_train
+    # every candidate against both references on every target, paired over 2 seeds
+    effects = rows(results / "effects.csv")
+    assert len(effects) == 2 * 2 * 4 and all(r["n"] == "2" for r in effects)
+    assert {r["reference"] for r in effects} == {"grpo", "ppo"}
+    readme = (results / "README.md").read_text()
+    for heading in ("### The discovered objectives", "### Meta-train", "### Held-out"):
+        assert heading in readme
+    for name in ("effects_grpo.png", "effects_ppo.png", "curves_long_sort.png"):
+        assert (results / name).stat().st_size > 0
+    again = run_script("discovery", out, grape_cache)
+    assert "(0 run now, 32 reused from earlier)" in again
+
+
+def test_small_warm_start_quick_run_writes_the_curves(tmp_path: Path, grape_cache: Path) -> None:
+    out = tmp_path / "warm"
+    run_script("discovery", out, grape_cache, script="small_warm_start.py")
+    curves = rows(out / "results" / "small_warm_start.csv")
+    # quick: one task, one rate, 4 SFT steps evaluated every 2 from the untrained policy
+    assert [(r["task"], r["lr"], r["step"]) for r in curves] == [
+        ("long_addition_3digit", "0.0010", str(step)) for step in (0, 2, 4)
+    ]
+    assert all(0.0 <= float(r["reward"]) <= 1.0 for r in curves)

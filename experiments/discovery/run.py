@@ -1,0 +1,351 @@
+"""Discovery: search objectives on several tasks; test them on held-out tasks and a larger policy.
+
+    python experiments/discovery/run.py            # full run (resumes from runs/discovery)
+    python experiments/discovery/run.py --quick    # smoke run into runs/discovery-quick
+
+1. Runs the ``discovery`` campaign (``search_spaces/discovery.yaml`` with the ``space_overrides``
+   of ``config.yaml``; ``--population`` and ``--jobs`` as given) and re-evaluates its best
+   candidates and baselines on fresh seeds. The Optuna study resumes.
+2. Takes the ``top`` candidates by re-evaluated paired effect against the campaign's
+   reference and trains each unchanged (objective and learning rate) next to every
+   ``references`` objective, on the meta-test seeds: on every meta-train task (the space's),
+   every held-out task, and the larger policy's tasks. Effects are paired differences over
+   seeds (the same warm start, prompts and sampling streams) with t 95% CIs.
+Writes ``results.csv``, ``effects.csv`` (every candidate against every reference on every
+target), ``effects_<reference>.png``, ``curves_<target>.png`` and the results block of
+``README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from grape_evo.analysis import figures
+from grape_evo.analysis.diff import describe_diff
+from grape_evo.analysis.formulas import read_formulas
+from grape_evo.experiment import (
+    RunPlan,
+    RunResult,
+    cell_table,
+    execute,
+    finals_frame,
+    paired_effects,
+)
+from grape_evo.experiment.campaign import Discovery, campaign_space, discovered, run_campaign
+from grape_evo.experiment.config import (
+    ExperimentConfigError,
+    TaskEntry,
+    field,
+    load_config,
+    parse_args,
+    preset_list,
+    seeds_field,
+    tasks_field,
+)
+from grape_evo.experiment.report import effects_figure, save_learning_curves, write_results_block
+from grape_evo.experiment.tables import fmt_ci, fmt_effect, markdown
+from grape_evo.objective import presets
+from grape_evo.objective.expression.probe import drift_conditions
+from grape_evo.policy import PolicyConfig
+from grape_evo.search.space import SearchSpace
+
+HERE = Path(__file__).parent
+KINDS = ("meta-train", "held-out", "larger policy")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the discovered objectives are tested: a task (with its warm start) and a policy,
+    on seeds; ``kind`` is one of `KINDS`."""
+
+    kind: str
+    entry: TaskEntry
+    policy: PolicyConfig
+    seeds: list[int]
+
+    @property
+    def label(self) -> str:
+        return self.entry.label if self.policy.preset == "tiny" else f"{self.entry.label}_small"
+
+
+def meta_train_entries(space: SearchSpace) -> dict[str, TaskEntry]:
+    """The space's tasks as experiment tasks: labelled by their folder name, with their own
+    warm start (the budget's when they have none)."""
+    entries = {}
+    for ref in space.tasks:
+        steps = ref.warm_start_steps or space.budget.warm_start_steps
+        items = (("name", ref.name), *ref.kwargs)
+        entries[ref.slug] = TaskEntry(ref.slug, tuple(sorted(items)), {"warm_start_steps": steps})
+    return entries
+
+
+def read_config(path: Path, quick: bool) -> tuple[dict[str, Any], SearchSpace, list[Target]]:
+    config = load_config(path, quick)
+    space = campaign_space(config, path)
+    config["top"] = field(config, "top", int, path)
+    config["references"] = preset_list(field(config, "references", list, path), "references", path)
+    config["train"] = field(config, "train", dict, path)
+    seeds = seeds_field(config, "seeds", path)
+    tiny = PolicyConfig(preset="tiny")
+    targets = [Target("meta-train", e, tiny, seeds) for e in meta_train_entries(space).values()]
+    held_out = tasks_field({"tasks": field(config, "held_out", dict, path)}, path)
+    searched = {e.ref or (("name", e.label),) for e in meta_train_entries(space).values()}
+    for entry in held_out.values():
+        if (entry.ref or (("name", entry.label),)) in searched:
+            raise ExperimentConfigError(f"{path}: held_out.{entry.label} is a meta-train task")
+        targets.append(Target("held-out", entry, tiny, seeds))
+    larger = field(config, "larger_policy", dict, path)
+    policy = PolicyConfig(preset=field(larger, "policy", str, path))
+    for entry in tasks_field(larger, path).values():
+        targets.append(Target("larger policy", entry, policy, seeds_field(larger, "seeds", path)))
+    return config, space, targets
+
+
+def plans_of(
+    config: dict[str, Any], path: Path, targets: Sequence[Target], objectives: Sequence[Discovery]
+) -> list[RunPlan]:
+    plans = []
+    for target in targets:
+        for _, spec, lr in objectives:
+            for seed in target.seeds:
+                train = target.entry.train(config["train"], path, seed=seed, lr=lr)
+                plans.append(
+                    RunPlan(
+                        spec.name,
+                        target.label,
+                        spec,
+                        train,
+                        target.policy,
+                        stage=target.kind.replace(" ", "_"),
+                        task_ref=target.entry.ref,
+                    )
+                )
+    return plans
+
+
+def effects_table(finals: pd.DataFrame, references: Sequence[str]) -> pd.DataFrame:
+    """Every objective against every reference on every target, paired over seeds."""
+    frames = []
+    for reference in references:
+        frame = paired_effects(finals, reference, by=("target",))
+        frame.insert(1, "reference", reference)
+        frames.append(frame[~frame["label"].isin(references)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def formula_lines(found: Sequence[Discovery], reference: str) -> list[str]:
+    """Each discovered objective: what differs from the reference, its formulas against the
+    nearest published forms, and LPO's drift conditions on its drift."""
+    lines = []
+    for row, spec, lr in found:
+        changes = "; ".join(describe_diff(spec, presets.get(reference))) or f"as {reference}"
+        regime = f"{spec.epochs} epoch(s) x {spec.minibatches} minibatch(es), staleness "
+        regime += f"{spec.staleness}, group size {spec.group_size}"
+        lines += [f"**{row['label']}** (lr {lr:.3g}; {regime}): {changes}", ""]
+        readings = read_formulas(spec)
+        if readings:
+            lines += [
+                "| formula | simplified | nearest published | difference |",
+                "|---|---|---|---|",
+            ]
+            for f in readings:
+                near = f"{f.nearest} (probe distance {f.distance:.3g})"
+                cells = [f.field, f"`{f.simplified}`", near, f"`{f.difference}`"]
+                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append("")
+        for f in (f for f in readings if f.kind == "drift" and spec.preference is None):
+            c = drift_conditions(f.text)
+            lines += [
+                f"Drift conditions (LPO) of `{f.field}`: f >= 0 {_yes(c.nonnegative)}, "
+                f"f(1, A) = 0 {_yes(c.zero_at_one)}, df/dr(1, A) = 0 {_yes(c.flat_at_one)}.",
+                "",
+            ]
+    return lines
+
+
+def _yes(flag: bool) -> str:
+    return "holds" if flag else "fails"
+
+
+def search_table(rows: list[dict[str, Any]], found: Sequence[Discovery]) -> pd.DataFrame:
+    """The re-evaluation on the meta-train tasks: every row the campaign re-ran on fresh seeds
+    (candidates picked for the meta-test marked), its reward and paired effect."""
+    picked = {row["label"] for row, _, _ in found}
+    table = []
+    for r in rows:
+        low, high = (_number(v) for v in r["reward_ci95"])
+        if r["status"] != "ok":
+            paired = r["status"]
+        elif r.get("paired_effect") is None:
+            paired = "reference"
+        else:
+            paired = fmt_effect(r["paired_effect"], r["ci_low"], r["ci_high"])
+        table.append(
+            {
+                "objective": r["label"] + (" (meta-tested)" if r["label"] in picked else ""),
+                "kind": "baseline" if r["baseline"] else "candidate",
+                "search fitness": f"{_number(r['search_reward']):+.3f}",
+                "fresh-seed reward": fmt_ci(_number(r["reward"]), low, high),
+                f"- {r.get('reference')}, paired": paired,
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def target_table(
+    finals: pd.DataFrame, effects: pd.DataFrame, target: str, references: Sequence[str]
+) -> pd.DataFrame:
+    cells = cell_table(finals[finals["target"] == target], by=("label",))
+    table = []
+    for c in cells.sort_values("reward", ascending=False).itertuples():
+        row = {
+            "objective": c.label,
+            "n ok": c.n,
+            "reward": fmt_ci(c.reward, c.reward_low, c.reward_high),
+            "KL to ref": fmt_ci(c.kl_to_ref, c.kl_to_ref_low, c.kl_to_ref_high),
+        }
+        for reference in references:
+            match = effects[
+                (effects["target"] == target)
+                & (effects["reference"] == reference)
+                & (effects["label"] == c.label)
+            ]
+            row[f"- {reference}"] = (
+                "-" if match.empty else fmt_effect(*match[["effect", "low", "high"]].iloc[0])
+            )
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def results_text(
+    space: SearchSpace,
+    rows: list[dict[str, Any]],
+    found: Sequence[Discovery],
+    finals: pd.DataFrame,
+    effects: pd.DataFrame,
+    targets: Sequence[Target],
+    config: dict[str, Any],
+    minutes: tuple[float, float],
+) -> str:
+    reference = space.search.reference or config["references"][0]
+    budget = space.budget
+    lines = [
+        f"Search: `{space.name}` on {', '.join(t.label for t in space.tasks)} "
+        f"({space.policy.preset} policy), {space.search.trials} candidates + baselines "
+        f"{', '.join(space.baselines)}, {budget.steps} steps, seeds by successive halving "
+        f"{list(budget.rungs)}; the top {budget.top_k} and the baselines re-run on "
+        f"{budget.reeval_seeds} fresh seeds. Meta-test: the top {config['top']} by paired "
+        f"effect against {reference}, unchanged, next to {', '.join(config['references'])} "
+        f"on each target's seeds ({config['train'].get('steps')} steps).",
+        "",
+        "### The discovered objectives",
+        "",
+        *formula_lines(found, reference),
+        "### The search's re-evaluation (meta-train tasks, fresh seeds)",
+        "",
+        markdown(search_table(rows, found)),
+        "",
+    ]
+    for kind in KINDS:
+        lines += [f"### {kind.capitalize()}", ""]
+        for target in (t for t in targets if t.kind == kind):
+            part = finals[finals["target"] == target.label]
+            lines += [
+                f"**{target.label}**: {target.policy.preset} policy, "
+                f"{target.entry.overrides.get('warm_start_steps')} warm-start steps (held-out "
+                f"reward {part['initial_reward'].mean():.3f} at the start), seeds {target.seeds}",
+                "",
+                markdown(target_table(finals, effects, target.label, config["references"])),
+                "",
+                f"![{target.label}](curves_{target.label}.png)",
+                "",
+            ]
+    lines += [f"![effects against {r}](effects_{r}.png)" for r in config["references"]]
+    lines += [
+        "",
+        f"Compute: {minutes[0]:.1f} run-minutes in the campaign (search and re-evaluation), "
+        f"{minutes[1]:.1f} in the meta-test.",
+    ]
+    return "\n".join(lines)
+
+
+def save_figures(
+    results: list[RunResult], effects: pd.DataFrame, found: Sequence[Discovery], out: Path,
+    references: Sequence[str], targets: Sequence[Target],
+) -> None:  # fmt: skip
+    labels = [spec.name for _, spec, _ in found] + list(references)
+    for target in targets:
+        save_learning_curves(
+            results, target.label, out / f"curves_{target.label}.png", labels, references,
+            title=f"{target.label} ({target.kind}, {target.policy.preset} policy): "
+            "held-out gold reward",
+        )  # fmt: skip
+    for reference in references:
+        part = effects[effects["reference"] == reference].rename(columns={"target": "task"})
+        fig = effects_figure(part, f"Discovered objectives - {reference}", "held-out reward effect")
+        figures.save(fig, out / f"effects_{reference}.png")
+
+
+def run_minutes(folder: Path) -> float:
+    return sum(
+        float(json.loads(p.read_text()).get("wall_seconds") or 0.0) / 60
+        for p in folder.rglob("summary.json")
+    )
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], "runs/discovery")
+    path = HERE / "config.yaml"
+    try:
+        config, space, targets = read_config(path, args.quick)
+    except ExperimentConfigError as err:
+        sys.exit(f"error: {err}")
+    out = args.results or (args.out / "results" if args.quick else HERE)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"campaign: {space.name}, {space.search.trials} candidates + {space.baselines}")
+    campaign, study, rows = run_campaign(
+        space, args.out / "campaign", jobs=args.jobs, population=args.population
+    )
+    found = discovered(study, rows, config["top"], campaign.lr, by="paired_effect")
+    if not found:
+        sys.exit("error: the campaign has no re-evaluated candidate that finished ok")
+    objectives = [
+        *found,
+        *(Discovery({}, presets.get(r), campaign.lr) for r in config["references"]),
+    ]
+    results, compute = execute(
+        plans_of(config, path, targets, objectives),
+        args.out / "meta-test",
+        jobs=args.jobs,
+        population=args.population,
+        progress=not args.no_progress,
+        description="meta-test",
+    )
+    finals = finals_frame(results).rename(columns={"task": "target"})
+    kinds = {t.label: t.kind for t in targets}
+    finals.insert(1, "kind", finals["target"].map(kinds))
+    finals.to_csv(out / "results.csv", index=False)
+    effects = effects_table(finals, config["references"])
+    effects.insert(1, "kind", effects["target"].map(kinds))
+    effects.to_csv(out / "effects.csv", index=False)
+    save_figures(results, effects, found, out, config["references"], targets)
+    minutes = (run_minutes(args.out / "campaign"), compute.run_seconds / 60)
+    text = results_text(space, rows, found, finals, effects, targets, config, minutes)
+    write_results_block(out / "README.md", text)
+    print(compute.describe())
+    print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()
