@@ -80,7 +80,7 @@ def meta_train_entries(space: SearchSpace) -> dict[str, TaskEntry]:
     warm start (the budget's when they have none)."""
     entries = {}
     for ref in space.tasks:
-        steps = ref.warm_start_steps or space.budget.warm_start_steps
+        steps = ref.train_config(space.budget.train_config(seed=0)).warm_start_steps
         items = (("name", ref.name), *ref.kwargs)
         entries[ref.slug] = TaskEntry(ref.slug, tuple(sorted(items)), {"warm_start_steps": steps})
     return entries

@@ -1,0 +1,65 @@
+"""The discovery experiment's config: its targets, and the errors of a bad one."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from grape_evo.experiment.config import ExperimentConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "experiments" / "discovery" / "run.py"
+
+
+def script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("discovery_run", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(tmp_path: Path, **changes: object) -> Path:
+    config = yaml.safe_load((SCRIPT.parent / "config.yaml").read_text())
+    config["space"] = str(ROOT / "search_spaces" / "discovery.yaml")
+    config.update(changes)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_targets_are_the_spaces_tasks_the_held_out_ones_and_the_larger_policy(
+    tmp_path: Path,
+) -> None:
+    _, space, targets = script().read_config(write(tmp_path), quick=False)
+    kinds = [(t.kind, t.label, t.policy.preset) for t in targets]
+    meta_train = [("meta-train", ref.slug, "tiny") for ref in space.tasks]
+    assert kinds == [
+        *meta_train,
+        ("held-out", "long_sort", "tiny"),
+        ("held-out", "proxy", "tiny"),
+        ("larger policy", "long_addition_3digit_small", "small"),
+    ]
+    # each meta-train task keeps the warm start it has in the space
+    steps = {t.label: t.entry.overrides["warm_start_steps"] for t in targets}
+    assert [steps[ref.slug] for ref in space.tasks] == [ref.warm_start_steps for ref in space.tasks]
+    small = targets[-1].entry.train({}, Path("c"), seed=2000)
+    assert (small.warm_start_steps, small.warm_start_lr, small.seed) == (800, 1e-3, 2000)
+
+
+def test_a_held_out_task_that_the_search_trains_on_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, held_out={"addition": {"warm_start_steps": 200}})
+    with pytest.raises(ExperimentConfigError, match=r"held_out\.addition is a meta-train task"):
+        script().read_config(path, quick=False)
+
+
+def test_an_unknown_reference_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, references=["grpo", "ppo2"])
+    with pytest.raises(ExperimentConfigError, match="references: unknown presets"):
+        script().read_config(path, quick=False)
