@@ -54,8 +54,9 @@ def test_targets_are_the_spaces_tasks_the_held_out_ones_and_the_larger_policy(
 
 
 def test_a_held_out_task_that_the_search_trains_on_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path, held_out={"addition": {"warm_start_steps": 200}})
-    with pytest.raises(ExperimentConfigError, match=r"held_out\.addition is a meta-train task"):
+    variant = {"name": "long_addition", "min_digits": 3, "max_digits": 3}  # in the space
+    path = write(tmp_path, held_out={"sums": {"task": variant, "warm_start_steps": 600}})
+    with pytest.raises(ExperimentConfigError, match=r"held_out\.sums is a meta-train task"):
         script().read_config(path, quick=False)
 
 
