@@ -185,6 +185,7 @@ def _train_slots(
     """Train the runs of ``slots`` whose candidates are still going in one engine (reading
     back those ``reuse_existing`` finds) and append each to its candidate's result."""
     members: list[Slot] = []
+    configs: list[TrainConfig] = []
     folders: list[Path] = []
     for slot in slots:
         candidate, result = candidates[slot.candidate], results[slot.candidate]
@@ -195,15 +196,13 @@ def _train_slots(
         done = _existing(run_dir, candidate.spec, config.seed) if reuse_existing else None
         if done is None:
             members.append(slot)
+            configs.append(config)
             folders.append(run_dir)
         else:
             result.runs.append(RunResult.of(done, task_ref.slug, _curve(run_dir), str(run_dir)))
     if not members:
         return
     chosen = [candidates[m.candidate] for m in members]
-    configs = [
-        task_ref.train_config(c.configs[m.seed_index]) for c, m in zip(chosen, members, strict=True)
-    ]
     shared = _shared_config(configs)
     curves: list[list[tuple[int, float]]] = [[] for _ in members]
     hooks = [

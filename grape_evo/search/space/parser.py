@@ -34,7 +34,7 @@ from grape_evo.policy.config import PolicyConfig
 from grape_evo.search.fitness import MEASURES
 from grape_evo.search.space.axis_parser import parse_axes
 from grape_evo.search.space.errors import SpaceError
-from grape_evo.search.space.reader import LIMITS, Reader, type_name
+from grape_evo.search.space.reader import Reader, type_name
 from grape_evo.search.space.values import (
     OBJECTIVES,
     PRUNERS,
@@ -119,11 +119,12 @@ def _parse_tasks(reader: Reader, raw: Any) -> tuple[TaskRef, ...]:
         warm_start_steps = None
         if isinstance(item, Mapping) and "warm_start_steps" in item:
             item = dict(reader.mapping(key, item))
-            where = f"{key}.warm_start_steps"
-            warm_start_steps = reader.integer(where, item.pop("warm_start_steps"), 0)
-            if warm_start_steps > LIMITS["budget.warm_start_steps"]:
-                limit = LIMITS["budget.warm_start_steps"]
-                raise reader.error(where, f"{warm_start_steps} is above the limit of {limit}")
+            warm_start_steps = reader.integer(
+                f"{key}.warm_start_steps",
+                item.pop("warm_start_steps"),
+                0,
+                limit_key="budget.warm_start_steps",
+            )
         if isinstance(item, str) and is_task_file_ref(item):
             ref = _task_file_ref(reader, key, {"file": item})
         elif isinstance(item, Mapping) and "file" in item:

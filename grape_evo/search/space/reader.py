@@ -98,13 +98,16 @@ class Reader:
             raise self.error(key, f"must be a finite number, got {value!r}")
         return value
 
-    def integer(self, key: str, value: Any, minimum: int | None = None) -> int:
-        """An integer >= ``minimum`` and <= ``LIMITS[key]`` (when the key has a limit)."""
+    def integer(
+        self, key: str, value: Any, minimum: int | None = None, limit_key: str | None = None
+    ) -> int:
+        """An integer >= ``minimum`` and <= ``LIMITS[limit_key or key]`` (when that has a
+        limit; ``limit_key`` names the limit of a field that also appears under other keys)."""
         if not is_number(value) or not isinstance(value, int):
             raise self.error(key, f"must be an integer, got {type_name(value)} ({value!r})")
         if minimum is not None and value < minimum:
             raise self.error(key, f"must be an integer >= {minimum}, got {value!r}")
-        limit = LIMITS.get(key)
+        limit = LIMITS.get(limit_key or key)
         if limit is not None and value > limit:
             raise self.error(key, f"{value} is above the limit of {limit}")
         return value
