@@ -29,7 +29,7 @@ import pandas as pd
 
 from grape_evo.analysis import figures
 from grape_evo.analysis.diff import describe_diff
-from grape_evo.analysis.formulas import read_formulas
+from grape_evo.analysis.formulas import formula_table, read_formulas
 from grape_evo.experiment import (
     RunPlan,
     RunResult,
@@ -94,17 +94,19 @@ def read_config(path: Path, quick: bool) -> tuple[dict[str, Any], SearchSpace, l
     config["train"] = field(config, "train", dict, path)
     seeds = seeds_field(config, "seeds", path)
     tiny = PolicyConfig(preset="tiny")
-    targets = [Target("meta-train", e, tiny, seeds) for e in meta_train_entries(space).values()]
+    meta_train = meta_train_entries(space).values()
+    targets = [Target("meta-train", e, tiny, seeds) for e in meta_train]
     held_out = tasks_field({"tasks": field(config, "held_out", dict, path)}, path)
-    searched = {e.ref or (("name", e.label),) for e in meta_train_entries(space).values()}
+    searched = {e.ref for e in meta_train}
     for entry in held_out.values():
         if (entry.ref or (("name", entry.label),)) in searched:
             raise ExperimentConfigError(f"{path}: held_out.{entry.label} is a meta-train task")
         targets.append(Target("held-out", entry, tiny, seeds))
     larger = field(config, "larger_policy", dict, path)
     policy = PolicyConfig(preset=field(larger, "policy", str, path))
+    larger_seeds = seeds_field(larger, "seeds", path)
     for entry in tasks_field(larger, path).values():
-        targets.append(Target("larger policy", entry, policy, seeds_field(larger, "seeds", path)))
+        targets.append(Target("larger policy", entry, policy, larger_seeds))
     return config, space, targets
 
 
@@ -150,16 +152,7 @@ def formula_lines(found: Sequence[Discovery], reference: str) -> list[str]:
         regime += f"{spec.staleness}, group size {spec.group_size}"
         lines += [f"**{row['label']}** (lr {lr:.3g}; {regime}): {changes}", ""]
         readings = read_formulas(spec)
-        if readings:
-            lines += [
-                "| formula | simplified | nearest published | difference |",
-                "|---|---|---|---|",
-            ]
-            for f in readings:
-                near = f"{f.nearest} (probe distance {f.distance:.3g})"
-                cells = [f.field, f"`{f.simplified}`", near, f"`{f.difference}`"]
-                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-            lines.append("")
+        lines += formula_table(readings)
         for f in (f for f in readings if f.kind == "drift" and spec.preference is None):
             c = drift_conditions(f.text)
             lines += [

@@ -10,6 +10,7 @@ probes cannot tell them apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sympy as sp
@@ -20,7 +21,7 @@ from grape_evo.objective.expression.published import PUBLISHED
 from grape_evo.objective.expression.screen import formulas
 from grape_evo.objective.spec import ObjectiveSpec
 
-__all__ = ["FormulaReading", "read_formulas"]
+__all__ = ["FormulaReading", "formula_table", "read_formulas"]
 
 SIMPLIFY_NODES = 48
 """Above this many nodes a formula is shown expanded instead of through ``sympy.simplify``
@@ -84,6 +85,22 @@ def read_formulas(spec: ObjectiveSpec) -> list[FormulaReading]:
             )
         )
     return out
+
+
+def formula_table(readings: Sequence[FormulaReading]) -> list[str]:
+    """Markdown lines of a table of ``readings``: each formula as trained, simplified, and
+    against the nearest published form (no lines without readings)."""
+    if not readings:
+        return []
+    lines = [
+        "| formula | as trained | simplified | nearest published | difference |",
+        "|---|---|---|---|---|",
+    ]
+    for f in readings:
+        near = f"{f.nearest} (`{f.nearest_text}`, probe distance {f.distance:.3g})"
+        cells = [f.field, f"`{f.text}`", f"`{f.simplified}`", near, f"`{f.difference}`"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return [*lines, ""]
 
 
 def _shortest(expr: sp.Expr) -> sp.Expr:

@@ -28,7 +28,7 @@ from grape_evo.analysis.candidates import (
     top_candidates,
 )
 from grape_evo.analysis.diff import fmt_value, nearest_baseline_diff
-from grape_evo.analysis.formulas import read_formulas
+from grape_evo.analysis.formulas import formula_table, read_formulas
 from grape_evo.analysis.frames import (
     RunRef,
     artifact_problems,
@@ -41,7 +41,6 @@ from grape_evo.analysis.frames import (
 )
 from grape_evo.analysis.pareto import pareto_mask
 from grape_evo.analysis.summaries import best_so_far, curve_summary, param_importances
-from grape_evo.objective import ObjectiveSpec
 from grape_evo.search.campaign import load_run_study
 from grape_evo.search.fitness import GAIN_FLOOR
 
@@ -360,26 +359,9 @@ def _section_top(out, top: list[Candidate], baselines) -> list[str]:
             else:
                 lines += ["mathtext could not render the formula; LaTeX source:", ""]
                 lines += ["```latex", latex, "```", ""]
-        lines += _formula_lines(c.spec)
+        lines += formula_table(read_formulas(c.spec))
         lines += ["```yaml", c.spec.to_yaml().rstrip(), "```", ""]
     return lines
-
-
-def _formula_lines(spec: ObjectiveSpec) -> list[str]:
-    """The searched formulas of ``spec``: as trained, simplified, and against the nearest
-    published form (none without formulas)."""
-    readings = read_formulas(spec)
-    if not readings:
-        return []
-    lines = [
-        "| formula | as trained | simplified | nearest published | difference |",
-        "|---|---|---|---|---|",
-    ]
-    for f in readings:
-        near = f"{f.nearest} (`{f.nearest_text}`, probe distance {f.distance:.3g})"
-        cells = [f.field, f"`{f.text}`", f"`{f.simplified}`", near, f"`{f.difference}`"]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return [*lines, ""]
 
 
 # ---- helpers ------------------------------------------------------------------------------
