@@ -18,7 +18,6 @@ target), ``effects_<reference>.png``, ``curves_<target>.png`` and the results bl
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +37,13 @@ from grape_evo.experiment import (
     finals_frame,
     paired_effects,
 )
-from grape_evo.experiment.campaign import Discovery, campaign_space, discovered, run_campaign
+from grape_evo.experiment.campaign import (
+    Discovery,
+    campaign_space,
+    discovered,
+    run_campaign,
+    run_minutes,
+)
 from grape_evo.experiment.config import (
     ExperimentConfigError,
     TaskEntry,
@@ -288,13 +293,6 @@ def save_figures(
         part = effects[effects["reference"] == reference].rename(columns={"target": "task"})
         fig = effects_figure(part, f"Discovered objectives - {reference}", "held-out reward effect")
         figures.save(fig, out / f"effects_{reference}.png")
-
-
-def run_minutes(folder: Path) -> float:
-    return sum(
-        float(json.loads(p.read_text()).get("wall_seconds") or 0.0) / 60
-        for p in folder.rglob("summary.json")
-    )
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ Writes ``results.csv``, ``effects.csv``, ``effects.png`` and the results block o
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from grape_evo.analysis import figures
 from grape_evo.analysis.diff import describe_diff
 from grape_evo.analysis.stats import t_interval
 from grape_evo.experiment import RunPlan, execute, finals_frame, paired_effects
-from grape_evo.experiment.campaign import campaign_space, discovered, run_campaign
+from grape_evo.experiment.campaign import campaign_space, discovered, run_campaign, run_minutes
 from grape_evo.experiment.config import (
     ExperimentConfigError,
     field,
@@ -142,14 +141,11 @@ def main() -> None:
         out / "README.md",
         results_text(space, rows, chosen, finals, effects, targets, reference, compute),
     )
-    campaign_minutes = sum(
-        float(json.loads(p.read_text()).get("wall_seconds") or 0.0)
-        for p in (args.out / "campaign").rglob("summary.json")
-    )
+    campaign_minutes = run_minutes(args.out / "campaign")
     print(compute.describe())
     print(
         f"total compute: {compute.run_seconds / 60:.1f} run-minutes of transfer runs "
-        f"+ {campaign_minutes / 60:.1f} min of campaign trials; results in {out}"
+        f"+ {campaign_minutes:.1f} min of campaign trials; results in {out}"
     )
 
 

@@ -3,6 +3,7 @@ budget and re-evaluated on fresh seeds, and the candidates it discovered."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +47,15 @@ def run_campaign(
     study.set_user_attr("budget", budget)
     campaign.optimize(study, budget, wait_for_running=True)
     return campaign, study, campaign.reevaluate(study)
+
+
+def run_minutes(folder: Path) -> float:
+    """Minutes of training recorded by the run summaries under ``folder`` (their
+    ``wall_seconds``; a campaign's trials, tuning and re-evaluation)."""
+    return sum(
+        float(json.loads(p.read_text()).get("wall_seconds") or 0.0) / 60
+        for p in folder.rglob("summary.json")
+    )
 
 
 class Discovery(NamedTuple):
