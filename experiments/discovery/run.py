@@ -80,15 +80,23 @@ class Target:
         return self.entry.label if self.policy.preset == "tiny" else f"{self.entry.label}_small"
 
 
-def meta_train_entries(space: SearchSpace) -> dict[str, TaskEntry]:
-    """The space's tasks as experiment tasks: labelled by their folder name, with their own
-    warm start (the budget's when they have none)."""
+def meta_train_entries(space: SearchSpace, labels: dict[str, TaskEntry]) -> dict[str, TaskEntry]:
+    """The space's tasks as experiment tasks, with their own warm start (the budget's when they
+    have none), labelled as in ``labels`` (``meta_train_labels`` of the config; a task it does
+    not name is labelled by its folder name)."""
+    named = {_identity(e): e.label for e in labels.values()}
     entries = {}
     for ref in space.tasks:
         steps = ref.train_config(space.budget.train_config(seed=0)).warm_start_steps
-        items = (("name", ref.name), *ref.kwargs)
-        entries[ref.slug] = TaskEntry(ref.slug, tuple(sorted(items)), {"warm_start_steps": steps})
+        items = tuple(sorted((("name", ref.name), *ref.kwargs)))
+        label = named.get(items, ref.slug)
+        entries[label] = TaskEntry(label, items, {"warm_start_steps": steps})
     return entries
+
+
+def _identity(entry: TaskEntry) -> tuple[tuple[str, Any], ...]:
+    """What an experiment task builds, as the sorted items of ``{name: ..., **arguments}``."""
+    return entry.ref or (("name", entry.label),)
 
 
 def read_config(path: Path, quick: bool) -> tuple[dict[str, Any], SearchSpace, list[Target]]:
@@ -99,18 +107,24 @@ def read_config(path: Path, quick: bool) -> tuple[dict[str, Any], SearchSpace, l
     config["train"] = field(config, "train", dict, path)
     seeds = seeds_field(config, "seeds", path)
     tiny = PolicyConfig(preset="tiny")
-    meta_train = meta_train_entries(space).values()
-    targets = [Target("meta-train", e, tiny, seeds) for e in meta_train]
-    held_out = tasks_field({"tasks": field(config, "held_out", dict, path)}, path)
+    labels = tasks_field(config, path, "meta_train_labels") if "meta_train_labels" in config else {}
+    meta_train = meta_train_entries(space, labels).values()
     searched = {e.ref for e in meta_train}
-    for entry in held_out.values():
-        if (entry.ref or (("name", entry.label),)) in searched:
+    for entry in labels.values():
+        if entry.overrides or _identity(entry) not in searched:
+            raise ExperimentConfigError(
+                f"{path}: meta_train_labels.{entry.label} must be '{{task: {{...}}}}' naming one "
+                "of the space's tasks (its warm start is the space's)"
+            )
+    targets = [Target("meta-train", e, tiny, seeds) for e in meta_train]
+    for entry in tasks_field(config, path, "held_out").values():
+        if _identity(entry) in searched:
             raise ExperimentConfigError(f"{path}: held_out.{entry.label} is a meta-train task")
         targets.append(Target("held-out", entry, tiny, seeds))
     larger = field(config, "larger_policy", dict, path)
     policy = PolicyConfig(preset=field(larger, "policy", str, path))
     larger_seeds = seeds_field(larger, "seeds", path)
-    for entry in tasks_field(larger, path).values():
+    for entry in tasks_field(larger, path, where="larger_policy.").values():
         targets.append(Target("larger policy", entry, policy, larger_seeds))
     return config, space, targets
 

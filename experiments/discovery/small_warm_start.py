@@ -50,7 +50,7 @@ def main() -> None:
                 stage="warm_start",
                 task_ref=entry.ref,
             )
-            for label, entry in tasks_field(larger, path).items()
+            for label, entry in tasks_field(larger, path, where="larger_policy.").items()
             for lr in field(probe, "lrs", list, path)
         ]
     except (ExperimentConfigError, KeyError) as err:

@@ -79,35 +79,39 @@ class TaskEntry:
         return train_config(base, path, f"tasks.{self.label}", **{**self.overrides, **settings})
 
 
-def tasks_field(config: Mapping[str, Any], path: Path) -> dict[str, TaskEntry]:
-    """``tasks: {label: {train overrides}}``: a label is a registered task name, or any name
-    whose mapping has ``task: {name: REGISTERED, **arguments}`` (a task variant)."""
-    tasks = field(config, "tasks", dict, path)
+def tasks_field(
+    config: Mapping[str, Any], path: Path, key: str = "tasks", where: str = ""
+) -> dict[str, TaskEntry]:
+    """``<key>: {label: {train overrides}}``: a label is a registered task name, or any name
+    whose mapping has ``task: {name: REGISTERED, **arguments}`` (a task variant). Errors name
+    ``<where><key>.<label>`` (``where``: the enclosing mapping's path, e.g. ``"larger."``)."""
+    tasks = field(config, key, dict, path)
+    key = where + key
     entries = {}
     for label, raw in tasks.items():
         if not isinstance(raw or {}, dict):
             raise ExperimentConfigError(
-                f"{path}: tasks.{label} must be a mapping of train settings"
+                f"{path}: {key}.{label} must be a mapping of train settings"
             )
         overrides = dict(raw or {})
         variant = overrides.pop("task", None)
         if variant is None:
             if label not in task_names():
                 raise ExperimentConfigError(
-                    f"{path}: tasks.{label}: unknown task; valid tasks: {task_names()} (or give "
+                    f"{path}: {key}.{label}: unknown task; valid tasks: {task_names()} (or give "
                     f"'task: {{name: REGISTERED, ...arguments}}' for a variant)"
                 )
             entries[label] = TaskEntry(label, (), overrides)
             continue
         if not isinstance(variant, dict) or "name" not in variant:
             raise ExperimentConfigError(
-                f"{path}: tasks.{label}.task must be a mapping with a registered 'name' and the "
+                f"{path}: {key}.{label}.task must be a mapping with a registered 'name' and the "
                 f"task's arguments, got {variant!r}"
             )
         try:
             build_task(variant)
         except (TypeError, ValueError) as err:
-            raise ExperimentConfigError(f"{path}: tasks.{label}.task: {err}") from None
+            raise ExperimentConfigError(f"{path}: {key}.{label}.task: {err}") from None
         entries[label] = TaskEntry(label, tuple(sorted(variant.items())), overrides)
     return entries
 

@@ -41,6 +41,12 @@ def curves_frame(results: Sequence[RunResult], metric: str = "eval_reward") -> p
     return pd.DataFrame(rows, columns=["label", "task", "seed", "step", metric])
 
 
+def shared_seeds(curves: pd.DataFrame) -> set[int]:
+    """The seeds every label of a :func:`curves_frame` has a curve on."""
+    per_label = [set(part["seed"]) for _, part in curves.groupby("label")]
+    return set.intersection(*per_label) if per_label else set()
+
+
 MIN_CURVE_SPAN = 0.1
 
 
@@ -54,17 +60,23 @@ def save_learning_curves(
 ) -> None:
     """Mean eval reward over seeds per label for one task, as a PNG (CIs are in the tables).
 
-    ``highlight`` labels (the reference objectives) are drawn thick and black. The y axis
-    spans at least `MIN_CURVE_SPAN` inside [0, 1], so curves of a task nothing learns are
-    drawn flat, not zoomed until rounding noise looks like a trend.
+    The means are over the seeds every drawn label finished, so a label that lost a seed
+    (diverged, failed) does not start from another warm start than the others; the title
+    says so when seeds were left out. ``highlight`` labels (the reference objectives) are
+    drawn thick and black. The y axis spans at least `MIN_CURVE_SPAN` inside [0, 1], so
+    curves of a task nothing learns are drawn flat, not zoomed until rounding noise looks
+    like a trend.
     """
-    curves = curve_summary(curves_frame([r for r in results if r.plan.task == task]))
-    curves = curves[curves["task"] == task]
+    frame = curves_frame([r for r in results if r.plan.task == task and r.plan.label in labels])
+    seeds = shared_seeds(frame)
+    title = title or f"{task}: held-out reward"
+    if seeds < set(frame["seed"]):
+        title += f"\n(the {len(seeds)} of {frame['seed'].nunique()} seeds every objective finished)"
     fig = figures.learning_curves_figure(
-        curves,
+        curve_summary(frame[frame["seed"].isin(seeds)]),
         labels=labels,
         baselines=highlight,
-        title=title or f"{task}: held-out reward",
+        title=title,
         comparison=True,
     )
     ax = fig.axes[0]
