@@ -5,9 +5,10 @@
   verified checksums and records how many members it was trained with.
 * Every preset, TRPO and SFT included, trains as a member of one population.
 * A pruned member leaves the population while the others complete; baselines are never
-  pruned (in either mode); Ctrl-C records every trial of the round as FAIL and nothing stays
-  RUNNING; a SIGKILLed population campaign resumes, retrying each of its P trials once; a
-  LoRA policy trains in populations too.
+  pruned (in either mode); Ctrl-C records every trial of the round as FAIL, queues each again
+  (a resumed campaign trains them and spends its whole budget) and nothing stays RUNNING; a
+  SIGKILLed population campaign resumes, retrying each of its P trials once; a LoRA policy
+  trains in populations too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from grape_evo.objective import presets
 from grape_evo.policy import PolicyConfig
 from grape_evo.search.campaign import Campaign, CampaignError, budget_used
+from grape_evo.search.campaign.storage import fail_and_retry
 from grape_evo.search.evaluator import CandidateRun, run_candidates, verify_artifacts
 from grape_evo.search.records import TrialRecord
 from grape_evo.search.space import parse_space
@@ -188,21 +190,44 @@ class PruneAll(optuna.pruners.BasePruner):
         return True
 
 
-def test_ctrl_c_fails_every_trial_of_the_round(tmp_path: Path) -> None:
+def test_ctrl_c_fails_every_trial_of_the_round_and_the_resumed_campaign_retrains_them(
+    tmp_path: Path,
+) -> None:
     space = parse_space({**SPACE, "baselines": ["grpo"]})
     campaign = Campaign(space, tmp_path / "run", population=3)
     study = campaign.open(create=True)
     study.pruner = PruneTrial(1, interrupt=True)
     with pytest.raises(KeyboardInterrupt):
         campaign.optimize(study, 4)
-    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
+    # the round's 3 trials are FAIL, each queued again; none of them counts toward the budget
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
+    assert budget_used(study) == 0
     for n in range(3):
         summary = tmp_path / "run" / "trials" / f"{n:05d}" / "addition" / "seed0" / "summary.json"
         assert json.loads(summary.read_text())["reason"] == "interrupted"
+    interrupted = study.get_trials()[:3]
     study.pruner = optuna.pruners.NopPruner()
-    campaign.optimize(study, 4, wait_for_running=True)  # resumes: the last slot
+    campaign.optimize(study, 4, wait_for_running=True)  # resumes: the 3 retries, then 1 more
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE] * 4
     assert budget_used(study) == 4
-    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    for original, retry in zip(interrupted, trials[3:6], strict=True):
+        assert retry.system_attrs["failed_trial"] == original.number
+        assert retry.params == original.params
+    assert trials[3].user_attrs.get("baseline") == "grpo"  # the enqueued baseline, retried
+
+
+def test_a_trial_interrupted_more_often_than_max_retry_stays_failed(tmp_path: Path) -> None:
+    # MAX_RETRY = 3 retries per trial: the 4th interruption of the same candidate is final
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study.enqueue_trial({"x": 1.0})
+    for _ in range(4):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 2.0)})
+        assert trial.params == {"x": 1.0}
+        fail_and_retry(study, trial)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL] * 4
+    assert study.get_trials()[-1].system_attrs["retry_history"] == [0, 1, 2]
 
 
 def test_lora_policy_trains_in_populations(tmp_path: Path) -> None:

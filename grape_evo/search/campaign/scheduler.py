@@ -5,8 +5,10 @@ One round asks up to P trials (Optuna ask/tell, a heartbeat thread per trial), t
 lockstep batches of at most P (one batch of one when P = 1), rung by rung with the reference
 (`grape_evo.search.campaign.rungs`), and tells each its result. Candidates are ordered by data
 kind and group size before they are cut into batches, so members of a batch sample alike. On
-Ctrl-C (or any error) every trial not yet told is recorded as FAIL, as ``study.optimize``
-records its trial. `train_packed` trains runs outside the study (the re-evaluation), a
+Ctrl-C or SIGTERM every trial not yet told is recorded as FAIL and queued again
+(`storage.fail_and_retry`), so a resumed campaign trains the same candidates and spends its
+whole budget; on any other error they are recorded as FAIL, as ``study.optimize`` records its
+trial. `train_packed` trains runs outside the study (the re-evaluation), a
 candidate's seeds packed into one population, its seeds split over the ``jobs`` processes.
 """
 
@@ -30,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.search.campaign.ledger import FINISHED, budget_claimed, waiting
 from grape_evo.search.campaign.rungs import train_rungs
-from grape_evo.search.campaign.storage import ask, fail_stale_trials, heartbeat
+from grape_evo.search.campaign.storage import ask, fail_and_retry, fail_stale_trials, heartbeat
 from grape_evo.search.campaign.trials import (
     Candidate,
     Rejected,
@@ -117,6 +119,10 @@ def run_round(
                 for candidate, (result, fitness) in zip(batch, outcomes, strict=True):
                     assert candidate.trial is not None
                     tell(candidate.trial, *conclude(candidate, result, fitness))
+        except (KeyboardInterrupt, SystemExit):
+            for trial in untold.values():
+                fail_and_retry(study, trial)
+            raise
         except BaseException:
             for trial in untold.values():
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -207,9 +213,9 @@ def run_worker_processes(
 
     Each has ``max(1, cores // jobs)`` torch threads. Processes are spawned (not forked: CUDA
     cannot be forked). On Ctrl-C (or any error here) the workers are interrupted, get
-    :data:`STOP_SECONDS` to record their trials as FAIL (a resumed campaign goes on from
-    there), and are killed after that; a killed worker's RUNNING trial is retried on its stale
-    heartbeat.
+    :data:`STOP_SECONDS` to record their trials as FAIL and queue their retries (a resumed
+    campaign trains them), and are killed after that; a killed worker's RUNNING trial is
+    retried on its stale heartbeat.
     """
     threads = max(1, usable_cores() // campaign.jobs)
     context = multiprocessing.get_context("spawn")
@@ -272,7 +278,7 @@ def _worker_process(campaign: Campaign, budget: int, threads: int) -> None:
         threading.Thread(target=stop_when_orphaned, daemon=True).start()
     try:
         campaign.optimize(campaign.open(create=False), budget, wait_for_running=True)
-    except KeyboardInterrupt:  # the trials are recorded as FAIL: exit without a traceback
+    except KeyboardInterrupt:  # its trials are FAIL and queued again: exit without a traceback
         sys.exit(128 + signal.SIGINT)
 
 

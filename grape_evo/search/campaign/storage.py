@@ -31,6 +31,11 @@ URL, its password left out (libpq reads it from ``PGPASSWORD`` or ``~/.pgpass``)
 study's name."""
 
 
+MAX_RETRY = 3
+"""How often one trial is retried after its worker died or was interrupted; a trial stopped
+more often than that stays FAIL and counts toward the budget."""
+
+
 class CampaignError(ValueError):
     """A user-facing problem with a campaign's folder, storage or study."""
 
@@ -59,11 +64,9 @@ def make_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-                heartbeat["heartbeat_stale_trial_callback"] = retry
+                heartbeat["heartbeat_stale_trial_callback"] = _retry_callback()
             else:
-                retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
-                heartbeat["failed_trial_callback"] = retry
+                heartbeat["failed_trial_callback"] = _retry_callback()
             return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as err:  # SQLAlchemy raises many types for a bad URL
         raise CampaignError(f"cannot open storage '{url}': {err}") from None
@@ -161,6 +164,27 @@ def fail_stale_trials(study: optuna.Study) -> None:
         callback = get_callback()
         if callback is not None:
             callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+
+
+def _retry_callback() -> Any:
+    """Optuna's callback that queues a failed trial again (``retry_history`` chains retries)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+            return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        return optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
+
+
+def fail_and_retry(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record ``trial``, interrupted (Ctrl-C, SIGTERM), as FAIL and queue its retry, as a trial
+    whose worker died is retried once its heartbeat is stale: an interrupted campaign resumes
+    with the same candidates, and the interrupted trials do not count toward its budget. At
+    most `MAX_RETRY` retries per trial; a trial already finished is left as it is."""
+    storage = study._storage
+    if storage.get_trial(trial._trial_id).state.is_finished():
+        return
+    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    _retry_callback()(study, frozen)
 
 
 def ask(study: optuna.Study) -> optuna.Trial:
