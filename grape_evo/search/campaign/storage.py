@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from grape_evo.search.samplers.evolution import GENOME_KEY
 
@@ -183,8 +183,14 @@ def fail_and_retry(study: optuna.Study, trial: optuna.Trial) -> None:
     storage = study._storage
     if storage.get_trial(trial._trial_id).state.is_finished():
         return
-    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    _retry_callback()(study, frozen)
+    queue_retry(study, study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
+
+
+def queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
+    """Queue a retry of the FAIL trial ``failed``: a WAITING trial with its parameters, user
+    attributes and genome (``failed_trial`` and ``retry_history`` name the trials before it),
+    unless it was retried `MAX_RETRY` times already."""
+    _retry_callback()(study, failed)
 
 
 def ask(study: optuna.Study) -> optuna.Trial:
