@@ -12,7 +12,8 @@
    every held-out task, and the larger policy's tasks. Effects are paired differences over
    seeds (the same warm start, prompts and sampling streams) with t 95% CIs.
 Writes ``results.csv``, ``effects.csv`` (every candidate against every reference on every
-target), ``effects_<reference>.png``, ``curves_<target>.png`` and the results block of
+target), ``campaign_trials.csv`` (every trial of the search: state, why it stopped, genes,
+fitness per rung), ``effects_<reference>.png``, ``curves_<target>.png`` and the results block of
 ``README.md``.
 """
 
@@ -24,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 
 from grape_evo.analysis import figures
 from grape_evo.analysis.diff import describe_diff
 from grape_evo.analysis.formulas import formula_table, read_formulas
+from grape_evo.analysis.frames import PARAM_PREFIX, trials_frame
 from grape_evo.experiment import (
     RunPlan,
     RunResult,
@@ -59,6 +62,7 @@ from grape_evo.experiment.tables import fmt_ci, fmt_effect, markdown
 from grape_evo.objective import presets
 from grape_evo.objective.expression.probe import drift_conditions
 from grape_evo.policy import PolicyConfig
+from grape_evo.search.records import TrialRecord
 from grape_evo.search.space import SearchSpace
 
 HERE = Path(__file__).parent
@@ -211,6 +215,26 @@ def search_table(rows: list[dict[str, Any]], found: Sequence[Discovery]) -> pd.D
     return pd.DataFrame(table)
 
 
+def campaign_trials(study: optuna.Study, rungs: Sequence[int]) -> pd.DataFrame:
+    """Every trial of the search (an interrupted trial that was retried gives way to its
+    retry, ``retry_of``; a formula rejected by the cheap checks is a FAIL that says why): its
+    state, why it stopped (pruned or
+    failed), its reward (a pruned trial's: the value it was pruned at), its fitness at each of
+    the ``rungs`` (seed counts) and its genes."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    fitness = [TrialRecord.of(t).rungs or {} for t in trials]
+    frame = trials_frame(study).assign(
+        retry_of=pd.array([t.system_attrs.get("failed_trial") for t in trials], dtype="Int64"),
+        **{f"fitness_{rung}_seeds": [f.get(str(rung)) for f in fitness] for rung in rungs},
+    )
+    keep = ["number", "label", "retry_of", "state", "failure", "reward", "kl_to_ref"]
+    keep += [f"fitness_{rung}_seeds" for rung in rungs]
+    keep += [c for c in frame.columns if c.startswith(PARAM_PREFIX)]
+    frame = frame.loc[~frame["number"].isin(retried), keep]
+    return frame.rename(columns={"failure": "stopped"})
+
+
 def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -344,6 +368,7 @@ def main() -> None:
     effects = effects_table(finals, config["references"])
     effects.insert(1, "kind", effects["target"].map(kinds))
     effects.to_csv(out / "effects.csv", index=False)
+    campaign_trials(study, space.budget.rungs).to_csv(out / "campaign_trials.csv", index=False)
     save_figures(results, effects, found, out, config["references"], targets)
     minutes = (run_minutes(args.out / "campaign"), compute.run_seconds / 60)
     text = results_text(space, rows, found, finals, effects, targets, config, minutes)

@@ -151,6 +151,14 @@ def test_discovery_quick_run_meta_tests_the_top(tmp_path: Path, grape_cache: Pat
     effects = rows(results / "effects.csv")
     assert len(effects) == 2 * 2 * 4 and all(r["n"] == "2" for r in effects)
     assert {r["reference"] for r in effects} == {"grpo", "ppo"}
+    # the search's trials: quick's 3 candidates and 2 baselines trained, each with its fitness
+    # at its one rung of seeds (quick's budget: 1 seed); formulas rejected by the cheap checks
+    # (free toward the budget) are listed as FAIL with the reason
+    trials = rows(results / "campaign_trials.csv")
+    trained = [r for r in trials if not r["stopped"].startswith("cheap checks:")]
+    assert sorted(r["label"] for r in trained)[:2] == ["grpo", "ppo"] and len(trained) == 5
+    assert all(r["state"] == "COMPLETE" and r["fitness_1_seeds"] != "" for r in trained)
+    assert all(r["state"] == "FAIL" for r in trials if r not in trained)
     readme = (results / "README.md").read_text()
     for heading in ("### The discovered objectives", "### Meta-train", "### Held-out"):
         assert heading in readme
