@@ -207,7 +207,7 @@ def search_table(rows: list[dict[str, Any]], found: Sequence[Discovery]) -> pd.D
             {
                 "objective": r["label"] + (" (meta-tested)" if r["label"] in picked else ""),
                 "kind": "baseline" if r["baseline"] else "candidate",
-                "search fitness": f"{_number(r['search_reward']):+.3f}",
+                "reward in the search": f"{_number(r['search_reward']):.3f}",
                 "fresh-seed reward": fmt_ci(_number(r["reward"]), low, high),
                 f"- {r.get('reference')}, paired": paired,
             }
