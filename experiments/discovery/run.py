@@ -10,7 +10,8 @@
    reference and trains each unchanged (objective and learning rate) next to every
    ``references`` objective, on the meta-test seeds: on every meta-train task (the space's),
    every held-out task, and the larger policy's tasks. Effects are paired differences over
-   seeds (the same warm start, prompts and sampling streams) with t 95% CIs.
+   seeds (the same warm start, prompts and sampling streams) with t 95% CIs, Bonferroni-
+   adjusted over the comparisons against each reference in the tables and figures.
 Writes ``results.csv``, ``effects.csv`` (every candidate against every reference on every
 target), ``campaign_trials.csv`` (every trial of the search: state, why it stopped, genes,
 fitness per rung), ``effects_<reference>.png``, ``curves_<target>.png`` and the results block of
@@ -156,12 +157,23 @@ def plans_of(
 
 
 def effects_table(finals: pd.DataFrame, references: Sequence[str]) -> pd.DataFrame:
-    """Every objective against every reference on every target, paired over seeds."""
+    """Every discovered objective against every reference on every target, paired over
+    seeds: ``low``/``high`` the t 95% CI of one comparison, ``low_adjusted``/``high_adjusted``
+    Bonferroni-adjusted over the ``comparisons`` against that reference (objectives x
+    targets), the family the tables' verdicts are drawn from."""
     frames = []
     for reference in references:
-        frame = paired_effects(finals, reference, by=("target",))
+        discovered = finals[~finals["label"].isin(set(references) - {reference})]
+        frame = paired_effects(discovered, reference, by=("target",))
+        adjusted = paired_effects(discovered, reference, by=("target",), comparisons=len(frame))
         frame.insert(1, "reference", reference)
-        frames.append(frame[~frame["label"].isin(references)])
+        frames.append(
+            frame.assign(
+                comparisons=len(frame),
+                low_adjusted=adjusted["low"],
+                high_adjusted=adjusted["high"],
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -257,9 +269,8 @@ def target_table(
                 & (effects["reference"] == reference)
                 & (effects["label"] == c.label)
             ]
-            row[f"- {reference}"] = (
-                "-" if match.empty else fmt_effect(*match[["effect", "low", "high"]].iloc[0])
-            )
+            columns = ["effect", "low_adjusted", "high_adjusted"]
+            row[f"- {reference}"] = "-" if match.empty else fmt_effect(*match[columns].iloc[0])
         table.append(row)
     return pd.DataFrame(table)
 
@@ -328,8 +339,12 @@ def save_figures(
             "held-out gold reward",
         )  # fmt: skip
     for reference in references:
-        part = effects[effects["reference"] == reference].rename(columns={"target": "task"})
-        fig = effects_figure(part, f"Discovered objectives - {reference}", "held-out reward effect")
+        part = effects[effects["reference"] == reference]
+        part = part.drop(columns=["low", "high"]).rename(
+            columns={"target": "task", "low_adjusted": "low", "high_adjusted": "high"}
+        )
+        title = f"Discovered objectives - {reference} (Bonferroni over {len(part)} comparisons)"
+        fig = effects_figure(part, title, "held-out reward effect")
         figures.save(fig, out / f"effects_{reference}.png")
 
 

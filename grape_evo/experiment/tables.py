@@ -63,12 +63,14 @@ def paired_effects(
     reference: str,
     metric: str = "reward",
     by: Sequence[str] = ("task",),
+    comparisons: int = 1,
 ) -> pd.DataFrame:
     """Mean over seeds of ``metric(label) - metric(reference)`` per (``by``, label).
 
     Only seeds where both runs ended ok are paired. Columns: ``by``..., ``label``, ``n``
-    (pairs), ``effect``, ``low``, ``high`` (t 95% CI of the mean difference),
-    ``wins`` (pairs where the label is strictly better).
+    (pairs), ``effect``, ``low``, ``high`` (t 95% CI of the mean difference, Bonferroni-
+    adjusted over ``comparisons``: each at level 1 - 0.05 / comparisons), ``wins`` (pairs
+    where the label is strictly better).
     """
     rows = []
     for keys, part in finals.groupby(list(by), sort=False):
@@ -79,7 +81,7 @@ def paired_effects(
                 continue
             mine = runs.set_index("seed")[metric]
             diffs = (mine - ref).dropna()
-            interval = t_interval(diffs.tolist())
+            interval = t_interval(diffs.tolist(), comparisons=comparisons)
             low, high = interval.low, interval.high
             rows.append(
                 {

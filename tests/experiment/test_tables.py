@@ -57,6 +57,19 @@ def test_paired_effect_is_the_mean_of_per_seed_differences() -> None:
     assert verdict(row["low"], row["high"]) == "better"
 
 
+def test_paired_effect_interval_is_bonferroni_adjusted_over_the_comparisons() -> None:
+    # differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, se 0.1 / sqrt(3) = 0.057735; over 4
+    # comparisons each interval is at level 1 - 0.05 / 4: t_{0.99375, 2} = 8.8600
+    finals = frame(
+        [("t", "a", s, "ok", 0.5) for s in range(3)]
+        + [("t", "b", s, "ok", 0.5 + d) for s, d in enumerate((0.1, 0.2, 0.3))]
+    )
+    row = paired_effects(finals, reference="a", comparisons=4).iloc[0]
+    half = 8.8600 * 0.057735
+    assert row["effect"] == pytest.approx(0.2)
+    assert (row["low"], row["high"]) == pytest.approx((0.2 - half, 0.2 + half), abs=2e-4)
+
+
 def test_paired_effect_drops_seeds_without_a_pair() -> None:
     finals = frame(
         [
