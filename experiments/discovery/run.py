@@ -343,7 +343,7 @@ def save_figures(
         part = part.drop(columns=["low", "high"]).rename(
             columns={"target": "task", "low_adjusted": "low", "high_adjusted": "high"}
         )
-        title = f"Discovered objectives - {reference} (Bonferroni over {len(part)} comparisons)"
+        title = f"Discovered objectives - {reference}, Bonferroni over {len(part)}"
         fig = effects_figure(part, title, "held-out reward effect")
         figures.save(fig, out / f"effects_{reference}.png")
 

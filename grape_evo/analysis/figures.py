@@ -89,7 +89,8 @@ def learning_curves_figure(
     Bands are cut to ``value_range`` (rewards are in [0, 1]; a t interval over
     few seeds can reach past them). ``comparison`` draws many objectives side by side (an
     experiment's table holds their CIs): no bands, no baseline/discovered wording, the legend
-    outside the axes, and the line style changing each time the palette repeats.
+    outside the axes, and the line style changing each time the palette repeats; baselines
+    are black, each in its own line style.
     """
     with _style():
         present = list(dict.fromkeys(curves["label"])) if not curves.empty else []
@@ -98,6 +99,7 @@ def learning_curves_figure(
         ax = fig.add_subplot()
         colors = colors_for(order, baselines)
         drawn: dict[tuple, str] = {}  # identical curves hide each other: say so in the legend
+        references = [lab for lab in order if lab in baselines]
         for index, label in enumerate(order):
             part = curves[curves["label"] == label].sort_values("step")
             n = int(part["n"].max())
@@ -109,6 +111,8 @@ def learning_curves_figure(
                 notes = [x for x in ("reference" if label in baselines else "", same) if x]
                 text = f"{label} ({', '.join(notes)})" if notes else label
                 style = ("-", "--", ":")[index // len(_COMPARISON_COLORS) % 3]
+                if label in baselines:  # all black: told apart by their line style
+                    style = ("-", "--", ":", "-.")[references.index(label) % 4]
                 color = _COMPARISON_COLORS[index % len(_COMPARISON_COLORS)]
             else:
                 text = f"{label} ({', '.join(x for x in (kind, same) if x)}, n={n})"

@@ -295,6 +295,11 @@ def test_figures_have_expected_artists(campaign: Path):
     assert len(ax.lines) == 4 and len(ax.collections) == 0  # no bands: CIs are in the table
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "grpo (reference)" in texts and not any("discovered" in t for t in texts)
+    # two references: both black, told apart by their line style
+    ax = F.learning_curves_figure(curves, baselines=["grpo", "dpo"], comparison=True).axes[0]
+    references = [line for line in ax.lines if "(reference)" in line.get_label()]
+    assert {line.get_color() for line in references} == {"#000000"}
+    assert sorted(line.get_linestyle() for line in references) == ["-", "--"]
 
     disc = discoveries_frame(campaign)
     ax = F.final_scores_figure(disc).axes[0]
