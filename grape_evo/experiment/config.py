@@ -84,7 +84,8 @@ def tasks_field(
 ) -> dict[str, TaskEntry]:
     """``<key>: {label: {train overrides}}``: a label is a registered task name, or any name
     whose mapping has ``task: {name: REGISTERED, **arguments}`` (a task variant). Errors name
-    ``<where><key>.<label>`` (``where``: the enclosing mapping's path, e.g. ``"larger."``)."""
+    ``<where><key>.<label>`` (``where``: the enclosing mapping's path, e.g.
+    ``"larger_policy."``)."""
     tasks = field(config, key, dict, path)
     key = where + key
     entries = {}
