@@ -98,7 +98,7 @@ def effects_figure(effects: pd.DataFrame, title: str, xlabel: str) -> Figure:
     fig = figures.new_figure((7.5, max(3.0, 1.0 + 0.32 * len(data))))
     ax = fig.add_subplot()
     y = np.arange(len(data))[::-1].astype(float)
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     colors = [palette[tasks.index(t) % len(palette)] for t in data["task"]]
     ax.hlines(y, data["low"], data["high"], colors=colors, linewidth=2.5, alpha=0.8)
     ax.scatter(data["effect"], y, c=colors, s=40, zorder=3)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from grape_evo.experiment import report
@@ -90,3 +91,18 @@ def test_curves_of_objectives_with_the_same_seeds_keep_the_title(
     grpo = next(line for line in ax.get_lines() if line.get_label().startswith("grpo"))
     assert list(grpo.get_ydata()) == pytest.approx([0.2, 0.35])
     assert ax.get_title().startswith("T\nmean over 2 seeds")
+
+
+def test_forest_plot_gives_each_of_six_tasks_its_own_colour() -> None:
+    tasks = [f"task{i}" for i in range(6)]
+    effects = pd.DataFrame(
+        [
+            {"task": t, "label": lab, "n": 5, "effect": 0.01, "low": -0.01, "high": 0.03}
+            for t in tasks
+            for lab in ("a", "b")
+        ]
+    )
+    fig = report.effects_figure(effects, "T", "effect")
+    colors = [tuple(c) for c in fig.axes[0].collections[0].get_color()]
+    # one colour per task, the same for both rows of a task
+    assert len(set(colors)) == 6 and colors[0] == colors[1] and colors[1] != colors[2]
