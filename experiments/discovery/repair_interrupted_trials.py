@@ -18,6 +18,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from grape_evo.search.campaign.ledger import retried_numbers
 from grape_evo.search.campaign.storage import CampaignError, load_run_study, queue_retry
 from grape_evo.search.records import TrialRecord
 
@@ -32,7 +33,7 @@ def main() -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = retried_numbers(trials)
     for trial in trials:
         if trial.state != TrialState.FAIL or trial.number in retried:
             continue

@@ -63,6 +63,7 @@ from grape_evo.experiment.tables import fmt_ci, fmt_effect, markdown
 from grape_evo.objective import presets
 from grape_evo.objective.expression.probe import drift_conditions
 from grape_evo.policy import PolicyConfig
+from grape_evo.search.campaign.ledger import retried_numbers
 from grape_evo.search.records import TrialRecord
 from grape_evo.search.space import SearchSpace
 
@@ -89,7 +90,7 @@ def meta_train_entries(space: SearchSpace, labels: dict[str, TaskEntry]) -> dict
     """The space's tasks as experiment tasks, with their own warm start (the budget's when they
     have none), labelled as in ``labels`` (``meta_train_labels`` of the config; a task it does
     not name is labelled by its folder name)."""
-    named = {_identity(e): e.label for e in labels.values()}
+    named = {e.identity: e.label for e in labels.values()}
     entries = {}
     for ref in space.tasks:
         steps = ref.train_config(space.budget.train_config(seed=0)).warm_start_steps
@@ -97,11 +98,6 @@ def meta_train_entries(space: SearchSpace, labels: dict[str, TaskEntry]) -> dict
         label = named.get(items, ref.slug)
         entries[label] = TaskEntry(label, items, {"warm_start_steps": steps})
     return entries
-
-
-def _identity(entry: TaskEntry) -> tuple[tuple[str, Any], ...]:
-    """What an experiment task builds, as the sorted items of ``{name: ..., **arguments}``."""
-    return entry.ref or (("name", entry.label),)
 
 
 def read_config(path: Path, quick: bool) -> tuple[dict[str, Any], SearchSpace, list[Target]]:
@@ -114,16 +110,16 @@ def read_config(path: Path, quick: bool) -> tuple[dict[str, Any], SearchSpace, l
     tiny = PolicyConfig(preset="tiny")
     labels = tasks_field(config, path, "meta_train_labels") if "meta_train_labels" in config else {}
     meta_train = meta_train_entries(space, labels).values()
-    searched = {e.ref for e in meta_train}
+    searched = {e.identity for e in meta_train}
     for entry in labels.values():
-        if entry.overrides or _identity(entry) not in searched:
+        if entry.overrides or entry.identity not in searched:
             raise ExperimentConfigError(
                 f"{path}: meta_train_labels.{entry.label} must be '{{task: {{...}}}}' naming one "
                 "of the space's tasks (its warm start is the space's)"
             )
     targets = [Target("meta-train", e, tiny, seeds) for e in meta_train]
     for entry in tasks_field(config, path, "held_out").values():
-        if _identity(entry) in searched:
+        if entry.identity in searched:
             raise ExperimentConfigError(f"{path}: held_out.{entry.label} is a meta-train task")
         targets.append(Target("held-out", entry, tiny, seeds))
     larger = field(config, "larger_policy", dict, path)
@@ -230,11 +226,10 @@ def search_table(rows: list[dict[str, Any]], found: Sequence[Discovery]) -> pd.D
 def campaign_trials(study: optuna.Study, rungs: Sequence[int]) -> pd.DataFrame:
     """Every trial of the search (an interrupted trial that was retried gives way to its
     retry, ``retry_of``; a formula rejected by the cheap checks is a FAIL that says why): its
-    state, why it stopped (pruned or
-    failed), its reward (a pruned trial's: the value it was pruned at), its fitness at each of
-    the ``rungs`` (seed counts) and its genes."""
+    state, why it stopped (pruned or failed), its reward (a pruned trial's: the value it was
+    pruned at), its fitness at each of the ``rungs`` (seed counts) and its genes."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = retried_numbers(trials)
     fitness = [TrialRecord.of(t).rungs or {} for t in trials]
     frame = trials_frame(study).assign(
         retry_of=pd.array([t.system_attrs.get("failed_trial") for t in trials], dtype="Int64"),

@@ -73,6 +73,12 @@ class TaskEntry:
     ref: tuple[tuple[str, Any], ...] = ()
     overrides: Mapping[str, Any] = dataclass_field(default_factory=dict)
 
+    @property
+    def identity(self) -> tuple[tuple[str, Any], ...]:
+        """What this entry builds, as the sorted items of ``{name: ..., **arguments}`` (a
+        registered task under its own name: ``(("name", label),)``)."""
+        return self.ref or (("name", self.label),)
+
     def train(self, base: Mapping[str, Any], path: Path, **settings: Any) -> TrainConfig:
         """The TrainConfig of ``base`` with this task's overrides, then ``settings`` (which
         win over both)."""

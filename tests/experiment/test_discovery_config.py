@@ -99,3 +99,16 @@ def test_an_error_in_a_larger_policy_task_names_its_field(tmp_path: Path) -> Non
     larger = {"policy": "small", "seeds": [1], "tasks": {"sums": {"task": {"name": "nope"}}}}
     with pytest.raises(ExperimentConfigError, match=r"larger_policy\.tasks\.sums\.task"):
         script().read_config(write(tmp_path, larger_policy=larger), quick=False)
+
+
+def test_a_held_out_registered_task_under_its_own_name_that_the_search_trains_on_is_an_error(
+    tmp_path: Path,
+) -> None:
+    # quick's space trains on the registered `addition` (no arguments)
+    config = yaml.safe_load((SCRIPT.parent / "config.yaml").read_text())
+    config["quick"]["held_out"] = {"addition": {"warm_start_steps": 5}}
+    config["space"] = str(ROOT / "search_spaces" / "discovery.yaml")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ExperimentConfigError, match=r"held_out\.addition is a meta-train task"):
+        script().read_config(path, quick=True)

@@ -38,12 +38,17 @@ FREE_REJECTIONS = 10
 rejections beyond that count, so a space whose sampler proposes nothing else still ends."""
 
 
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of ``trials`` that failed and were retried (a later trial retries them)."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return retried | {t.system_attrs.get("failed_trial") for t in trials} - {None}
+
+
 def count_budget(trials: list[FrozenTrial], count_running: bool, before: int | None = None) -> int:
     """Trials that count toward the budget (with ``before``: only those numbered below it):
     the budget counts trained candidates, so a candidate rejected by its cheap checks is free,
     up to `FREE_REJECTIONS` per counted trial (at least one counted)."""
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    retried |= {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    retried = retried_numbers(trials)
     counted = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     if count_running:
         counted.append(TrialState.RUNNING)

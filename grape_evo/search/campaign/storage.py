@@ -180,8 +180,7 @@ def fail_and_retry(study: optuna.Study, trial: optuna.Trial) -> None:
     whose worker died is retried once its heartbeat is stale: an interrupted campaign resumes
     with the same candidates, and the interrupted trials do not count toward its budget. At
     most `MAX_RETRY` retries per trial; a trial already finished is left as it is."""
-    storage = study._storage
-    if storage.get_trial(trial._trial_id).state.is_finished():
+    if current_state(trial).is_finished():
         return
     queue_retry(study, study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
 
