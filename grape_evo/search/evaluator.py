@@ -1,7 +1,9 @@
 """Evaluate candidate objectives: train each on every task of a space for every seed.
 
-`run_candidates` trains any number of candidates: one lockstep batch of the training engine per
-(task, seed) holds every candidate still going (one candidate is the batch of one). A
+`run_candidates` trains any number of candidates in lockstep batches of the training engine:
+one per (task, seed) holding every candidate still going (one candidate is the batch of one),
+or, with a population size, the seeds of the candidates no pruner judges seed by seed packed
+together. A
 candidate's value is the mean final held-out reward over (task, seed); its KL the mean final KL
 to the reference. Intermediate values (held-out reward at each evaluation) are reported through
 ``report(global_step, value)``, where the global step orders (task, seed, step) the same way for
@@ -41,16 +43,24 @@ class CandidateRun:
     """A candidate to train: its spec, its TrainConfigs (one per seed; candidates trained
     together differ in ``lr`` only), its folder and its reporter. ``seeds`` (indices into
     ``configs``) limits a call to some of its seeds, e.g. one rung of successive halving;
-    global steps stay those of the full list."""
+    global steps stay those of the full list. ``may_stop``: whether its reporter may return
+    a stop reason (a pruner); False for one that only records its values (a baseline)."""
 
     spec: ObjectiveSpec
     configs: Sequence[TrainConfig]
     folder: Path
     report: Reporter | None = None
     seeds: range | None = None
+    may_stop: bool = True
 
     def seed_indices(self) -> range:
         return range(len(self.configs)) if self.seeds is None else self.seeds
+
+    @property
+    def seed_by_seed(self) -> bool:
+        """Whether its seeds must train one after another: a pruner compares intermediate
+        values seed by seed, so a reporter that may stop it sees seed s before seed s + 1."""
+        return self.report is not None and self.may_stop
 
 
 @dataclass
@@ -118,9 +128,10 @@ def run_candidates(
     """Train every candidate on each task (a ``TaskRef``) with each of its TrainConfigs.
 
     Without ``population``, one engine per (task, seed) trains every candidate still going.
-    With it, a task's (candidate, seed) runs, candidate by candidate, are cut into engines of
-    at most ``population`` members, so one candidate's seeds train together (candidates
-    without a reporter only: a pruner compares intermediate values seed by seed).
+    With it, a task's (candidate, seed) runs of the candidates that need not train
+    `CandidateRun.seed_by_seed`, candidate by candidate, are cut into engines of at most
+    ``population`` members, so one candidate's seeds train together; then the others train
+    in one engine per (task, seed), as without it.
 
     A candidate stops at its first run that does not end ``ok`` (a diverged candidate is not
     worth more seeds; runs already in the same engine finish) or when its reporter returns a
@@ -130,8 +141,6 @@ def run_candidates(
     raises `TrackingError` before the batch trains. Each result's runs are in (task, seed)
     order.
     """
-    if population is not None and any(c.report is not None for c in candidates):
-        raise ValueError("candidates with a reporter train seed by seed (no population)")
     results = [CandidateResult() for _ in candidates]
     seeds = len(candidates[0].configs) if candidates else 0
     steps = max((c.steps for cand in candidates for c in cand.configs), default=0)
@@ -142,7 +151,8 @@ def run_candidates(
             for s_index in range(seeds)
             for i in range(len(candidates))
         ]
-        for engine in _engines(slots, population):
+        by_seed = {i for i, c in enumerate(candidates) if population is None or c.seed_by_seed}
+        for engine in _engines(slots, population, by_seed):
             _train_slots(
                 engine, task_ref, task, candidates, results, policy_config, reuse_existing, tracking
             )
@@ -161,15 +171,16 @@ class Slot:
     offset: int
 
 
-def _engines(slots: list[Slot], population: int | None) -> list[list[Slot]]:
-    """A task's runs (in seed order) cut into engines: one per seed, or, with
-    ``population``, candidate by candidate into engines of at most that many."""
-    if population is None:
-        return [
-            [s for s in slots if s.seed_index == i] for i in sorted({s.seed_index for s in slots})
-        ]
-    ordered = sorted(slots, key=lambda slot: slot.candidate)  # stable: seeds stay in order
-    return [ordered[i : i + population] for i in range(0, len(ordered), population)]
+def _engines(slots: list[Slot], population: int | None, by_seed: set[int]) -> list[list[Slot]]:
+    """A task's runs (in seed order) cut into engines: the runs of the other candidates,
+    candidate by candidate, into engines of at most ``population``; then those of the
+    candidates in ``by_seed``, one engine per seed."""
+    packed = sorted((s for s in slots if s.candidate not in by_seed), key=lambda s: s.candidate)
+    engines = [packed[i : i + (population or 1)] for i in range(0, len(packed), population or 1)]
+    seeded = [s for s in slots if s.candidate in by_seed]
+    for seed in sorted({s.seed_index for s in seeded}):
+        engines.append([s for s in seeded if s.seed_index == seed])
+    return engines
 
 
 def _train_slots(

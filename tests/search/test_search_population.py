@@ -100,9 +100,11 @@ def test_population_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
         folder = tmp_path / "population" / "trials" / f"{ours.number:05d}"
         assert verify_artifacts(folder, ours.user_attrs["artifacts"]) == []
         summary = json.loads((folder / "addition" / "seed1" / "summary.json").read_text())
-        # Round 1 asks trials 0-3 and trains them together (PPO's group size 1 beside the
-        # GRPO family's 8); round 2 has one trial left (4), which trains alone.
-        expected = {0: 4, 1: 4, 2: 4, 3: 4, 4: 1}[ours.number]
+        # Round 1 asks trials 0-3: the two baselines (grpo, ppo: never pruned) train their two
+        # seeds as one population of 4 (PPO's group size 1 beside GRPO's 8); the candidates 2
+        # and 3, whose pruner judges them seed by seed, one engine of 2 per seed. Round 2 has
+        # one trial left (4), which trains alone.
+        expected = {0: 4, 1: 4, 2: 2, 3: 2, 4: 1}[ours.number]
         assert summary["trained_with"] == expected, ours.number
         assert TrialRecord.of(ours).trained_with == expected
         assert TrialRecord.of(theirs).trained_with == 1
@@ -119,6 +121,25 @@ def test_population_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
     again = campaign.reevaluate(campaign.open(create=False))
     assert [r["rewards"] for r in again] == [r["rewards"] for r in together_rows]
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_two_objective_trials_train_their_seeds_together(tmp_path: Path) -> None:
+    """Optuna cannot prune a trial of a two-objective study, so no pruner needs its seeds one
+    after another: in population mode each trial's seeds are packed, with the values of the
+    sequential campaign."""
+    search = {**SPACE["search"], "objectives": ["final_reward", "kl_to_ref"]}
+    sequential = run(tmp_path, "sequential", population=1, search=search).get_trials()
+    together = run(tmp_path, "population", population=4, search=search).get_trials()
+    for ours, theirs in zip(together, sequential, strict=True):
+        assert ours.state == theirs.state == TrialState.COMPLETE, ours.number
+        # the fitness (from rewards: fractions of 64 prompts) agrees exactly; the KL up to
+        # float rounding (other matmul shapes) carried through the steps
+        assert ours.values[0] == pytest.approx(theirs.values[0], abs=1e-6), ours.number
+        assert ours.values[1] == pytest.approx(theirs.values[1], rel=1e-3), ours.number
+    # Round 1: trials 0-3 on 2 seeds, 8 runs cut candidate by candidate into 2 engines of 4;
+    # round 2: trial 4's 2 seeds in one engine; sequentially every run trains alone.
+    assert [TrialRecord.of(t).trained_with for t in together] == [4, 4, 4, 4, 2]
+    assert [TrialRecord.of(t).trained_with for t in sequential] == [1] * BUDGET
 
 
 def test_offline_preference_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
@@ -202,9 +223,13 @@ def test_ctrl_c_fails_every_trial_of_the_round_and_the_resumed_campaign_retrains
     # the round's 3 trials are FAIL, each queued again; none of them counts toward the budget
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
     assert budget_used(study) == 0
-    for n in range(3):
+    # The baseline (trial 0) trained its two seeds together before the candidates' first
+    # engine, in which trial 1's first report raised: those runs end interrupted.
+    for n, status in [(0, "ok"), (1, "failed"), (2, "failed")]:
         summary = tmp_path / "run" / "trials" / f"{n:05d}" / "addition" / "seed0" / "summary.json"
-        assert json.loads(summary.read_text())["reason"] == "interrupted"
+        assert json.loads(summary.read_text())["status"] == status
+        if status == "failed":
+            assert json.loads(summary.read_text())["reason"] == "interrupted"
     interrupted = study.get_trials()[:3]
     study.pruner = optuna.pruners.NopPruner()
     campaign.optimize(study, 4, wait_for_running=True)  # resumes: the 3 retries, then 1 more
@@ -236,12 +261,15 @@ def test_lora_policy_trains_in_populations(tmp_path: Path) -> None:
     for n in range(BUDGET):
         folder = tmp_path / "lora" / "trials" / f"{n:05d}" / "addition" / "seed0"
         summary = json.loads((folder / "summary.json").read_text())
-        assert summary["trained_with"] == (4 if n < 4 else 1)
+        # A LoRA policy trains one engine per seed: the two baselines' (their seeds packed),
+        # the two candidates' of round 1, then trial 4's alone.
+        assert summary["trained_with"] == (2 if n < 4 else 1)
 
 
 def test_every_preset_trains_in_a_population_from_the_command_line(tmp_path: Path) -> None:
     """``grape evolve --population 20`` with every preset as a baseline: one round trains all
-    of them, TRPO and SFT included, as members of one population."""
+    of them, TRPO and SFT included, as members of populations: their 2 x 19 runs, packed
+    candidate by candidate, in one engine of 20 members and one of 18."""
     names = presets.names()
     data = {
         **SPACE,
@@ -261,8 +289,8 @@ def test_every_preset_trains_in_a_population_from_the_command_line(tmp_path: Pat
     for name in names:
         state, record = records[name]
         assert state == TrialState.COMPLETE, (name, record.failure)
-        assert record.trained_with == len(names) + 1, name
-        assert [r.trained_with for r in record.runs] == [len(names) + 1] * 2, name
+    sizes = [r.trained_with for name in names for r in records[name][1].runs]
+    assert len(names) == 19 and sorted(sizes) == [18] * 18 + [20] * 20
 
 
 def test_evolve_population_from_the_command_line(tmp_path: Path) -> None:

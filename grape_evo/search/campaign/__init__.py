@@ -114,21 +114,20 @@ class Campaign:
             seed, lr=self.lr if lr is None else lr, device=self.device
         )
 
-    def train_runs(
-        self, runs: Sequence[CandidateRun], packed: bool = False
-    ) -> list[CandidateResult]:
+    def train_runs(self, runs: Sequence[CandidateRun]) -> list[CandidateResult]:
         """`run_candidates` of ``runs`` on the space's tasks: finished run folders read back,
-        every run trained logged to ``--report-to``; ``packed`` (runs without reporters: the
-        lr tuning, the re-evaluation) cuts them, candidate by candidate, into engines of at
-        most ``population`` members, so a candidate's seeds train together. Every part of a
-        campaign trains through here."""
+        every run trained logged to ``--report-to``; the runs of candidates no pruner judges
+        (the lr tuning, the reference, the baselines, the re-evaluation) cut, candidate by
+        candidate, into engines of at most ``population`` members, so a candidate's seeds
+        train together; a round's prunable trials train one engine per (task, seed). Every
+        part of a campaign trains through here."""
         return run_candidates(
             runs,
             self.space.tasks,
             self.space.policy,
             reuse_existing=True,
             tracking=self.tracking,
-            population=self.population if packed else None,
+            population=self.population,
         )
 
     @property

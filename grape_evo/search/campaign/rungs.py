@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import optuna
@@ -127,7 +128,7 @@ def train_rungs(
         going = [i for i, r in enumerate(results) if r.going]
         if not going:
             break
-        runs = [_with_seeds(batch[i].run, seeds) for i in going]
+        runs = [replace(batch[i].run, seeds=seeds) for i in going]
         reference = _reference_candidate(campaign, study, seeds)
         # A member that is the reference (its baseline) serves as the reference's runs.
         itself = [
@@ -168,5 +169,3 @@ def train_rungs(
     return list(zip(results, fitness, strict=True))
 
 
-def _with_seeds(run: CandidateRun, seeds: range) -> CandidateRun:
-    return CandidateRun(run.spec, run.configs, run.folder, run.report, seeds)

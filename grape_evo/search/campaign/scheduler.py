@@ -196,7 +196,7 @@ def torch_threads(threads: int) -> None:
 def _train_runs(call: tuple[Campaign, list[Any]]) -> list[CandidateResult]:
     """A campaign's runs without reporters, packed (one picklable argument, for a pool)."""
     campaign, runs = call
-    return campaign.train_runs(runs, packed=True)
+    return campaign.train_runs(runs)
 
 
 def usable_cores() -> int:

@@ -122,7 +122,9 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
     record(trial, behaviour=behaviour(spec))
     configs = [campaign.config(seed, overrides.get("lr")) for seed in range(space.budget.seeds)]
     folder = campaign.out_dir / "trials" / f"{trial.number:05d}"
-    run = CandidateRun(spec, configs, folder, reporter(campaign, trial))
+    run = CandidateRun(
+        spec, configs, folder, reporter(campaign, trial), None, prunable(campaign, trial)
+    )
     return Candidate(run, key, trial)
 
 
@@ -166,16 +168,22 @@ def reporter(campaign: Campaign, trial: optuna.Trial) -> Reporter:
     reports but is never pruned: it is the yardstick every discovery is compared with on
     fresh seeds, and only completed trials are re-evaluated."""
     report_values = len(campaign.directions) == 1
-    prunable = report_values and not TrialRecord.of(trial).baseline
+    may_prune = prunable(campaign, trial)
 
     def report(step: int, value: float) -> str | None:
         if report_values:
             trial.report(value, step)
-            if prunable and trial.should_prune():
+            if may_prune and trial.should_prune():
                 return f"pruned at global step {step}: reward {value:.3f}"
         return None
 
     return report
+
+
+def prunable(campaign: Campaign, trial: optuna.Trial) -> bool:
+    """Whether its pruner may stop ``trial``: a single-objective study's trial that is not a
+    baseline (a baseline's seeds may train together; see `reporter`)."""
+    return len(campaign.directions) == 1 and not TrialRecord.of(trial).baseline
 
 
 def conclude(

@@ -59,7 +59,7 @@ def tune_learning_rate(campaign: Campaign, study: optuna.Study) -> float:
         for rate in rates
     ]
     # rates and seeds packed into engines of at most `population` (1: one run at a time)
-    results = campaign.train_runs(members, packed=True)
+    results = campaign.train_runs(members)
     scores = [result.reward if result.ok else None for result in results]
     best = max(range(len(rates)), key=lambda i: -math.inf if scores[i] is None else scores[i])
     store_reference(study, results[best])
