@@ -167,5 +167,3 @@ def train_rungs(
                 )
         start = rung
     return list(zip(results, fitness, strict=True))
-
-
