@@ -3,16 +3,15 @@
 `run_candidates` trains any number of candidates in lockstep batches of the training engine:
 one per (task, seed) holding every candidate still going (one candidate is the batch of one),
 or, with a population size, the seeds of the candidates no pruner judges seed by seed packed
-together. A
-candidate's value is the mean final held-out reward over (task, seed); its KL the mean final KL
-to the reference. Intermediate values (held-out reward at each evaluation) are reported through
-``report(global_step, value)``, where the global step orders (task, seed, step) the same way for
-every candidate, so a pruner compares like with like; a reporter that returns a reason stops
-its candidate (pruning is a value, not an exception). With ``tracking`` (``--report-to``),
-every run trained is also logged to its own tracker run under its run folder, the tracker
-called before the reporter and never stopping a run. :func:`write_artifacts` records a sha256
-of every run file in ``artifacts.json`` so a report can tell a file that changed after the
-trial from the one the trial produced.
+together. A candidate's value is the mean final held-out reward over (task, seed); its KL the
+mean final KL to the reference. Intermediate values (held-out reward at each evaluation) are
+reported through ``report(global_step, value)``, where the global step orders (task, seed,
+step) the same way for every candidate, so a pruner compares like with like; a reporter that
+returns a reason stops its candidate (pruning is a value, not an exception). With ``tracking``
+(``--report-to``), every run trained is also logged to its own tracker run under its run
+folder, the tracker called before the reporter and never stopping a run.
+:func:`write_artifacts` records a sha256 of every run file in ``artifacts.json`` so a report
+can tell a file that changed after the trial from the one the trial produced.
 """
 
 from __future__ import annotations

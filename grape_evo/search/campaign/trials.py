@@ -123,7 +123,7 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
     configs = [campaign.config(seed, overrides.get("lr")) for seed in range(space.budget.seeds)]
     folder = campaign.out_dir / "trials" / f"{trial.number:05d}"
     run = CandidateRun(
-        spec, configs, folder, reporter(campaign, trial), None, prunable(campaign, trial)
+        spec, configs, folder, reporter(campaign, trial), may_stop=prunable(campaign, trial)
     )
     return Candidate(run, key, trial)
 
