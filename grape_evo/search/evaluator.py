@@ -143,6 +143,7 @@ def run_candidates(
     results = [CandidateResult() for _ in candidates]
     seeds = len(candidates[0].configs) if candidates else 0
     steps = max((c.steps for cand in candidates for c in cand.configs), default=0)
+    by_seed = {i for i, c in enumerate(candidates) if population is None or c.seed_by_seed}
     for t_index, task_ref in enumerate(tasks):
         task = task_ref.build()
         slots = [
@@ -150,7 +151,6 @@ def run_candidates(
             for s_index in range(seeds)
             for i in range(len(candidates))
         ]
-        by_seed = {i for i, c in enumerate(candidates) if population is None or c.seed_by_seed}
         for engine in _engines(slots, population, by_seed):
             _train_slots(
                 engine, task_ref, task, candidates, results, policy_config, reuse_existing, tracking
@@ -175,7 +175,8 @@ def _engines(slots: list[Slot], population: int | None, by_seed: set[int]) -> li
     candidate by candidate, into engines of at most ``population``; then those of the
     candidates in ``by_seed``, one engine per seed."""
     packed = sorted((s for s in slots if s.candidate not in by_seed), key=lambda s: s.candidate)
-    engines = [packed[i : i + (population or 1)] for i in range(0, len(packed), population or 1)]
+    size = population or 1  # without a population every candidate is in by_seed
+    engines = [packed[i : i + size] for i in range(0, len(packed), size)]
     seeded = [s for s in slots if s.candidate in by_seed]
     for seed in sorted({s.seed_index for s in seeded}):
         engines.append([s for s in seeded if s.seed_index == seed])

@@ -122,9 +122,9 @@ def prepare(campaign: Campaign, trial: optuna.Trial) -> Candidate | None:
     record(trial, behaviour=behaviour(spec))
     configs = [campaign.config(seed, overrides.get("lr")) for seed in range(space.budget.seeds)]
     folder = campaign.out_dir / "trials" / f"{trial.number:05d}"
-    run = CandidateRun(
-        spec, configs, folder, reporter(campaign, trial), may_stop=prunable(campaign, trial)
-    )
+    may_stop = prunable(campaign, trial)
+    report = reporter(campaign, trial, may_stop)
+    run = CandidateRun(spec, configs, folder, report, may_stop=may_stop)
     return Candidate(run, key, trial)
 
 
@@ -162,13 +162,12 @@ def values(study: optuna.Study, score: float, kl: float | None) -> Values:
     return score, float("nan") if kl is None else kl
 
 
-def reporter(campaign: Campaign, trial: optuna.Trial) -> Reporter:
-    """Reports intermediate values to ``trial`` and returns a stop reason when its pruner
-    says so (single-objective studies only: Optuna cannot prune the others). A baseline
-    reports but is never pruned: it is the yardstick every discovery is compared with on
-    fresh seeds, and only completed trials are re-evaluated."""
+def reporter(campaign: Campaign, trial: optuna.Trial, may_prune: bool) -> Reporter:
+    """Reports intermediate values to ``trial`` (single-objective studies only: Optuna cannot
+    prune the others) and, when ``may_prune`` (`prunable`), returns a stop reason when its
+    pruner says so. A baseline reports but is never pruned: it is the yardstick every
+    discovery is compared with on fresh seeds, and only completed trials are re-evaluated."""
     report_values = len(campaign.directions) == 1
-    may_prune = prunable(campaign, trial)
 
     def report(step: int, value: float) -> str | None:
         if report_values:
