@@ -50,7 +50,7 @@ def spec_needs_critic(spec: ObjectiveSpec) -> bool:
     return needs_critic(build_objective(spec))
 
 
-def _is_eval_step(config: TrainConfig, step: int) -> bool:
+def is_eval_step(config: TrainConfig, step: int) -> bool:
     """Whether the run evaluates after step ``step`` (0-based): every ``eval_every`` and last."""
     return (step + 1) % config.eval_every == 0 or step + 1 == config.steps
 
@@ -182,7 +182,7 @@ def train_members(
                 if not live:
                     break
                 results = engine.step(step)
-                evaluations = engine.evaluate() if _is_eval_step(config, step) else [None] * count
+                evaluations = engine.evaluate() if is_eval_step(config, step) else [None] * count
                 for i in live:
                     status, reason = engine.status[i]
                     metrics, evaluation = results[i], evaluations[i]
