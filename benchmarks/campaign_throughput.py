@@ -10,10 +10,14 @@ Every mode is a fresh study in a temporary folder with the same sampler seed. Th
 of every seed (search and re-evaluation) are built before timing; their cached initial
 evaluations are deleted before each mode, so each pays for its own. Runs are counted from the
 run folders (``summary.json`` files: tuning, trials, baselines, re-evaluation). Rounds alternate
-the order of the modes. Prints one JSON document and writes it to ``--out``.
+the order of the modes. ``--population`` takes several sizes (each a mode, alone and with
+``--jobs``; ``--jobs 1`` leaves out the worker modes), ``--policy`` another policy preset.
+Prints one JSON document and writes it to ``--out``.
 
     python benchmarks/campaign_throughput.py --population 8 --jobs 2 \\
         --out benchmarks/results/campaign_throughput_cpu.json
+    python benchmarks/campaign_throughput.py --device cuda --policy small --jobs 1 \\
+        --population 4 16 64 --out benchmarks/results/campaign_throughput_cuda.json
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import emit, load_average, machine
+from common import emit, load_average, machine, with_policy
 
 from grape_evo.policy import resolve_device
 from grape_evo.search.campaign import Campaign, usable_cores
@@ -99,17 +103,19 @@ def measure(space: SearchSpace, device: str, jobs: int, population: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--space", type=Path, default=Path("search_spaces/quickstart.yaml"))
-    parser.add_argument("--population", type=int, default=8)
+    parser.add_argument("--population", type=int, nargs="+", default=[8])
+    parser.add_argument("--policy", default=None, help="a policy preset (default: the space's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    space = load_space(args.space)
+    space = with_policy(load_space(args.space), args.policy)
     host = machine(device)
     warm_starts = build_warm_starts(space, device)
-    modes = [(1, 1), (1, args.population), (args.jobs, 1), (args.jobs, args.population)]
+    sizes = [1, *args.population]
+    modes = list(dict.fromkeys((jobs, size) for jobs in (1, args.jobs) for size in sizes))
     load_start = load_average()
     rounds = []
     for r in range(args.rounds):
@@ -131,6 +137,7 @@ def main() -> None:
         {
             "benchmark": "campaign_throughput",
             "space": str(args.space),
+            "policy": space.policy.to_dict(),
             "budget": space.budget.to_dict(),
             "trials": space.search.trials,
             "baselines": list(space.baselines),

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from grape_evo.search.space import SearchSpace
 
 
 def cpu_model() -> str | None:
@@ -50,3 +54,10 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+def with_policy(space: SearchSpace, preset: str | None) -> SearchSpace:
+    """``space`` with its policy's preset replaced by ``preset`` (unchanged for None)."""
+    if preset is None:
+        return space
+    return replace(space, policy=replace(space.policy, preset=preset))

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import emit, load_average, machine
+from common import emit, load_average, machine, with_policy
 
 from grape_evo.objective import presets
 from grape_evo.policy import resolve_device
@@ -137,9 +137,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    space = load_space(Path("search_spaces/quickstart.yaml"))
-    if args.policy is not None:
-        space = replace(space, policy=replace(space.policy, preset=args.policy))
+    space = with_policy(load_space(Path("search_spaces/quickstart.yaml")), args.policy)
     device = resolve_device(args.device)
     config = space.budget.train_config(FIRST_SEED, device=str(device))
     evaluations = sum(is_eval_step(config, s) for s in range(config.steps))
