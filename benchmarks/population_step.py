@@ -124,13 +124,38 @@ def measure_size(
     return {"step": step, "evaluation": evaluation, "memory": memory}
 
 
+def summarise(
+    found: dict[int, list[dict[str, float | None]]], size: int, steps: int, evaluations: int
+) -> dict[str, Any]:
+    """The row of population ``size`` from every size's per-round measurements ``found``:
+    medians over rounds, runs per hour for a run of ``steps`` steps and ``evaluations``
+    evaluations, and the speed-up over one member when one member was measured."""
+    step = statistics.median(f["step"] for f in found[size])
+    evaluation = statistics.median(f["evaluation"] for f in found[size])
+    memory = [f["memory"] for f in found[size] if f["memory"] is not None]
+    one = found.get(1)
+    return {
+        "members": size,
+        "ms_per_step_all_members": step,
+        "ms_per_member_step": step / size,
+        "ms_per_evaluation_all_members": evaluation,
+        "runs_per_hour": size * 3600 / ((steps * step + evaluations * evaluation) / 1000),
+        "memory_per_member_mib": max(memory) if memory else None,
+        "speedup": None if one is None else statistics.median(f["step"] for f in one) * size / step,
+        "speedup_per_round": None
+        if one is None
+        else [a["step"] * size / b["step"] for a, b in zip(one, found[size], strict=True)],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--members", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--policy", default=None, help="a policy preset (default: the space's)")
-    parser.add_argument("--kinds", nargs="+", default=[k for k, _, _ in KINDS])
+    names = [k for k, _, _ in KINDS]
+    parser.add_argument("--kinds", nargs="+", choices=names, default=names)
     parser.add_argument("--warm-starts", type=int, default=None)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
@@ -151,35 +176,12 @@ def main() -> None:
             for r in range(args.rounds):
                 for size in sizes if r % 2 == 0 else sizes[::-1]:
                     found[size].append(measure_size(space, preset, size, one_seed, config, args))
-            one = statistics.median(f["step"] for f in found[1]) if 1 in found else None
             for size in sizes:
-                step = statistics.median(f["step"] for f in found[size])
-                evaluation = statistics.median(f["evaluation"] for f in found[size])
-                run_seconds = (config.steps * step + evaluations * evaluation) / 1000
-                memory = [f["memory"] for f in found[size] if f["memory"] is not None]
-                rows.append(
-                    {
-                        "kind": kind,
-                        "preset": preset,
-                        "threads": threads,
-                        "members": size,
-                        "ms_per_step_all_members": step,
-                        "ms_per_member_step": step / size,
-                        "ms_per_evaluation_all_members": evaluation,
-                        "runs_per_hour": size * 3600 / run_seconds,
-                        "memory_per_member_mib": max(memory) if memory else None,
-                        "speedup": None if one is None else one * size / step,
-                        "speedup_per_round": None
-                        if one is None
-                        else [
-                            a["step"] * size / b["step"]
-                            for a, b in zip(found[1], found[size], strict=True)
-                        ],
-                    }
-                )
+                summary = summarise(found, size, config.steps, evaluations)
+                rows.append({"kind": kind, "preset": preset, "threads": threads, **summary})
                 print(
                     f"{kind} threads={threads} members={size}: "
-                    f"{rows[-1]['runs_per_hour']:.0f} runs/h",
+                    f"{summary['runs_per_hour']:.0f} runs/h",
                     flush=True,
                 )
     emit(
