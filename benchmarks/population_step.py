@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from common import emit, load_average, machine, with_policy
@@ -102,6 +102,14 @@ def measure(engine: Engine, steps: int, warmup: int, device: torch.device) -> tu
     return statistics.median(times), timed_ms(engine.evaluate, device)
 
 
+class Measured(NamedTuple):
+    """One engine's figures: median ms per step, ms per evaluation, (CUDA) MiB per member."""
+
+    step: float
+    evaluation: float
+    memory: float | None
+
+
 def measure_size(
     space: SearchSpace,
     preset: str,
@@ -109,8 +117,8 @@ def measure_size(
     one_seed: bool,
     config: TrainConfig,
     args: argparse.Namespace,
-) -> dict[str, float | None]:
-    """One engine of ``members``: ms per step, ms per evaluation and (CUDA) MiB per member."""
+) -> Measured:
+    """One engine of ``members`` (``args``: its warm starts, steps and warm-up steps)."""
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -121,18 +129,18 @@ def measure_size(
     memory = None
     if device.type == "cuda":
         memory = (torch.cuda.max_memory_allocated() - before) / members / 2**20
-    return {"step": step, "evaluation": evaluation, "memory": memory}
+    return Measured(step, evaluation, memory)
 
 
 def summarise(
-    found: dict[int, list[dict[str, float | None]]], size: int, steps: int, evaluations: int
+    found: dict[int, list[Measured]], size: int, steps: int, evaluations: int
 ) -> dict[str, Any]:
     """The row of population ``size`` from every size's per-round measurements ``found``:
     medians over rounds, runs per hour for a run of ``steps`` steps and ``evaluations``
     evaluations, and the speed-up over one member when one member was measured."""
-    step = statistics.median(f["step"] for f in found[size])
-    evaluation = statistics.median(f["evaluation"] for f in found[size])
-    memory = [f["memory"] for f in found[size] if f["memory"] is not None]
+    step = statistics.median(f.step for f in found[size])
+    evaluation = statistics.median(f.evaluation for f in found[size])
+    memory = [f.memory for f in found[size] if f.memory is not None]
     one = found.get(1)
     return {
         "members": size,
@@ -141,10 +149,10 @@ def summarise(
         "ms_per_evaluation_all_members": evaluation,
         "runs_per_hour": size * 3600 / ((steps * step + evaluations * evaluation) / 1000),
         "memory_per_member_mib": max(memory) if memory else None,
-        "speedup": None if one is None else statistics.median(f["step"] for f in one) * size / step,
+        "speedup": None if one is None else statistics.median(f.step for f in one) * size / step,
         "speedup_per_round": None
         if one is None
-        else [a["step"] * size / b["step"] for a, b in zip(one, found[size], strict=True)],
+        else [a.step * size / b.step for a, b in zip(one, found[size], strict=True)],
     }
 
 
@@ -172,7 +180,7 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for kind, preset, one_seed in [k for k in KINDS if k[0] in args.kinds]:
-            found: dict[int, list[dict[str, float | None]]] = {size: [] for size in sizes}
+            found: dict[int, list[Measured]] = {size: [] for size in sizes}
             for r in range(args.rounds):
                 for size in sizes if r % 2 == 0 else sizes[::-1]:
                     found[size].append(measure_size(space, preset, size, one_seed, config, args))
