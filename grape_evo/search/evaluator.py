@@ -149,7 +149,8 @@ def run_candidates(
         slots = [
             Slot(i, s_index, (t_index * seeds + s_index) * steps)
             for s_index in range(seeds)
-            for i in range(len(candidates))
+            for i, candidate in enumerate(candidates)
+            if s_index in candidate.seed_indices()
         ]
         for engine in _engines(slots, population, by_seed):
             _train_slots(
@@ -200,7 +201,7 @@ def _train_slots(
     folders: list[Path] = []
     for slot in slots:
         candidate, result = candidates[slot.candidate], results[slot.candidate]
-        if not result.going or slot.seed_index not in candidate.seed_indices():
+        if not result.going:
             continue
         config = task_ref.train_config(candidate.configs[slot.seed_index])
         run_dir = candidate.folder / task_ref.slug / f"seed{config.seed}"

@@ -426,3 +426,24 @@ def test_each_task_trains_from_its_own_warm_start(tmp_path: Path, population: in
         ("reverse", "seed0"): 3,
         ("reverse", "seed1"): 3,
     }
+
+
+def test_a_part_of_the_seeds_fills_whole_engines(tmp_path: Path) -> None:
+    """Candidates that train some of their seeds (a rung, one worker's share of the
+    re-evaluation) are cut into engines from those seeds alone: 2 candidates x seeds 2..3 of
+    4, population 4, are one engine of 4 members (cutting every seed first and dropping the
+    others would leave two engines of 2)."""
+    config = TrainConfig(steps=1, warm_start_steps=3, batch_size=8, eval_prompts=4, eval_every=1)
+    configs = [replace(config, seed=s) for s in range(4)]
+    candidates = [
+        CandidateRun(presets.get(name), configs, tmp_path / name, seeds=range(2, 4))
+        for name in ("grpo", "dr_grpo")
+    ]
+    results = run_candidates(candidates, [TaskRef("addition")], PolicyConfig(), population=4)
+    for name, result in zip(("grpo", "dr_grpo"), results, strict=True):
+        assert [r.seed for r in result.runs] == [2, 3]
+        for seed in (2, 3):
+            summary = json.loads(
+                (tmp_path / name / "addition" / f"seed{seed}" / "summary.json").read_text()
+            )
+            assert summary["trained_with"] == 4
