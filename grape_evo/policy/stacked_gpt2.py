@@ -224,10 +224,10 @@ class StackedGPT2:
         return {n: torch.stack([w[n] for w in weights]) for n in names}
 
     def _norm(self, x: Tensor, w: Stacked, name: str) -> Tensor:
-        """LayerNorm of x [M, R, ..., H] with member m's ``name`` weight and bias [M, H]."""
+        """LayerNorm of x [M, R, ..., H] with member m's ``name`` weight and bias [M, H]; one
+        formula for every M, so a lone member and the reference (M = 1) compute bit for bit
+        what the same weights compute as a member of a population."""
         weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
-        if weight.shape[0] == 1:
-            return F.layer_norm(x, x.shape[-1:], weight[0], bias[0], self.eps)
         shape = (weight.shape[0],) + (1,) * (x.dim() - 2) + (weight.shape[-1],)
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * weight.view(shape) + bias.view(shape)
 

@@ -133,9 +133,11 @@ def test_two_objective_trials_train_their_seeds_together(tmp_path: Path) -> None
     for ours, theirs in zip(together, sequential, strict=True):
         assert ours.state == theirs.state == TrialState.COMPLETE, ours.number
         # the fitness (from rewards: fractions of 64 prompts) agrees exactly; the KL up to
-        # float rounding (other matmul shapes) carried through the steps
+        # float rounding (other matmul shapes) carried through the steps. (It was 1e-4 to 1e-3
+        # while a member scored its reference with other arithmetic than the reference's own:
+        # a KL gradient of rounding noise at the warm start, which Adam made into a step.)
         assert ours.values[0] == pytest.approx(theirs.values[0], abs=1e-6), ours.number
-        assert ours.values[1] == pytest.approx(theirs.values[1], rel=1e-3), ours.number
+        assert ours.values[1] == pytest.approx(theirs.values[1], rel=1e-5), ours.number
     # Round 1: trials 0-3 on 2 seeds, 8 runs cut candidate by candidate into 2 engines of 4;
     # round 2: trial 4's 2 seeds in one engine; sequentially every run trains alone.
     assert [TrialRecord.of(t).trained_with for t in together] == [4, 4, 4, 4, 2]

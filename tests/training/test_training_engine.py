@@ -91,13 +91,13 @@ def _compare(
         assert ours.texts == theirs.texts, (i, step)
         assert torch.equal(ours.completion_ids, theirs.completion_ids)
         assert torch.equal(ours.completion_mask, theirs.completion_mask)
-        torch.testing.assert_close(ours.sample_logp, theirs.sample_logp, atol=rel, rtol=0)
+        # sampled by weights that may differ by ``atol`` (below): log-probs move about as much
+        logp_atol = max(rel, atol)
+        torch.testing.assert_close(ours.sample_logp, theirs.sample_logp, atol=logp_atol, rtol=0)
         member, reference = population["metrics"][step][i], alone["metrics"][step][0]
         assert member is not None and reference is not None
         assert member.keys() == reference.keys(), (i, step)
         for key, value in reference.items():
-            if step == 0 and key == "pair_accuracy":
-                continue  # both log-ratios are rounding noise around 0 before the first update
             assert member[key] == pytest.approx(value, rel=max(rel, 1e-4), abs=1e-5), (i, step, key)
         # Adam's first steps move each weight by about lr * sign(grad): rounding in a
         # near-zero gradient shows up at a small fraction of lr.
@@ -162,16 +162,14 @@ def test_every_preset_trains_as_a_member_as_it_trains_alone(
             lambda: [_with("grpo", epochs=2), presets.get("cispo"), _with("dapo", epochs=3)],
         ),
         # Minibatches: each member's own permutation of its rows per epoch; PPO's 4 x 4 with
-        # its separate critic. (RLOO without its KL-in-reward: when a minibatch's groups all
-        # tie, its exact-zero gradient alone becomes rounding noise in a population (the KL of
-        # equal policies is ~1e-8, not 0), and Adam, which divides by the gradient's scale,
-        # turns that noise into an lr-sized step.)
+        # its separate critic; RLOO with its KL in the reward (when a minibatch's groups all tie,
+        # only the KL is left: exactly 0 at the warm start, in a population as alone).
         (
             {},
             lambda: [
                 presets.get("ppo"),
                 _with("grpo", epochs=2, minibatches=2),
-                _with("rloo", kl={"coef": 0.0}, minibatches=2),
+                _with("rloo", minibatches=2),
             ],
         ),
         # Stale rollouts: each member trains on the batch it sampled `staleness` steps earlier.
