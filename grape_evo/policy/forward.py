@@ -215,16 +215,18 @@ def value_head_of(
     return torch.stack(heads), torch.stack(biases)
 
 
-def forward_for(policy: Policy) -> Forward:
+def forward_for(policy: Policy, stacks: bool = False) -> Forward:
     """The fast stacked GPT-2 forward when it computes what the policy's LM (and its reference,
     if frozen yet) computes (a plain GPT-2, full fine-tuning, `Policy.fast_path` on), else the
-    transformers forward."""
+    transformers forward. ``stacks``: its calls will stack several weight sets (members, a
+    separate critic), so that the stacked forward computes each weight set, the reference
+    included, with one formula (`StackedGPT2`)."""
     from grape_evo.policy.stacked_gpt2 import StackedGPT2, supports
     from grape_evo.policy.transformers_forward import TransformersForward
 
     reference = policy.reference_lm
     if policy.fast_path and supports(policy.lm) and (reference is None or supports(reference)):
-        return StackedGPT2(policy.lm, reference)
+        return StackedGPT2(policy.lm, reference, stacks)
     return TransformersForward(policy)
 
 

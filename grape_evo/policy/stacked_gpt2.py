@@ -196,10 +196,16 @@ def _distinct(
 
 class StackedGPT2:
     """The `Forward` of a plain GPT-2 (`supports`) for M members; the reference is a frozen
-    copy of its weights (None: no reference yet, e.g. while the warm start trains)."""
+    copy of its weights (None: no reference yet, e.g. while the warm start trains).
+    ``stacks``: the caller's calls stack several weight sets (see `_norm`)."""
 
-    def __init__(self, lm: nn.Module, reference: nn.Module | None) -> None:
+    def __init__(self, lm: nn.Module, reference: nn.Module | None, stacks: bool = False) -> None:
         cfg = lm.config
+        # With ``stacks`` (an engine whose calls stack several weight sets) every call, M = 1
+        # included, computes LayerNorm's affine outside the fused kernel, as a stacked call
+        # must: a member then scores bit for bit what its reference (M = 1) scores at its
+        # warm start. Without it (every call M = 1, a lone run) the fused kernel is used.
+        self.stacks = stacks
         self.n_layer, self.n_head = cfg.n_layer, cfg.n_head
         self.eps, self.gelu = cfg.layer_norm_epsilon, GELU_APPROXIMATE[cfg.activation_function]
         self.vocab, self.width = cfg.vocab_size, cfg.n_embd
@@ -224,10 +230,11 @@ class StackedGPT2:
         return {n: torch.stack([w[n] for w in weights]) for n in names}
 
     def _norm(self, x: Tensor, w: Stacked, name: str) -> Tensor:
-        """LayerNorm of x [M, R, ..., H] with member m's ``name`` weight and bias [M, H]; one
-        formula for every M, so a lone member and the reference (M = 1) compute bit for bit
-        what the same weights compute as a member of a population."""
+        """LayerNorm of x [M, R, ..., H] with member m's ``name`` weight and bias [M, H]: the
+        fused kernel for M = 1 unless ``stacks``; one formula for every M otherwise."""
         weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
+        if weight.shape[0] == 1 and not self.stacks:
+            return F.layer_norm(x, x.shape[-1:], weight[0], bias[0], self.eps)
         shape = (weight.shape[0],) + (1,) * (x.dim() - 2) + (weight.shape[-1],)
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * weight.view(shape) + bias.view(shape)
 

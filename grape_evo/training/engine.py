@@ -122,7 +122,8 @@ class Engine:
         first = policies[self.seeds[0]]
         self.task, self.config, self.policy = task, config, first
         self.tokenizer, self.device = first.tokenizer, first.device
-        self.forward = with_precision(forward_for(first), config.precision, self.device)
+        stacks = len(members) > 1 or any(map(separate_critic, self.objectives))
+        self.forward = with_precision(forward_for(first, stacks), config.precision, self.device)
         self.logprob_temperature = config.temperature if config.temper_logprobs else 1.0
         # the first seed's reference is the forward's own; the others' are their warm starts
         self.references: dict[int, Weights | None] = {

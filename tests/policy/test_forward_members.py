@@ -6,7 +6,7 @@ member exactly what it gets alone, on both implementations.
   `StackedGPT2`, on `TransformersForward` through ``vmap`` and through its per-member loop; the
   two implementations agree for M = 3. Padding rows and positions score 0.
 * A member whose weights are its reference's scores exactly (bit for bit) what the reference
-  scores on `StackedGPT2`, in both layouts.
+  scores on a `StackedGPT2` built for stacked calls, in both layouts.
 * `MemberRows.distinct`: the reference scored once on the distinct rows equals it scored on every
   member's rows.
 * `decode` of M = 3 members in lockstep (members that stop at different steps, shared and own
@@ -168,17 +168,18 @@ def test_members_score_what_they_score_alone(
 def test_a_member_at_its_warm_start_scores_exactly_its_reference(
     make_policy: Make, tok: CharTokenizer, dense: bool
 ) -> None:
-    """M = 3 copies of the frozen reference's weights score bit for bit the reference's
-    log-probs (M = 1, its own path): a member of a population starts at KL exactly 0 to its
-    reference, as it does alone, so no rounding difference becomes a KL gradient that Adam,
-    which rescales gradients of any size, would turn into a step."""
+    """With ``stacks`` (an engine whose calls stack weight sets), M = 3 copies of the frozen
+    reference's weights score bit for bit the reference's log-probs (M = 1): a member of a
+    population starts at KL exactly 0 to its reference, as it does alone, so no rounding
+    difference becomes a KL gradient that Adam, which rescales gradients of any size, would
+    turn into a step."""
     policy = make_policy(seed=4)
     weights = policy_weights(policy)
     with torch.no_grad():  # LayerNorm weights away from 1 and biases away from 0
         for name, value in perturbed(weights, seed=5).items():
             weights[name].copy_(value)
     policy.freeze_reference()
-    stacked = StackedGPT2(policy.lm, policy.reference_lm)
+    stacked = StackedGPT2(policy.lm, policy.reference_lm, stacks=True)
     stacked.dense = dense
     rollout = _rollout(tok, MEMBER_PAIRS[0])
     with torch.no_grad():

@@ -98,6 +98,8 @@ def _compare(
         assert member is not None and reference is not None
         assert member.keys() == reference.keys(), (i, step)
         for key, value in reference.items():
+            if step == 0 and key == "pair_accuracy":
+                continue  # both log-ratios are rounding noise around 0 before the first update
             assert member[key] == pytest.approx(value, rel=max(rel, 1e-4), abs=1e-5), (i, step, key)
         # Adam's first steps move each weight by about lr * sign(grad): rounding in a
         # near-zero gradient shows up at a small fraction of lr.
