@@ -169,10 +169,9 @@ def test_a_member_at_its_warm_start_scores_exactly_its_reference(
     make_policy: Make, tok: CharTokenizer, dense: bool
 ) -> None:
     """With ``stacks`` (an engine whose calls stack weight sets), M = 3 copies of the frozen
-    reference's weights score bit for bit the reference's log-probs (M = 1): a member of a
-    population starts at KL exactly 0 to its reference, as it does alone, so no rounding
-    difference becomes a KL gradient that Adam, which rescales gradients of any size, would
-    turn into a step."""
+    reference's weights score bit for bit the reference's log-probs (M = 1) in the same
+    layout: no gap between two LayerNorm formulas becomes a KL gradient that Adam, which
+    rescales gradients of any size, would turn into a step."""
     policy = make_policy(seed=4)
     weights = policy_weights(policy)
     with torch.no_grad():  # LayerNorm weights away from 1 and biases away from 0

@@ -165,7 +165,8 @@ def test_every_preset_trains_as_a_member_as_it_trains_alone(
         ),
         # Minibatches: each member's own permutation of its rows per epoch; PPO's 4 x 4 with
         # its separate critic; RLOO with its KL in the reward (when a minibatch's groups all tie,
-        # only the KL is left: exactly 0 at the warm start, in a population as alone).
+        # only the KL is left; a member no longer scores its reference with another LayerNorm
+        # formula, whose rounding gap Adam made into a step).
         (
             {},
             lambda: [
