@@ -152,10 +152,10 @@ def run_candidates(
             for i, candidate in enumerate(candidates)
             if s_index in candidate.seed_indices()
         ]
+        if reuse_existing:  # before the engines are cut, so that they come out full
+            slots = [s for s in slots if not _read_back(s, task_ref, candidates, results)]
         for engine in _engines(slots, population, by_seed):
-            _train_slots(
-                engine, task_ref, task, candidates, results, policy_config, reuse_existing, tracking
-            )
+            _train_slots(engine, task_ref, task, candidates, results, policy_config, tracking)
     slugs = [task_ref.slug for task_ref in tasks]
     for result in results:
         result.order_runs(slugs)
@@ -184,6 +184,28 @@ def _engines(slots: list[Slot], population: int | None, by_seed: set[int]) -> li
     return engines
 
 
+def _run_of(
+    slot: Slot, task_ref: Any, candidates: Sequence[CandidateRun]
+) -> tuple[TrainConfig, Path]:
+    """A slot's TrainConfig on the task and its run folder."""
+    candidate = candidates[slot.candidate]
+    config = task_ref.train_config(candidate.configs[slot.seed_index])
+    return config, candidate.folder / task_ref.slug / f"seed{config.seed}"
+
+
+def _read_back(
+    slot: Slot, task_ref: Any, candidates: Sequence[CandidateRun], results: list[CandidateResult]
+) -> bool:
+    """Append the slot's run to its candidate's result when its folder holds it, finished
+    ``ok`` for the same objective key and seed; whether it did."""
+    config, run_dir = _run_of(slot, task_ref, candidates)
+    done = _existing(run_dir, candidates[slot.candidate].spec, config.seed)
+    if done is not None:
+        run = RunResult.of(done, task_ref.slug, _curve(run_dir), str(run_dir))
+        results[slot.candidate].runs.append(run)
+    return done is not None
+
+
 def _train_slots(
     slots: Sequence[Slot],
     task_ref: Any,
@@ -191,30 +213,16 @@ def _train_slots(
     candidates: Sequence[CandidateRun],
     results: list[CandidateResult],
     policy_config: PolicyConfig,
-    reuse_existing: bool,
     tracking: RunTracking | None,
 ) -> None:
-    """Train the runs of ``slots`` whose candidates are still going in one engine (reading
-    back those ``reuse_existing`` finds) and append each to its candidate's result."""
-    members: list[Slot] = []
-    configs: list[TrainConfig] = []
-    folders: list[Path] = []
-    for slot in slots:
-        candidate, result = candidates[slot.candidate], results[slot.candidate]
-        if not result.going:
-            continue
-        config = task_ref.train_config(candidate.configs[slot.seed_index])
-        run_dir = candidate.folder / task_ref.slug / f"seed{config.seed}"
-        done = _existing(run_dir, candidate.spec, config.seed) if reuse_existing else None
-        if done is None:
-            members.append(slot)
-            configs.append(config)
-            folders.append(run_dir)
-        else:
-            result.runs.append(RunResult.of(done, task_ref.slug, _curve(run_dir), str(run_dir)))
+    """Train the runs of ``slots`` whose candidates are still going in one engine and append
+    each to its candidate's result."""
+    members = [s for s in slots if results[s.candidate].going]
     if not members:
         return
     chosen = [candidates[m.candidate] for m in members]
+    runs = [_run_of(m, task_ref, candidates) for m in members]
+    configs, folders = [config for config, _ in runs], [folder for _, folder in runs]
     shared = _shared_config(configs)
     curves: list[list[tuple[int, float]]] = [[] for _ in members]
     hooks = [

@@ -430,6 +430,31 @@ def test_each_task_trains_from_its_own_warm_start(tmp_path: Path, population: in
     }
 
 
+def test_runs_read_back_leave_no_gap_in_the_engines(tmp_path: Path) -> None:
+    """A resumed call reads its finished runs back before cutting the engines: with grpo's 2
+    runs on disk, dr_grpo's and rloo's 4 runs (population 4) train as one engine of 4 members
+    (reading back after the cut would leave two engines of 2). The runs read back are the
+    ones on disk, untouched."""
+    config = TrainConfig(steps=1, warm_start_steps=3, batch_size=8, eval_prompts=4, eval_every=1)
+    configs = [replace(config, seed=s) for s in range(2)]
+    names = ("grpo", "dr_grpo", "rloo")
+    candidates = [CandidateRun(presets.get(n), configs, tmp_path / n) for n in names]
+    run_candidates(candidates[:1], [TaskRef("addition")], PolicyConfig(), population=4)
+    first = [(tmp_path / "grpo" / "addition" / f"seed{s}" / "summary.json") for s in (0, 1)]
+    written = [(f.read_bytes(), f.stat().st_mtime_ns) for f in first]
+    results = run_candidates(
+        candidates, [TaskRef("addition")], PolicyConfig(), reuse_existing=True, population=4
+    )
+    assert [(f.read_bytes(), f.stat().st_mtime_ns) for f in first] == written
+    for name, result in zip(names, results, strict=True):
+        assert [r.seed for r in result.runs] == [0, 1]
+        for seed in (0, 1):
+            summary = json.loads(
+                (tmp_path / name / "addition" / f"seed{seed}" / "summary.json").read_text()
+            )
+            assert summary["trained_with"] == (2 if name == "grpo" else 4)
+
+
 def test_a_part_of_the_seeds_fills_whole_engines(tmp_path: Path) -> None:
     """Candidates that train some of their seeds (a rung, one worker's share of the
     re-evaluation) are cut into engines from those seeds alone: 2 candidates x seeds 2..3 of
