@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from grape_evo.objective import presets
 from grape_evo.policy import PolicyConfig
 from grape_evo.search.campaign import Campaign, CampaignError, budget_used
+from grape_evo.search.campaign.scheduler import run_round, step_cost
 from grape_evo.search.campaign.storage import fail_and_retry
 from grape_evo.search.evaluator import CandidateRun, run_candidates, verify_artifacts
 from grape_evo.search.records import TrialRecord
@@ -100,11 +101,12 @@ def test_population_campaign_matches_the_sequential_one(tmp_path: Path) -> None:
         folder = tmp_path / "population" / "trials" / f"{ours.number:05d}"
         assert verify_artifacts(folder, ours.user_attrs["artifacts"]) == []
         summary = json.loads((folder / "addition" / "seed1" / "summary.json").read_text())
-        # Round 1 asks trials 0-3: the two baselines (grpo, ppo: never pruned) train their two
-        # seeds as one population of 4 (PPO's group size 1 beside GRPO's 8); the candidates 2
-        # and 3, whose pruner judges them seed by seed, one engine of 2 per seed. Round 2 has
-        # one trial left (4), which trains alone.
-        expected = {0: 4, 1: 4, 2: 2, 3: 2, 4: 1}[ours.number]
+        # Round 1 asks trials 0 and 1, the two baselines (grpo, ppo: never pruned), and no
+        # more after PPO (16 updates with a critic: the cost of more than 4 one-update
+        # candidates); they train their two seeds as one population of 4 (PPO's group size 1
+        # beside GRPO's 8). Round 2 asks the candidates 2-4, whose pruner judges them seed by
+        # seed: one engine of 3 per seed.
+        expected = {0: 4, 1: 4, 2: 3, 3: 3, 4: 3}[ours.number]
         assert summary["trained_with"] == expected, ours.number
         assert TrialRecord.of(ours).trained_with == expected
         assert TrialRecord.of(theirs).trained_with == 1
@@ -263,9 +265,9 @@ def test_lora_policy_trains_in_populations(tmp_path: Path) -> None:
     for n in range(BUDGET):
         folder = tmp_path / "lora" / "trials" / f"{n:05d}" / "addition" / "seed0"
         summary = json.loads((folder / "summary.json").read_text())
-        # A LoRA policy trains one engine per seed: the two baselines' (their seeds packed),
-        # the two candidates' of round 1, then trial 4's alone.
-        assert summary["trained_with"] == (2 if n < 4 else 1)
+        # A LoRA policy trains one engine per seed: the two baselines' of round 1 (which asks
+        # no more after PPO), then the three candidates' of round 2.
+        assert summary["trained_with"] == (2 if n < 2 else 3)
 
 
 def test_every_preset_trains_in_a_population_from_the_command_line(tmp_path: Path) -> None:
@@ -428,6 +430,37 @@ def test_each_task_trains_from_its_own_warm_start(tmp_path: Path, population: in
         ("reverse", "seed0"): 3,
         ("reverse", "seed1"): 3,
     }
+
+
+def test_a_round_asks_no_more_after_a_candidate_as_costly_as_a_whole_round(
+    tmp_path: Path,
+) -> None:
+    """PPO (4 epochs x 4 minibatches, a value model of its own: 1 + 16 x 2 = 33 passes over
+    the batch per step) costs more than 8 one-update candidates (2 passes each), so a round of
+    population 8 that asks it asks nothing after it: another worker takes the next trials.
+    GRPO and DPO (one update each) leave room for the next."""
+    assert [step_cost(presets.get(n)) for n in ("ppo", "grpo", "dpo")] == [33, 2, 2]
+    campaign = Campaign(
+        parse_space({**SPACE, "baselines": ["ppo", "grpo", "dpo"]}),
+        tmp_path / "run",
+        population=8,
+    )
+    study = campaign.open(create=True)
+    run_round(campaign, study, 10, None)
+    states = [(t.user_attrs.get("baseline"), t.state) for t in study.get_trials()]
+    assert states == [
+        ("ppo", TrialState.COMPLETE),
+        ("grpo", TrialState.WAITING),
+        ("dpo", TrialState.WAITING),
+    ]
+    run_round(campaign, study, 4, None)
+    states = [(t.user_attrs.get("baseline"), t.state) for t in study.get_trials()]
+    assert states == [
+        ("ppo", TrialState.COMPLETE),
+        ("grpo", TrialState.COMPLETE),
+        ("dpo", TrialState.COMPLETE),
+        (None, TrialState.COMPLETE),
+    ]
 
 
 def test_runs_read_back_leave_no_gap_in_the_engines(tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
 """Running trials to the budget: rounds of up to ``population`` trials trained in lockstep in
 this process, and ``jobs`` worker processes on one machine.
 
-One round asks up to P trials (Optuna ask/tell, a heartbeat thread per trial), trains them in
-lockstep batches of at most P (one batch of one when P = 1), rung by rung with the reference
+One round asks up to P trials (Optuna ask/tell, a heartbeat thread per trial), and no more after
+one that costs by itself what P of the cheapest candidates cost (`step_cost`: e.g. PPO's 16
+updates with a critic), so that no round holds trials while another worker has none to train.
+It trains them in lockstep batches of at most P (one batch of one when P = 1), rung by rung
+with the reference
 (`grape_evo.search.campaign.rungs`), and tells each its result. Candidates are ordered by data
 kind and group size before they are cut into batches, so members of a batch sample alike. On
 Ctrl-C or SIGTERM every trial not yet told is recorded as FAIL and queued again
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from grape_evo.objective import ObjectiveSpec, build_objective
 from grape_evo.search.campaign.ledger import FINISHED, budget_claimed, waiting
 from grape_evo.search.campaign.rungs import train_rungs
 from grape_evo.search.campaign.storage import ask, fail_and_retry, fail_stale_trials, heartbeat
@@ -42,6 +46,7 @@ from grape_evo.search.campaign.trials import (
     reuse,
 )
 from grape_evo.search.evaluator import CandidateResult
+from grape_evo.training.losses import separate_critic
 
 if TYPE_CHECKING:
     from grape_evo.search.campaign import Campaign
@@ -114,6 +119,8 @@ def run_round(
                     tell(trial, reused, TrialState.COMPLETE)
                     continue
                 candidates.append(candidate)
+                if step_cost(candidate.run.spec) >= campaign.population * CHEAPEST_STEP:
+                    break
             for batch in batches(candidates, campaign.population):
                 outcomes = train_rungs(campaign, study, batch)
                 for candidate, (result, fitness) in zip(batch, outcomes, strict=True):
@@ -127,6 +134,19 @@ def run_round(
             for trial in untold.values():
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
+
+
+CHEAPEST_STEP = 2
+"""`step_cost` of a candidate with one update per batch and no critic of its own."""
+
+
+def step_cost(spec: ObjectiveSpec) -> int:
+    """A rough cost of one training step of one of the candidate's runs, in passes over the
+    batch: 1 (sampling and the passes without gradient) plus its updates (epochs x
+    minibatches), twice over with a value model of its own (it trains alongside)."""
+    canonical = spec.canonical()
+    models = 2 if separate_critic(build_objective(canonical)) else 1
+    return 1 + canonical.epochs * canonical.minibatches * models
 
 
 def by_kind(candidates: list[Candidate]) -> list[Candidate]:
