@@ -446,21 +446,15 @@ def test_a_round_asks_no_more_after_a_candidate_as_costly_as_a_whole_round(
         population=8,
     )
     study = campaign.open(create=True)
+
+    def trials() -> list[tuple[str | None, TrialState]]:
+        return [(t.user_attrs.get("baseline"), t.state) for t in study.get_trials()]
+
+    done, waiting = TrialState.COMPLETE, TrialState.WAITING
     run_round(campaign, study, 10, None)
-    states = [(t.user_attrs.get("baseline"), t.state) for t in study.get_trials()]
-    assert states == [
-        ("ppo", TrialState.COMPLETE),
-        ("grpo", TrialState.WAITING),
-        ("dpo", TrialState.WAITING),
-    ]
+    assert trials() == [("ppo", done), ("grpo", waiting), ("dpo", waiting)]
     run_round(campaign, study, 4, None)
-    states = [(t.user_attrs.get("baseline"), t.state) for t in study.get_trials()]
-    assert states == [
-        ("ppo", TrialState.COMPLETE),
-        ("grpo", TrialState.COMPLETE),
-        ("dpo", TrialState.COMPLETE),
-        (None, TrialState.COMPLETE),
-    ]
+    assert trials() == [("ppo", done), ("grpo", done), ("dpo", done), (None, done)]
 
 
 def test_runs_read_back_leave_no_gap_in_the_engines(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ One round asks up to P trials (Optuna ask/tell, a heartbeat thread per trial), a
 one that costs by itself what P of the cheapest candidates cost (`step_cost`: e.g. PPO's 16
 updates with a critic), so that no round holds trials while another worker has none to train.
 It trains them in lockstep batches of at most P (one batch of one when P = 1), rung by rung
-with the reference
-(`grape_evo.search.campaign.rungs`), and tells each its result. Candidates are ordered by data
-kind and group size before they are cut into batches, so members of a batch sample alike. On
-Ctrl-C or SIGTERM every trial not yet told is recorded as FAIL and queued again
+with the reference (`grape_evo.search.campaign.rungs`), and tells each its result.
+Candidates are ordered by data kind and group size before they are cut into batches, so
+members of a batch sample alike. On Ctrl-C or SIGTERM every trial not yet told is recorded as
+FAIL and queued again
 (`storage.fail_and_retry`), so a resumed campaign trains the same candidates and spends its
 whole budget; on any other error they are recorded as FAIL, as ``study.optimize`` records its
 trial. `train_packed` trains runs outside the study (the re-evaluation), a
@@ -57,6 +57,8 @@ PROGRESS_SECONDS = 1.0
 how often a process that waits for trials running elsewhere looks at the study."""
 STOP_SECONDS = 30.0
 """After Ctrl-C, how long worker processes get to record their interrupted trials."""
+CHEAPEST_STEP = 2
+"""`step_cost` of a candidate with one update per batch and no critic of its own."""
 
 
 def run_to_budget(
@@ -134,10 +136,6 @@ def run_round(
             for trial in untold.values():
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
-
-
-CHEAPEST_STEP = 2
-"""`step_cost` of a candidate with one update per batch and no critic of its own."""
 
 
 def step_cost(spec: ObjectiveSpec) -> int:
