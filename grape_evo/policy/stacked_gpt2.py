@@ -16,6 +16,10 @@ size hd = H / nh), per member m::
     x'  = a + mlp.c_proj(gelu(mlp.c_fc(ln_2(a))))
     logits = ln_f(x_n) @ head[m]^T           (head: lm_head.weight, tied to wte)
 
+A position's output depends on the others only through their keys and values, so the last
+layer runs its queries, projection and MLP only where the output is read: a block's scored
+positions (its last completion positions; a prompt block's last position).
+
 Layout: each member's N distinct prompts [M, N, P] (left-padded) run as one block; completion
 tokens form a prefix tree per member, run level by level: level j holds, per member, the
 distinct (parent, mask bit, token) triples of completion position j, padded to the member with
@@ -263,10 +267,14 @@ class StackedGPT2:
         x: Tensor,
         attn_mask: Tensor,
         past: list[tuple[Tensor, Tensor]] | None,
+        keep: int | None = None,
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Every block on L new tokens x [M, R, L, H] whose keys follow ``past`` (per layer
         [M * R, nh, L_past, hd], or None); attn_mask [M * R, 1, L, L_past + L] bool. Returns
-        the output [M, R, L, H] and each layer's keys and values with the new ones appended."""
+        the output [M, R, L', H] and each layer's keys and values with the new ones appended
+        (all L). L' = L, or ``keep``: the last layer then runs its queries, projection and MLP
+        on the last ``keep`` positions only, all that the caller reads of the output (a
+        position's output depends on the others only through their keys and values)."""
         m, r, length, width = x.shape
         kv = []
         for i in range(self.n_layer):
@@ -277,6 +285,13 @@ class StackedGPT2:
             if past is not None:
                 k, v = torch.cat([past[i][0], k], 2), torch.cat([past[i][1], v], 2)
             kv.append((k, v))
+            if keep is not None and keep < length and i == self.n_layer - 1:
+                q, attn_mask, x, length = (
+                    q[:, :, -keep:],
+                    attn_mask[:, :, -keep:],
+                    x[:, :, -keep:],
+                    keep,
+                )
             attn = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, scale=q.shape[-1] ** -0.5
             )
@@ -294,21 +309,22 @@ class StackedGPT2:
 
     # ---- the prefix tree ----------------------------------------------------------------
     def _block(
-        self, w: Stacked, ids: Tensor, mask: Tensor
+        self, w: Stacked, ids: Tensor, mask: Tensor, keep: int
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Run sequences ids [M, R, L] (``mask`` bool: real tokens) as one causal block: the
-        output [M, R, L, H] and each layer's keys and values."""
+        output of the last ``keep`` positions [M, R, keep, H] and each layer's keys and
+        values (all L positions)."""
         m, r, length = mask.shape
         tril = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
         attn_mask = or_self(tril & mask.view(m * r, 1, length))[:, None]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self._layers(w, self._embed(w, ids, positions), attn_mask, None)
+        return self._layers(w, self._embed(w, ids, positions), attn_mask, None, keep)
 
     def _prompts(self, w: Stacked, prompts: MemberPrompts) -> _Level:
         """Run each member's distinct prompts [M, N, P] as one block."""
         mask = prompts.mask.bool()
         m, n, length = mask.shape
-        x, kv = self._block(w, prompts.ids, mask)
+        x, kv = self._block(w, prompts.ids, mask, keep=1)
         return _Level(kv, mask.view(m * n, length), mask.long().sum(-1).flatten(), x[:, :, -1])
 
     def _extend(
@@ -363,8 +379,8 @@ class StackedGPT2:
         # The last completion token predicts nothing scored: [M, B, P + T - 1].
         ids = torch.cat([prompts.ids.gather(1, pick), rows.ids[:, :, :-1]], -1)
         mask = torch.cat([prompts.mask.gather(1, pick), rows.mask[:, :, :-1]], -1).bool()
-        x, _ = self._block(w, ids, mask)
-        states = x[:, :, -t:].reshape(m, b * t, -1)
+        x, _ = self._block(w, ids, mask, keep=t)
+        states = x.reshape(m, b * t, -1)
         index = torch.arange(b * t, device=ids.device).view(1, b, t).expand(m, -1, -1)
         return states, index
 
