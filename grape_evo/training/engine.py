@@ -84,6 +84,7 @@ from grape_evo.training.members import (
     adam,
     by_seed,
     check_members,
+    clip_grad_norms_,
     frozen_copy,
     seed_configs,
     trainable_copy,
@@ -143,12 +144,8 @@ class Engine:
             self.weights.append(trainable_copy(lm))
             self.critic_weights.append(trainable_copy(base) if separate_critic(objective) else None)
         self.status = [(RunStatus.OK, "") for _ in members]
-        groups = [
-            {"params": self._adam_params(i), "lr": m.lr}
-            for i, m in enumerate(members)
-            if self._adam_params(i)
-        ]
-        self.optimizer = adam(groups, self.device)
+        self.adam_params = [self._adam_params(i) for i in range(len(members))]
+        self.optimizer = adam(self.adam_params, [m.lr for m in members], self.device)
         self.loss_hook: LossHook | None = None
 
     # ---- members --------------------------------------------------------------------------
@@ -376,9 +373,9 @@ class Engine:
                 losses.append(loss)
             torch.stack(losses).sum().backward()
             max_norm = self.config.max_grad_norm or math.inf
-            for i in active:
-                params = self._adam_params(i)
-                metrics[i]["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
+            norms = clip_grad_norms_([self.adam_params[i] for i in active], max_norm)
+            for i, norm in zip(active, norms.detach(), strict=True):
+                metrics[i]["grad_norm"] = norm
             self.optimizer.step()
             # Members left out of the next update must have no gradient: Adam skips them.
             for i in active:

@@ -1,15 +1,17 @@
 """What an engine's members are and what they start from: `Member` (objective, learning
-rate, seed), copies of a warm start's tensors, and the checks a set of members must pass."""
+rate, seed), copies of a warm start's tensors, the checks a set of members must pass, and
+their optimiser (Adam, per-member gradient clipping)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from grape_evo.objective.spec import ObjectiveSpec
 from grape_evo.policy import Policy, Weights, policy_weights
@@ -38,9 +40,50 @@ def seed_configs(
     return seeds, {seed: replace(config, seed=seed) for seed in seeds}
 
 
-def adam(params: list[dict[str, object]], device: torch.device) -> torch.optim.Adam:
-    """Adam over parameter groups; the fused kernel on CPU and CUDA."""
-    return torch.optim.Adam(params, fused=device.type in ("cpu", "cuda"))
+def adam(
+    params: Sequence[Sequence[nn.Parameter]], lrs: Sequence[float], device: torch.device
+) -> torch.optim.Adam:
+    """Adam over members' parameters (``params[i]`` at learning rate ``lrs[i]``), the fused
+    kernel on CPU and CUDA. Adam is elementwise, so members of one learning rate share one
+    parameter group (one kernel call) and still train as they would alone; a tensor without
+    a gradient is skipped, its moments untouched."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for own, lr in zip(params, lrs, strict=True):
+        groups.setdefault(lr, []).extend(own)
+    found = [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
+    return torch.optim.Adam(found, fused=device.type in ("cpu", "cuda"))
+
+
+def clip_grad_norms_(params: Sequence[Sequence[nn.Parameter]], max_norm: float) -> Tensor:
+    """`torch.nn.utils.clip_grad_norm_(params[i], max_norm)` for every member i at once, bit
+    for bit: N_i = ||(||g||_2 for g in member i's gradients)||_2, and each of its gradients
+    scaled in place by min(1, max_norm / (N_i + 1e-6)). Returns N [len(params)] (0 for a
+    member without gradients); a non-finite N_i makes member i's gradients non-finite, as
+    torch's does. Members with as many gradients share one row-wise norm (a padded row would
+    change the rounding)."""
+    grads = [[p.grad for p in own if p.grad is not None] for own in params]
+    flat = [g for own in grads for g in own]
+    if not flat:
+        return torch.zeros(len(params))
+    norms = torch.stack(torch._foreach_norm(flat))  # [sum of counts]
+    device = norms.device
+    totals = torch.zeros(len(params), dtype=norms.dtype, device=device)
+    offsets = [0, *itertools.accumulate(len(own) for own in grads)]
+    by_count: dict[int, list[int]] = {}
+    for i, own in enumerate(grads):
+        if own:
+            by_count.setdefault(len(own), []).append(i)
+    for count, members in by_count.items():
+        first = torch.tensor([offsets[i] for i in members], device=device)
+        rows = norms[first[:, None] + torch.arange(count, device=device)]  # [members, count]
+        totals[members] = torch.linalg.vector_norm(rows, dim=1)
+    scale = torch.clamp(max_norm / (totals + 1e-6), max=1.0)
+    owner = torch.repeat_interleave(
+        torch.arange(len(params), device=device),
+        torch.tensor([len(own) for own in grads], device=device),
+    )
+    torch._foreach_mul_(flat, list(scale[owner].unbind()))
+    return totals
 
 
 def trainable_copy(weights: Weights) -> dict[str, nn.Parameter]:

@@ -44,15 +44,15 @@ def _spy(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return loss, metrics
 
     monkeypatch.setattr(engine_module, "member_loss", member_loss)
-    real_clip = torch.nn.utils.clip_grad_norm_
+    real_clip = engine_module.clip_grad_norms_
 
-    def clip(params: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
+    def clip(params: Any, max_norm: float) -> Any:
         critic = engine.critic_weights[0] or {}
         weights = [*engine.weights[0].items(), *((f"critic.{n}", p) for n, p in critic.items())]
         seen["grads"].append({n: p.grad.clone() for n, p in weights if p.grad is not None})
-        return real_clip(params, max_norm, *args, **kwargs)
+        return real_clip(params, max_norm)
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(engine_module, "clip_grad_norms_", clip)
     return seen
 
 
