@@ -68,7 +68,7 @@ def test_members_of_one_rate_share_a_group_and_train_as_alone() -> None:
     alone = _copy(members)
     lrs = [1e-3, 1e-3, 3e-4]
     shared = adam(members, lrs, torch.device("cpu"))
-    own = [adam([a], [lr], torch.device("cpu")) for a, lr in zip(alone, lrs, strict=True)]
+    own = [torch.optim.Adam(a, lr=lr, fused=True) for a, lr in zip(alone, lrs, strict=True)]
     assert len(shared.param_groups) == 2
     for step in range(3):
         if step == 1:  # member 1 sits this update out
