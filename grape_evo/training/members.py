@@ -78,10 +78,7 @@ def clip_grad_norms_(params: Sequence[Sequence[nn.Parameter]], max_norm: float) 
         rows = norms[first[:, None] + torch.arange(count, device=device)]  # [members, count]
         totals[members] = torch.linalg.vector_norm(rows, dim=1)
     scale = torch.clamp(max_norm / (totals + 1e-6), max=1.0)
-    owner = torch.repeat_interleave(
-        torch.arange(len(params), device=device),
-        torch.tensor([len(own) for own in grads], device=device),
-    )
+    owner = torch.tensor([i for i, own in enumerate(grads) for _ in own], device=device)
     torch._foreach_mul_(flat, list(scale[owner].unbind()))
     return totals
 
