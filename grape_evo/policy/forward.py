@@ -28,12 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grape_evo.policy.model import Policy
-
-Weights = dict[str, Tensor]
-"""One member's trainable tensors by parameter name (views of leaf tensors, so gradients reach
-them)."""
-
-VALUE_KEYS = ("value_head.weight", "value_head.bias")
+from grape_evo.policy.weight_bank import VALUE_KEYS, BankRows, Weights
 
 
 class MemberPrompts(NamedTuple):
@@ -207,6 +202,8 @@ def value_head_of(
 ) -> tuple[Tensor, Tensor] | None:
     """Stacked value heads (weight [M, H], bias [M]) of the members, zeros for a member without
     one; None when none of them has one."""
+    if isinstance(weights, BankRows):
+        return weights.value_heads(width)
     if not any(VALUE_KEYS[0] in w for w in weights):
         return None
     zero_weight, zero_bias = torch.zeros(width, device=device), torch.zeros((), device=device)

@@ -57,6 +57,7 @@ from grape_evo.policy.forward import (
     token_logprobs,
     value_head_of,
 )
+from grape_evo.policy.weight_bank import BankRows
 
 # transformers activation name -> F.gelu's `approximate` argument.
 GELU_APPROXIMATE = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu": "none"}
@@ -230,6 +231,8 @@ class StackedGPT2:
             if self.reference is None:
                 raise RuntimeError("no reference policy: call policy.freeze_reference() first")
             return self.reference
+        if isinstance(weights, BankRows):
+            return weights.stacked()
         names = [n for n in weights[0] if n not in VALUE_KEYS]
         if len(weights) == 1:
             return {n: weights[0][n][None] for n in names}

@@ -19,9 +19,14 @@ One step::
     trust     = members whose surrogate is tagged ``trust_region``: one batched TRPO step
     update k  = the members with more than k updates (epochs x minibatches), in one forward and
                 one backward of sum_m loss_m (members share no parameters, so d loss / d W_m is
-                member m's own); per-member gradient clipping; Adam with one parameter group
-                per member (Adam is elementwise: P groups are P separate Adams; a member without
-                a gradient in an update is skipped, its moments untouched)
+                member m's own); per-member gradient clipping; Adam per member (elementwise:
+                members of one learning rate share a parameter group; a member without a
+                gradient in an update is skipped, its moments untouched)
+
+Every weight set (the members' policies, then their separate critics) is a row of one
+`WeightBank`: the forward reads the rows of a call's sets, with no per-member stacking, and
+the backward fills the bank's gradients, whose rows are each set's own gradients; Adam, the
+clipping and TRPO's step work on each set's leaves, which alias its rows.
     after     = members tagged ``kl_after_update``: KL(old || new) after the last update
 
 A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
@@ -54,6 +59,7 @@ from grape_evo.policy import (
 from grape_evo.policy.forward import VALUE_KEYS
 from grape_evo.policy.precision import with_precision
 from grape_evo.policy.streams import permutation
+from grape_evo.policy.weight_bank import WeightBank
 from grape_evo.tasks import Task
 from grape_evo.training.batches import (
     MemberBatch,
@@ -87,7 +93,6 @@ from grape_evo.training.members import (
     clip_grad_norms_,
     frozen_copy,
     seed_configs,
-    trainable_copy,
 )
 from grape_evo.training.records import EvalReport, RunStatus, divergence
 from grape_evo.training.trpo import trust_region_members
@@ -135,14 +140,21 @@ class Engine:
         self._offline_ref: dict[int, tuple[Tensor, Tensor]] = {}
         self._eval_prompts: list[str] | None = None
         self._pending: list[dict[int, MemberBatch]] = [{} for _ in members]
-        self.weights: list[dict[str, nn.Parameter]] = []
-        self.critic_weights: list[dict[str, nn.Parameter] | None] = []
-        for objective, seed in zip(self.objectives, self.seeds, strict=True):
+        sets, critic_sets = [], []
+        self._critic_set: dict[int, int] = {}
+        for i, (objective, seed) in enumerate(zip(self.objectives, self.seeds, strict=True)):
             base = policy_weights(policies[seed])
             head = needs_critic(objective) and not separate_critic(objective)
-            lm = {n: p for n, p in base.items() if head or n not in VALUE_KEYS}
-            self.weights.append(trainable_copy(lm))
-            self.critic_weights.append(trainable_copy(base) if separate_critic(objective) else None)
+            sets.append({n: p for n, p in base.items() if head or n not in VALUE_KEYS})
+            if separate_critic(objective):
+                self._critic_set[i] = len(members) + len(critic_sets)
+                critic_sets.append(base)
+        self.bank = WeightBank(sets + critic_sets)
+        self.weights: list[dict[str, nn.Parameter]] = self.bank.sets[: len(members)]
+        self.critic_weights: list[dict[str, nn.Parameter] | None] = [
+            self.bank.sets[self._critic_set[i]] if i in self._critic_set else None
+            for i in range(len(members))
+        ]
         self.status = [(RunStatus.OK, "") for _ in members]
         self.adam_params = [self._adam_params(i) for i in range(len(members))]
         self.optimizer = adam(self.adam_params, [m.lr for m in members], self.device)
@@ -176,16 +188,25 @@ class Engine:
                 target[name].copy_(p)
 
     def _outputs(
-        self, members: list[int], rollouts: list[Rollout], values: bool = True, full: bool = False
+        self,
+        members: list[int],
+        rollouts: list[Rollout],
+        values: bool = True,
+        full: bool = False,
+        leaves: bool = False,
     ) -> list[TokenOutputs]:
         """Each member's outputs on its rollout, cut to its own [B, T], in one forward: its
         policy's, with ``values`` from its value head or its separate critic (which joins the
-        forward as one more weight set on the same rows)."""
-        critics = [j for j, i in enumerate(members) if values and self.critic_weights[i]]
-        weights: list[Weights] = [self.weights[i] for i in members]
-        weights += [self.critic_weights[members[j]] or {} for j in critics]
+        forward as one more weight set on the same rows). The forward reads the weight bank;
+        with ``leaves`` it stacks each set's own leaves instead (for gradients with respect
+        to those, as TRPO takes them)."""
+        critics = [j for j, i in enumerate(members) if values and i in self._critic_set]
+        sets = members + [self._critic_set[members[j]] for j in critics]
+        weights = self.bank.rows(sets)
         rows = rows_of(rollouts + [rollouts[j] for j in critics], self.tokenizer.pad_id)
-        out = self.forward.score(rows, weights, full, self.logprob_temperature)
+        out = self.forward.score(
+            rows, list(weights) if leaves else weights, full, self.logprob_temperature
+        )
         critic_of = {j: len(members) + k for k, j in enumerate(critics)}
         cut = []
         for j, rollout in enumerate(rollouts):
@@ -231,7 +252,7 @@ class Engine:
         if draws:
             drawn = sample_members(
                 self.forward,
-                [self.weights[i] for i, _ in draws],
+                self.bank.rows([i for i, _ in draws]),
                 self.tokenizer,
                 self.task,
                 [self.configs[self.seeds[i]] for i, _ in draws],
@@ -356,6 +377,9 @@ class Engine:
                 batches[i].rollout if r is None else slice_rollout(batches[i].rollout, r)
                 for i, r in zip(active, subsets, strict=True)
             ]
+            self.bank.bind_grads(
+                active + [self._critic_set[i] for i in active if i in self._critic_set]
+            )
             outs = self._outputs(active, parts)
             losses = []
             for i, rows, out in zip(active, subsets, outs, strict=True):
@@ -377,10 +401,6 @@ class Engine:
             for i, norm in zip(active, norms.detach(), strict=True):
                 metrics[i]["grad_norm"] = norm
             self.optimizer.step()
-            # Members left out of the next update must have no gradient: Adam skips them.
-            for i in active:
-                for p in [*self.weights[i].values(), *(self.critic_weights[i] or {}).values()]:
-                    p.grad = None
         return metrics
 
     def _trust_region(
@@ -400,7 +420,7 @@ class Engine:
 
         settings = [self.specs[i].surrogate.as_kwargs(SURROGATES) for i in members]
         result = trust_region_members(
-            lambda full: self._outputs(members, rollouts, values=False, full=full),
+            lambda full: self._outputs(members, rollouts, values=False, full=full, leaves=True),
             losses,
             [r.completion_mask for r in rollouts],
             [[p for n, p in self.weights[i].items() if n not in VALUE_KEYS] for i in members],
@@ -454,7 +474,7 @@ class Engine:
             self._eval_prompts = self.task.eval_set(self.config.eval_prompts)
         found = evaluate(
             self.forward,
-            [self.weights[i] for i in chosen],
+            self.bank.rows(chosen),
             self.tokenizer,
             self.task,
             self._eval_prompts,

@@ -83,11 +83,6 @@ def clip_grad_norms_(params: Sequence[Sequence[nn.Parameter]], max_norm: float) 
     return totals
 
 
-def trainable_copy(weights: Weights) -> dict[str, nn.Parameter]:
-    """A member's own trainable copy of ``weights``."""
-    return {n: nn.Parameter(p.detach().clone()) for n, p in weights.items()}
-
-
 def frozen_copy(policy: Policy) -> Weights:
     """A warm start's LM tensors (a copy), to score as a frozen reference."""
     return {n: p.detach().clone() for n, p in policy_weights(policy).items() if n not in VALUE_KEYS}

@@ -38,9 +38,12 @@ def _flat(grads: tuple[Tensor | None, ...], params: list[list[nn.Parameter]]) ->
 
 
 def _set(params: list[list[nn.Parameter]], vectors: Tensor) -> None:
+    """Write each member's flat vector [D] into its parameters, in place (they may alias a
+    weight bank's rows)."""
     with torch.no_grad():
-        for member, vector in zip(params, vectors, strict=True):
-            torch.nn.utils.vector_to_parameters(vector, member)
+        flat = [p for member in params for p in member]
+        for p, piece in zip(flat, _split(vectors, params), strict=True):
+            p.copy_(piece.view_as(p))
 
 
 def conjugate_gradient(

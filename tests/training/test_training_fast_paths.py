@@ -23,6 +23,7 @@ import torch
 
 from grape_evo.objective import ObjectiveSpec, RolloutBatch, presets
 from grape_evo.policy import rows_of
+from grape_evo.policy.forward import VALUE_KEYS
 from grape_evo.policy.stacked_gpt2 import StackedGPT2
 from grape_evo.tasks import get_task
 from grape_evo.training import Engine, Member
@@ -58,12 +59,22 @@ def _score(engine: Engine, batch: MemberBatch, reference: bool = False) -> Any:
     return type(out)(*(None if x is None else x[0] for x in out))
 
 
-def _params(engine: Engine) -> list[torch.nn.Parameter]:
-    return list(engine.weights[0].values())
-
-
-def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter], retain: bool) -> list:
-    return list(torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True))
+def _grads(loss: torch.Tensor, engine: Engine, retain: bool) -> list:
+    """The gradient of ``loss`` with respect to member 0's weights, per tensor, wherever the
+    forward read them: its rows of the engine's weight bank (the stacked forward) or its
+    set's own leaves (the transformers forward, a per-member stack)."""
+    bank, own = engine.bank, engine.weights[0]
+    stacked = [bank.head[n] if n in VALUE_KEYS else bank.lm[n] for n in own]
+    found = torch.autograd.grad(
+        loss, [*own.values(), *stacked], retain_graph=retain, allow_unused=True
+    )
+    grads = []
+    for k, name in enumerate(own):
+        direct, rows = found[k], found[len(own) + k]
+        row = None if rows is None else rows[bank.head_row[0] if name in VALUE_KEYS else 0]
+        parts = [g for g in (direct, row) if g is not None]
+        grads.append(sum(parts[1:], parts[0]) if parts else None)
+    return grads
 
 
 def _assert_same_grads(a: list, b: list) -> None:
@@ -81,13 +92,12 @@ def test_single_update_uses_the_training_forward_as_old_logp(
     task = get_task("addition")
     engine = _engine(presets.get("grpo"), task, tiny(batch_size=BATCH), warm_policy(task))
     batches = _spy_batches(monkeypatch)
-    params = _params(engine)
     seen: dict[str, Any] = {}
 
     def hook(_member: int, batch: RolloutBatch, loss: torch.Tensor) -> None:
         # Called before the update: the weights are still the ones that sampled the batch.
         seen["fast_loss"] = loss.detach().clone()
-        seen["fast_grads"] = _grads(loss, params, retain=True)  # the trainer backprops next
+        seen["fast_grads"] = _grads(loss, engine, retain=True)  # the trainer backprops next
         seen["old_is_detached_new"] = (
             not batch.old_logp.requires_grad
             and batch.logp.requires_grad
@@ -102,7 +112,7 @@ def test_single_update_uses_the_training_forward_as_old_logp(
         seen["old_separate"] = old
         seen["old_fast"] = batch.old_logp.detach().clone()
         seen["slow_loss"] = slow_loss.detach().clone()
-        seen["slow_grads"] = _grads(slow_loss, params, retain=False)
+        seen["slow_grads"] = _grads(slow_loss, engine, retain=False)
 
     engine.loss_hook = hook
     for step in range(2):  # the second step starts from updated weights and Adam state
@@ -200,12 +210,11 @@ def test_same_seed_same_samples_and_losses(
 
 def _first_step(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """One step's rollout, reference log-probs, loss, gradient (before the update), metrics."""
-    params = _params(engine)
     seen: dict[str, Any] = {}
 
     def hook(_member: int, batch: RolloutBatch, loss: torch.Tensor) -> None:
         seen["loss"] = loss.detach().clone()
-        seen["grads"] = _grads(loss, params, retain=True)  # the trainer backprops next
+        seen["grads"] = _grads(loss, engine, retain=True)  # the trainer backprops next
         seen["ref_logp"] = batch.ref_logp.clone()
 
     engine.loss_hook = hook
