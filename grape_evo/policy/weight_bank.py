@@ -113,14 +113,13 @@ class BankRows(Sequence[Weights]):
     def __iter__(self) -> Iterator[Weights]:
         return (self.bank.sets[k] for k in self.indices)
 
-    def _take(self, leaf: Tensor, rows: Sequence[int], every: bool) -> Tensor:
-        if every:
-            return leaf
-        return leaf.index_select(0, torch.tensor(rows, device=leaf.device))
-
     def stacked(self) -> dict[str, Tensor]:
         """Every tensor but the value head, stacked over the sets: name -> [M, ...]."""
-        return {n: self._take(leaf, self.indices, self._every) for n, leaf in self.bank.lm.items()}
+        leaves = self.bank.lm
+        if self._every:
+            return dict(leaves)
+        index = torch.tensor(self.indices, device=next(iter(leaves.values())).device)
+        return {n: leaf.index_select(0, index) for n, leaf in leaves.items()}
 
     def value_heads(self, width: int) -> tuple[Tensor, Tensor] | None:
         """Value heads (weight [M, H], bias [M]), zeros for a set without one; None when none
@@ -134,6 +133,7 @@ class BankRows(Sequence[Weights]):
             weight = torch.cat([torch.zeros_like(weight[:1]), weight])
             bias = torch.cat([torch.zeros_like(bias[:1]), bias])
             rows = [0 if r is None else r + 1 for r in rows]
-        every = rows == list(range(weight.shape[0]))
-        head = self._take(weight, rows, every).reshape(len(rows), width)
-        return head, self._take(bias, rows, every).reshape(len(rows))
+        if rows != list(range(weight.shape[0])):
+            index = torch.tensor(rows, device=weight.device)
+            weight, bias = weight.index_select(0, index), bias.index_select(0, index)
+        return weight.reshape(len(rows), width), bias.reshape(len(rows))

@@ -22,12 +22,12 @@ One step::
                 member m's own); per-member gradient clipping; Adam per member (elementwise:
                 members of one learning rate share a parameter group; a member without a
                 gradient in an update is skipped, its moments untouched)
+    after     = members tagged ``kl_after_update``: KL(old || new) after the last update
 
 Every weight set (the members' policies, then their separate critics) is a row of one
 `WeightBank`: the forward reads the rows of a call's sets, with no per-member stacking, and
 the backward fills the bank's gradients, whose rows are each set's own gradients; Adam, the
 clipping and TRPO's step work on each set's leaves, which alias its rows.
-    after     = members tagged ``kl_after_update``: KL(old || new) after the last update
 
 A member whose step diverges (non-finite loss or gradient norm, KL to the reference above
 ``max_kl_to_ref``) stops there; so does one its caller stops (`Engine.stop`); the others go on.
