@@ -176,6 +176,12 @@ class Engine:
         own = [p for n, p in self.weights[i].items() if not self.trust[i] or n in VALUE_KEYS]
         return own + list((self.critic_weights[i] or {}).values())
 
+    def _weight_sets(self, members: list[int], critics: bool = True) -> list[int]:
+        """The bank's weight sets of ``members``: their policies in order, then (with
+        ``critics``) the separate critics of those that have one, in the same order."""
+        own = [self._critic_set[i] for i in members if i in self._critic_set] if critics else []
+        return members + own
+
     def member_state(self, i: int) -> dict[str, Tensor]:
         """A copy of member i's current policy tensors by parameter name."""
         return {name: p.detach().clone() for name, p in self.weights[i].items()}
@@ -201,8 +207,7 @@ class Engine:
         with ``leaves`` it stacks each set's own leaves instead (for gradients with respect
         to those, as TRPO takes them)."""
         critics = [j for j, i in enumerate(members) if values and i in self._critic_set]
-        sets = members + [self._critic_set[members[j]] for j in critics]
-        weights = self.bank.rows(sets)
+        weights = self.bank.rows(self._weight_sets(members, values))
         rows = rows_of(rollouts + [rollouts[j] for j in critics], self.tokenizer.pad_id)
         out = self.forward.score(
             rows, list(weights) if leaves else weights, full, self.logprob_temperature
@@ -377,9 +382,7 @@ class Engine:
                 batches[i].rollout if r is None else slice_rollout(batches[i].rollout, r)
                 for i, r in zip(active, subsets, strict=True)
             ]
-            self.bank.bind_grads(
-                active + [self._critic_set[i] for i in active if i in self._critic_set]
-            )
+            self.bank.bind_grads(self._weight_sets(active))
             outs = self._outputs(active, parts)
             losses = []
             for i, rows, out in zip(active, subsets, outs, strict=True):
